@@ -1,0 +1,69 @@
+"""The binary convolution against plain convolutions of hand-built +-1 tensors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmim_dense.binary import BinaryConv2d, Spec, binary_sign
+
+SIGN = Spec("sign", estimator=Spec("ste_clip"))
+WSIGN = Spec("sign", estimator=Spec("ste"))
+
+
+@pytest.mark.parametrize(("stride", "dilation", "groups"), [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2)])
+def test_matches_conv_of_signs(stride: int, dilation: int, groups: int) -> None:
+    conv = BinaryConv2d(4, 6, 3, stride, dilation, dilation, groups, input_binarizer=SIGN, weight_binarizer=WSIGN)
+    x = torch.randn(2, 4, 9, 9)
+    expected = F.conv2d(binary_sign(x), binary_sign(conv.weight), None, stride, dilation, dilation, groups)
+    assert torch.equal(conv(x), expected)
+
+
+def test_zero_padding_makes_border_taps_ternary() -> None:
+    conv = BinaryConv2d(2, 1, 3, padding=1, input_binarizer=SIGN, weight_binarizer=WSIGN)
+    with torch.no_grad():
+        conv.weight.fill_(0.3)
+    out = conv(torch.ones(1, 2, 4, 4))
+    assert out[0, 0, 1, 1].item() == 18  # 9 taps x 2 channels
+    assert out[0, 0, 0, 0].item() == 8  # corner: 4 valid taps x 2 channels
+
+
+@pytest.mark.parametrize(("pad_value", "corner"), [(1.0, 18.0), (-1.0, -2.0)])
+def test_binary_padding(pad_value: float, corner: float) -> None:
+    conv = BinaryConv2d(2, 1, 3, padding=1, input_binarizer=SIGN, weight_binarizer=WSIGN, pad_value=pad_value)
+    with torch.no_grad():
+        conv.weight.fill_(0.3)
+    out = conv(torch.ones(1, 2, 4, 4))
+    assert out[0, 0, 0, 0].item() == corner  # 4 ones and 5 pad values per channel
+    x = torch.randn(1, 2, 5, 5)
+    padded = F.pad(binary_sign(x), (1, 1, 1, 1), value=pad_value)
+    assert torch.equal(conv(x), F.conv2d(padded, binary_sign(conv.weight)))
+
+
+def test_bad_pad_value_is_rejected() -> None:
+    with pytest.raises(ValueError, match="pad_value"):
+        BinaryConv2d(1, 1, 3, padding=1, input_binarizer=SIGN, pad_value=0.5)
+
+
+def test_xnor_k_map() -> None:
+    conv = BinaryConv2d(2, 1, 3, padding=1, input_binarizer=SIGN, weight_binarizer=WSIGN, input_scale=True)
+    with torch.no_grad():
+        conv.weight.fill_(0.3)
+    x = torch.full((1, 2, 4, 4), -2.0)
+    out = conv(x)
+    # interior: sum = -18, K = 2; corner: sum = -8, K = 2 * 4 / 9 (box average with zero padding)
+    assert out[0, 0, 1, 1].item() == pytest.approx(-36.0)
+    assert out[0, 0, 0, 0].item() == pytest.approx(-8 * 8 / 9)
+
+
+def test_real_valued_parts_pass_through() -> None:
+    conv = BinaryConv2d(3, 4, 3, padding=1, input_binarizer=SIGN)  # binary inputs, real weights
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.allclose(conv(x), F.conv2d(binary_sign(x), conv.weight, padding=1))
+    assert conv.binary_inputs and not conv.binary_weights
+
+
+def test_gradients_reach_latent_weights_and_inputs() -> None:
+    conv = BinaryConv2d(3, 4, 3, padding=1, input_binarizer=SIGN, weight_binarizer=WSIGN)
+    x = (torch.rand(2, 3, 5, 5) - 0.5).requires_grad_()
+    conv(x).square().sum().backward()
+    assert conv.weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
