@@ -1,0 +1,76 @@
+"""Classification data for pretraining: the built-in synthetic set or an ImageNet-style folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from .synthetic import SyntheticShapes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ClassificationData:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    description: str
+
+
+def synthetic_data(
+    image_size: int = 32, num_classes: int = 10, train_size: int = 2000, val_size: int = 500, seed: int = 0
+) -> ClassificationData:
+    """The built-in synthetic shapes set (see :mod:`cmim_dense.data.synthetic`)."""
+    return ClassificationData(
+        SyntheticShapes(train_size, num_classes, image_size, seed, "train"),
+        SyntheticShapes(val_size, num_classes, image_size, seed, "val"),
+        num_classes,
+        f"synthetic(shapes, {num_classes} classes, {train_size}/{val_size}, {image_size}px, seed {seed})",
+    )
+
+
+def image_folder_data(root: str | Path, image_size: int = 224) -> ClassificationData:
+    """ImageNet-style ``root/train/<class>/*`` and ``root/val/<class>/*`` read by torchvision.
+
+    Training: RandomResizedCrop + flip; evaluation: resize to image_size / 0.875 and
+    centre crop (the standard 256 -> 224 protocol).
+    """
+    root = Path(root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(
+                f"{root / split} is not a folder; --data expects an ImageNet-style folder with train/ and val/ "
+                "sub-folders of one folder per class (or 'synthetic')"
+            )
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+    )
+    val_tf = transforms.Compose(
+        [
+            transforms.Resize(round(image_size / 0.875)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    try:
+        train = datasets.ImageFolder(str(root / "train"), train_tf)
+        val = datasets.ImageFolder(str(root / "val"), val_tf)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{root}: {error}; each split needs one sub-folder per class with images") from None
+    if train.classes != val.classes:
+        raise ValueError(f"{root}: train/ and val/ have different class folders")
+    return ClassificationData(train, val, len(train.classes), f"imagefolder({root})")
+
+
+def build_classification_data(data: str, image_size: int, seed: int = 0) -> ClassificationData:
+    """``data`` is ``synthetic`` or the path of an ImageNet-style folder."""
+    if data == "synthetic":
+        return synthetic_data(image_size=image_size, seed=seed)
+    return image_folder_data(data, image_size)

@@ -1,0 +1,69 @@
+"""Optimizers and learning-rate schedules from a recipe's training defaults."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..binary import BinaryConv2d
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, binary_weight_decay: float | None) -> list[dict]:
+    """Two groups: latent binary weights (``binary_weight_decay``, e.g. 0 for Bi-Real and
+    ReActNet, whose decay would flip signs) and everything else (``weight_decay``)."""
+    binary_ids = {
+        id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d) and m.binary_weights
+    }
+    binary = [p for p in model.parameters() if id(p) in binary_ids and p.requires_grad]
+    other = [p for p in model.parameters() if id(p) not in binary_ids and p.requires_grad]
+    decay = weight_decay if binary_weight_decay is None else binary_weight_decay
+    return [
+        {"params": binary, "weight_decay": decay},
+        {"params": other, "weight_decay": weight_decay},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    binary_weight_decay: float | None = None,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, weight_decay, binary_weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam")
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, milestones: tuple[int, ...] = ()) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``.
+
+    Linear warm-up over ``warmup`` steps, then ``cos`` (cosine to 0), ``linear`` (to 0) or
+    ``step`` (x0.1 at each milestone, in steps).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "step":
+        return 0.1 ** sum(step >= m for m in milestones)
+    span = max(total - warmup, 1)
+    done = min(max(step - warmup, 0) / span, 1.0)
+    if schedule == "cos":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    if schedule == "linear":
+        return 1.0 - done
+    raise ValueError(f"unknown schedule {schedule!r}; valid: cos, step, linear")
+
+
+def clip_latent_weights(model: nn.Module, bound: float) -> None:
+    """BNN's constraint: after each step, clamp latent binary weights to [-bound, bound]."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BinaryConv2d) and module.binary_weights:
+                module.weight.clamp_(-bound, bound)

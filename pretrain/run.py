@@ -1,0 +1,65 @@
+"""Pretrain a (binary) ResNet: ``python pretrain/run.py --method irnet``.
+
+Thin entry point: parses flags and calls :func:`cmim_dense.engine.run_pretraining`.
+Unset flags take the method recipe's defaults (see ``--list-methods`` and docs/methods.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cmim_dense.methods import list_recipes  # noqa: E402
+from cmim_dense.models import list_archs  # noqa: E402
+from cmim_dense.registry import UnknownNameError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list-methods", action="store_true", help="print every method recipe and exit")
+    parser.add_argument("--method", default="irnet", help="NAME or NAME+cmim (default: irnet)")
+    parser.add_argument("--arch", choices=list_archs(), help="backbone (default: resnet18)")
+    parser.add_argument("--data", help="'synthetic' (built-in, default) or an ImageNet-style folder")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--lr", type=float, help="default: the recipe's, scaled by batch size")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"])
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--schedule", choices=["cos", "step", "linear"])
+    parser.add_argument("--warmup", type=float, help="warm-up epochs")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
+    parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_methods:
+        recipes = list_recipes()
+        width = max(len(r.name) for r in recipes)
+        for recipe in recipes:
+            print(f"{recipe.name:<{width}}  {recipe.description}")
+        print("any binary method also takes '+cmim', e.g. rbnn+cmim")
+        return 0
+    from cmim_dense.engine import resolve_config, run_pretraining
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("method", "list_methods")}
+    try:
+        config = resolve_config(args.method, overrides)
+        result = run_pretraining(config)
+    except (UnknownNameError, ValueError, FileNotFoundError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"best top-1 {100 * result['best_top1']:.1f}%; checkpoints in {result['out']}/ (best.pt, last.pt)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

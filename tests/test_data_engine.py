@@ -1,0 +1,87 @@
+"""Synthetic data, checkpoints and learning-rate schedules."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from cmim_dense import create_model
+from cmim_dense.data import SyntheticShapes, image_folder_data
+from cmim_dense.engine import load_checkpoint, save_atomic
+from cmim_dense.engine.optim import build_optimizer, clip_latent_weights, lr_factor
+
+
+def test_synthetic_is_deterministic_balanced_and_split() -> None:
+    a = SyntheticShapes(20, num_classes=10, image_size=24, seed=3)
+    b = SyntheticShapes(20, num_classes=10, image_size=24, seed=3)
+    image, label = a[7]
+    assert image.shape == (3, 24, 24) and label == 7
+    assert torch.equal(image, b[7][0])
+    assert not torch.equal(image, SyntheticShapes(20, 10, 24, seed=4)[7][0])
+    assert not torch.equal(image, SyntheticShapes(20, 10, 24, seed=3, split="val")[7][0])
+    assert sorted(a[i][1] for i in range(20)) == sorted(list(range(10)) * 2)
+    with pytest.raises(IndexError):
+        a[20]
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticShapes(10, num_classes=11)
+
+
+def test_image_folder_requires_train_and_val(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="ImageNet-style folder"):
+        image_folder_data(tmp_path)
+
+
+def test_save_atomic_round_trip_and_no_leftovers(tmp_path) -> None:
+    model = create_model("resnet18", "irnet", num_classes=3)
+    path = tmp_path / "ckpt" / "last.pt"
+    save_atomic({"model": model.state_dict(), "meta": {"method": "irnet"}}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    loaded = load_checkpoint(path)
+    assert loaded["meta"] == {"method": "irnet"}
+    create_model("resnet18", "irnet", num_classes=3).load_state_dict(loaded["model"])
+
+
+class NotAllowed:
+    pass
+
+
+def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable cmim-dense checkpoint"):
+        load_checkpoint(corrupt)
+    unsafe = tmp_path / "unsafe.pt"
+    with open(unsafe, "wb") as handle:
+        pickle.dump({"model": NotAllowed(), "meta": {}}, handle)
+    with pytest.raises(ValueError, match="not a readable cmim-dense checkpoint"):
+        load_checkpoint(unsafe)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(1)}, plain)
+    with pytest.raises(ValueError, match="expected a dict with 'model' and 'meta'"):
+        load_checkpoint(plain)
+
+
+def test_lr_factor_schedules() -> None:
+    assert lr_factor(0, 100, "cos", warmup=4) == pytest.approx(0.25)
+    assert lr_factor(3, 100, "cos", warmup=4) == pytest.approx(1.0)
+    assert lr_factor(4, 100, "cos", warmup=4) == pytest.approx(1.0)
+    assert lr_factor(52, 100, "cos", warmup=4) == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cos") == pytest.approx(0.0)
+    assert lr_factor(25, 100, "linear") == pytest.approx(0.75)
+    assert lr_factor(65, 100, "step", milestones=(30, 60, 90)) == pytest.approx(0.01)
+    assert math.isclose(lr_factor(29, 100, "step", milestones=(30, 60, 90)), 1.0)
+
+
+def test_binary_weights_get_their_own_weight_decay_and_clip() -> None:
+    model = create_model("resnet18", "bireal", num_classes=2)
+    optimizer = build_optimizer(model, "adam", 1e-3, weight_decay=1e-4, binary_weight_decay=0.0)
+    binary, other = optimizer.param_groups
+    assert binary["weight_decay"] == 0.0 and other["weight_decay"] == 1e-4
+    assert sum(p.numel() for p in binary["params"]) == 10_985_472
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.fill_(3.0)
+    clip_latent_weights(model, 1.0)
+    assert model.layer1[0].conv1.weight.max() == 1.0

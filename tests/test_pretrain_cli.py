@@ -1,0 +1,79 @@
+"""The pretraining command line, run as a user runs it."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cmim_dense.engine import load_checkpoint
+from cmim_dense.methods import list_recipes
+from cmim_dense.models import create_model
+
+
+def run(python, root, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, str(root / "pretrain" / "run.py"), *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_list_methods(python, root) -> None:
+    result = run(python, root, "--list-methods")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()[:-1]]
+    assert names == [r.name for r in list_recipes()]
+    assert len(names) == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "foo"], "unknown method 'foo'; valid: bireal, bnn,"),
+        (["--method", "irnet+kd"], "unknown method suffix '+kd'"),
+        (["--method", "fp+cmim"], "has no binary activations"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--data", "/nonexistent/imagenet"], "is not a folder"),
+    ],
+)
+def test_bad_input_gives_one_line_error(python, root, tmp_path, args, message) -> None:
+    result = run(python, root, *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root, tmp_path) -> None:
+    out = tmp_path / "fp"
+    result = run(python, root, "--method", "fp", "--epochs", "3", "--batch-size", "32", "--image-size", "32",
+                 "--optimizer", "adam", "--lr", "0.001", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    checkpoint = load_checkpoint(out / "best.pt")
+    meta = checkpoint["meta"]
+    assert {"method", "arch", "num_classes", "epoch", "top1", "top5", "data", "recipe", "config"} <= set(meta)
+    assert meta["top1"] == max(r["val_top1"] for r in records)
+    assert meta["top1"] > 0.2  # 10 balanced classes: chance is 0.1
+    model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"])
+    model.load_state_dict(checkpoint["model"])
+    assert load_checkpoint(out / "last.pt")["meta"]["epoch"] == 3
+
+
+def test_image_folder_data(python, root, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    result = run(python, root, "--method", "irnet", "--data", str(tmp_path / "data"), "--image-size", "32",
+                 "--batch-size", "4", "--epochs", "1", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["num_classes"] == 2 and meta["data"].startswith("imagefolder(")
+    assert torch.load(out / "last.pt", weights_only=True)["meta"]["method"] == "irnet"
