@@ -23,7 +23,7 @@ from ..models import BinaryResNet, create_model
 from .checkpoint import save_atomic
 from .optim import build_optimizer, clip_latent_weights, lr_factor
 
-SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 32}
+SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48}
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         if metrics["top1"] >= best:
             best = metrics["top1"]
             save_atomic(state, out / "best.pt")
-        if config.progress_bar:
-            print(f"[{config.method}] epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.3f}  "
-                  f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
-                  f"{record['images_per_s']:.0f} img/s", flush=True)
+        print(f"[{config.method}] epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.3f}  "
+              f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
+              f"{record['images_per_s']:.0f} img/s", flush=True)
     return {"best_top1": best, "history": history, "out": str(out)}

@@ -1,23 +1,19 @@
-"""S2-BNN (Shen et al., CVPR 2021): label-free training by guided distribution calibration."""
+"""S2-BNN (Shen et al., CVPR 2021): ReActNet's binary network trained without labels
+by guided distribution calibration from a real-valued teacher."""
 
-from ..binary.spec import Spec
+import dataclasses
+
 from . import register
-from .recipe import Recipe, TrainingDefaults
+from .reactnet import RECIPE as REACTNET
+from .recipe import TrainingDefaults
 
 RECIPE = register(
-    Recipe(
+    dataclasses.replace(
+        REACTNET,
         name="s2bnn",
         description="S2-BNN: ReActNet binarizers trained without labels from a real teacher's distribution",
         paper="Shen et al., S2-BNN: Self-supervised BNNs via Guided Distribution Calibration, CVPR 2021",
         code="szq0214/S2-BNN",
-        block="bireal",
-        input_binarizer=Spec("rsign", estimator=Spec("approx_sign")),
-        weight_binarizer=Spec("scaled_sign", estimator=Spec("ste_clip"), scale_grad="none"),
-        block_act="rprelu",
-        stem_act="identity",
-        downsample="avgpool_conv",
-        init="uniform_small",
-        teacher="required",
         training=TrainingDefaults(
             optimizer="adam", lr=3e-4, weight_decay=0.0, epochs=200, schedule="linear", loss="gdc", two_stage=True
         ),
