@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from ..data import ClassificationData, build_classification_data
-from ..methods import Recipe, get_recipe
-from ..models import BinaryResNet, create_model
+from ..data import ClassificationData, WithIndex, build_classification_data
+from ..losses import CMIMLoss
+from ..methods import CMIMConfig, Recipe, get_recipe
+from ..models import BinaryResNet, collect_taps, create_model, select_sites
 from .checkpoint import save_atomic
 from .optim import build_optimizer, clip_latent_weights, lr_factor
 
-SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48}
+SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class PretrainConfig:
     warmup_epochs: float
     milestones: tuple[float, ...]
     label_smoothing: float
+    cmim: dict[str, Any] | None = None
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None
@@ -58,10 +61,10 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     milestones are scaled by epochs / recipe epochs, and the learning rate by
     batch size / recipe batch size (linear scaling rule) unless ``lr`` is given.
     """
-    recipe = get_recipe(method)
-    train = recipe.training
     given = {key: value for key, value in overrides.items() if value is not None}
     data = given.get("data", "synthetic")
+    recipe = get_recipe(method, cmim_config(given, data) if "+cmim" in method.lower() else None)
+    train = recipe.training
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
         "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 224
     }
@@ -84,6 +87,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
         milestones=tuple(m * budget for m in train.milestones),
         label_smoothing=train.label_smoothing,
+        cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp")) if recipe.cmim else None,
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
         max_steps=given.get("max_steps"),
@@ -91,6 +95,39 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     )
     validate(config, recipe)
     return config
+
+
+def cmim_config(given: dict[str, Any], data: str) -> CMIMConfig:
+    """CMIM hyper-parameters from ``cmim_*`` overrides; the built-in data defaults to fewer negatives."""
+    defaults = CMIMConfig()
+    n_nce = given.get("cmim_nce_n", SYNTHETIC_DEFAULTS["cmim_nce_n"] if data == "synthetic" else defaults.n_nce)
+    return CMIMConfig(
+        lam=float(given.get("cmim_lambda", defaults.lam)),
+        beta=float(given.get("cmim_beta", defaults.beta)),
+        tau=float(given.get("cmim_tau", defaults.tau)),
+        n_nce=int(n_nce),
+        layers=given.get("cmim_layers", defaults.layers),
+    )
+
+
+def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, dataset_size: int,
+                    device: torch.device) -> tuple[CMIMLoss, list[str]]:
+    """The CMIM loss over the configured tap sites (channels read from the model)."""
+    assert config.cmim is not None
+    settings = {k: v for k, v in config.cmim.items() if k != "embed"}
+    sites = select_sites(model, settings["layers"])
+    modules = dict(model.named_modules())
+    channels = {site: modules[site].in_channels for site in sites}
+    dims = None
+    if config.cmim["embed"] == "none":  # the bank stores whole activations: measure them once
+        was_training = model.training
+        with torch.no_grad(), collect_taps(model.eval(), sites) as taps:
+            model(torch.zeros(2, 3, config.image_size, config.image_size, device=device))
+        model.train(was_training)
+        dims = {site: tap.latent[0].numel() for site, tap in taps.items()}
+    loss = CMIMLoss(channels, dataset_size, CMIMConfig(**settings), embed=config.cmim["embed"],
+                    site_dims=dims, device=device, seed=config.seed).to(device)
+    return loss, sites
 
 
 def validate(config: PretrainConfig, recipe: Recipe) -> None:
@@ -110,12 +147,13 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    if recipe.training.loss != "ce" or recipe.cmim is not None:
-        what = f"loss {recipe.training.loss!r}" if recipe.training.loss != "ce" else "the CMIM loss"
+    if recipe.training.loss != "ce":
         raise ValueError(
-            f"method {recipe.name!r} trains with {what}, which this version of pretrain/run.py cannot run yet; "
-            "choose fp, bnn, xnor, xnorpp, bireal, irnet or rbnn"
+            f"method {recipe.name!r} trains with loss {recipe.training.loss!r} from a teacher, which this version "
+            "of pretrain/run.py cannot run yet; choose fp, bnn, xnor, xnorpp, bireal, irnet or rbnn (+cmim)"
         )
+    if config.cmim is not None and config.cmim["embed"] not in ("mlp", "none"):
+        raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -167,8 +205,10 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = build_classification_data(config.data, config.image_size, config.seed)
     model = create_model(config.arch, config.method, num_classes=data.num_classes).to(device)
+    cmim_loss, sites = build_cmim_loss(config, model, len(data.train), device) if config.cmim else (None, [])
+    trained = nn.ModuleList([model] + ([cmim_loss] if cmim_loss is not None else []))
     optimizer = build_optimizer(
-        model, config.optimizer, config.lr, config.weight_decay, config.binary_weight_decay,
+        trained, config.optimizer, config.lr, config.weight_decay, config.binary_weight_decay,
         recipe.training.momentum, recipe.training.nesterov,
     )
     steps_per_epoch = len(data.train) // config.batch_size
@@ -194,17 +234,22 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         model.set_progress(epoch / config.epochs)
         model.train()
         sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        loader = DataLoader(data.train, config.batch_size, sampler=sampler, num_workers=config.workers,
+        loader = DataLoader(WithIndex(data.train), config.batch_size, sampler=sampler, num_workers=config.workers,
                             drop_last=True, pin_memory=device.type == "cuda")
         seen = correct = 0
-        loss_sum = 0.0
+        loss_sum = cmim_sum = 0.0
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if config.progress_bar else True, mininterval=1.0)
-        for images, labels in bar:
+        for images, labels, indices in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(images)
+            with collect_taps(model, sites) if cmim_loss is not None else nullcontext({}) as taps:
+                logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            if cmim_loss is not None:
+                cmim_term = cmim_loss(taps, indices.to(device)).total
+                cmim_sum += cmim_term.item() * labels.numel()
+                loss = loss + cmim_term
             loss_value = loss.item()
             if not np.isfinite(loss_value):
                 raise FloatingPointError(
@@ -228,7 +273,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
         metrics = evaluate(model, data.val, config.batch_size, device, config.workers)
         record = {
-            "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+            "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen, "train_cmim": cmim_sum / seen,
+            "train_top1": correct / seen,
             "val_top1": metrics["top1"], "val_top5": metrics["top5"], "val_loss": metrics["loss"],
             "lr": optimizer.param_groups[1]["lr"], "images_per_s": seen / elapsed, "epoch_time_s": elapsed,
         }
@@ -242,6 +288,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
             "scheduler": scheduler.state_dict(),
             "step": step,
         }
+        if cmim_loss is not None:
+            state["cmim"] = {"heads": cmim_loss.state_dict(), "banks": cmim_loss.bank_state()}
         save_atomic(state, out / "last.pt")
         if metrics["top1"] >= best:
             best = metrics["top1"]

@@ -1,0 +1,164 @@
+"""CMIM: Contrastive Mutual Information Maximization (Shang et al., ECCV 2022, Eq. 9-14)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..binary import binary_sign
+from ..methods.recipe import CMIMConfig
+from ..models.taps import Tap
+from .memory import MemoryBank, all_reduce_mean
+
+
+def critic_logits(a_f: Tensor, tau: float) -> Tensor:
+    """The N x N matrix <sgn(a_F^i), a_F^j> / tau for latent activations ``a_f`` of shape (N, D).
+
+    Eq. 12: with a_B = sgn(a_F), the critic's exponent for the pair (i, j) is the inner
+    product of sample i's binary activation with sample j's latent one; on the diagonal it
+    equals ||a_F^i||_1 / tau (Eq. 11).
+    """
+    return binary_sign(a_f) @ a_f.T / tau
+
+
+def nce_loss(positive: Tensor, negatives: Tensor, noise: float) -> Tensor:
+    """Negative of Eq. 13, averaged over anchors.
+
+    With the critic h(s) = e^s / (e^s + N/M) (Eq. 10) and ``noise`` = N/M:
+    loss = -mean_i [ log h(s_ii) + sum_{j in negatives} log(1 - h(s_ij)) ],
+    computed in log space (``positive``: (B,), ``negatives``: (B, n) critic exponents).
+    """
+    log_noise = math.log(noise)
+    noise_t = positive.new_tensor(log_noise)
+    log_h_pos = positive - torch.logaddexp(positive, noise_t)
+    log_not_h_neg = log_noise - torch.logaddexp(negatives, noise_t)
+    return -(log_h_pos + log_not_h_neg.sum(dim=1)).mean()
+
+
+def layer_weights(num_layers: int, beta: float) -> list[float]:
+    """1 / beta^(K-1-k) for k = 0..K-1 (Eq. 14): the deepest tapped layer weighs 1."""
+    return [beta ** -(num_layers - 1 - k) for k in range(num_layers)]
+
+
+class EmbeddingHead(nn.Module):
+    """The "additional MLP module": global average pool, Linear-ReLU-Linear, L2 normalisation."""
+
+    def __init__(self, channels: int, dim: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.mlp(x.mean(dim=(2, 3))), dim=1)
+
+
+@dataclass
+class CMIMOutput:
+    total: Tensor
+    per_layer: dict[str, Tensor]
+
+
+class CMIMLoss(nn.Module):
+    """lambda * sum_k L_NCE^k / beta^(K-1-k) over the tapped sites (Eq. 13-14).
+
+    For each site the anchor is the binary activation a_B^i, the positive the latent a_F^i of
+    the same sample, and the negatives ``n_nce`` latents of other samples drawn from a
+    momentum memory bank of size M = data set size (noise ratio N/M in the critic, Eq. 10).
+
+    ``embed`` chooses the representation the critic compares:
+
+    - ``"mlp"`` (default): a trained :class:`EmbeddingHead` (pool, MLP, L2) maps a_B and a_F to
+      128-d unit vectors, critic <e(a_B^i), e(a_F^j)> / tau.  This is the paper's "additional
+      MLP module" and the only choice whose bank fits ImageNet (M = 1.28M).
+    - ``"none"``: Eq. 12 exactly, on the flattened activations, <a_B^i, a_F^j> / tau.  The bank
+      then stores full activations, so use it for small inputs.
+
+    ``normalizer`` = ``"crd"`` (default) divides exp(s) by CRD's constant Z = M mean(exp(s)),
+    estimated on the first batch and then fixed (and saved with the loss), as the CRD loss the
+    paper adapts (and the official code) does; a typical negative then has h ~ 1/(N+1).
+    ``"none"`` applies Eq. 10 literally, where every one of the N negatives of an untrained
+    network has h ~ 1/(1 + N/M) and the negative term, summed over N, swamps the positive one.
+    """
+
+    def __init__(
+        self,
+        site_channels: dict[str, int],
+        dataset_size: int,
+        config: CMIMConfig,
+        embed: str = "mlp",
+        embed_dim: int = 128,
+        momentum: float = 0.5,
+        site_dims: dict[str, int] | None = None,
+        bank_dtype: torch.dtype = torch.float32,
+        normalizer: str = "crd",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if embed not in ("mlp", "none"):
+            raise ValueError(f"CMIM embed must be 'mlp' or 'none', got {embed!r}")
+        if normalizer not in ("crd", "none"):
+            raise ValueError(f"CMIM normalizer must be 'crd' or 'none', got {normalizer!r}")
+        if embed == "none" and site_dims is None:
+            raise ValueError("CMIM embed='none' needs site_dims (flattened activation size per site)")
+        self.config, self.embed, self.normalizer = config, embed, normalizer
+        self.sites = list(site_channels)
+        self.dataset_size = dataset_size
+        self.register_buffer("log_z", torch.full((len(self.sites),), float("nan")))
+        self.weights = layer_weights(len(self.sites), config.beta)
+        self.noise = config.n_nce / dataset_size
+        self.heads = nn.ModuleDict()
+        self.banks: dict[str, MemoryBank] = {}
+        for k, (site, channels) in enumerate(site_channels.items()):
+            key = site.replace(".", "_")
+            dim = embed_dim if embed == "mlp" else site_dims[site]
+            if embed == "mlp":
+                self.heads[key] = EmbeddingHead(channels, embed_dim)
+            self.banks[site] = MemoryBank(
+                dataset_size, dim, momentum, normalize=embed == "mlp", dtype=bank_dtype, device=device, seed=seed + k
+            )
+
+    def represent(self, site: str, tap: Tap) -> tuple[Tensor, Tensor]:
+        """(anchor, latent) representations of one site: (e(a_B), e(a_F)) or flattened (a_B, a_F)."""
+        if self.embed == "mlp":
+            head = self.heads[site.replace(".", "_")]
+            return head(tap.binary), head(tap.latent)
+        return tap.binary.flatten(1), tap.latent.flatten(1)
+
+    def forward(self, taps: dict[str, Tap], indices: Tensor) -> CMIMOutput:
+        total = None
+        per_layer: dict[str, Tensor] = {}
+        for k, (site, weight) in enumerate(zip(self.sites, self.weights)):
+            anchor, latent = self.represent(site, taps[site])
+            bank = self.banks[site]
+            negatives = bank.sample(indices, self.config.n_nce).to(anchor.dtype)
+            positive = (anchor * latent).sum(dim=1).float() / self.config.tau
+            scores = torch.einsum("bd,bnd->bn", anchor, negatives).float() / self.config.tau
+            if self.normalizer == "crd":
+                log_z = self._log_z(k, positive, scores)
+                positive, scores = positive - log_z, scores - log_z
+            loss = nce_loss(positive, scores, self.noise)
+            bank.update(indices, latent)
+            per_layer[site] = loss.detach()
+            total = weight * loss if total is None else total + weight * loss
+        assert total is not None
+        return CMIMOutput(self.config.lam * total, per_layer)
+
+    @torch.no_grad()
+    def _log_z(self, k: int, positive: Tensor, scores: Tensor) -> Tensor:
+        """log Z = log(M mean exp(s)) over the first batch's scores, then fixed (CRD)."""
+        if torch.isnan(self.log_z[k]):
+            every = torch.cat([positive[:, None], scores], dim=1).flatten()
+            log_z = torch.logsumexp(every, 0) - math.log(every.numel()) + math.log(self.dataset_size)
+            self.log_z[k] = all_reduce_mean(log_z)
+        return self.log_z[k]
+
+    def bank_state(self) -> dict[str, dict[str, Tensor]]:
+        return {site: bank.state_dict() for site, bank in self.banks.items()}
+
+    def load_bank_state(self, state: dict[str, dict[str, Tensor]]) -> None:
+        for site, bank in self.banks.items():
+            bank.load_state_dict(state[site])

@@ -1,0 +1,127 @@
+"""The CMIM loss (Shang et al. 2022, Eq. 10-14) and its memory bank."""
+
+import math
+
+import pytest
+import torch
+
+from cmim_dense import create_model
+from cmim_dense.losses import CMIMLoss, MemoryBank, critic_logits, layer_weights, nce_loss
+from cmim_dense.methods import CMIMConfig
+from cmim_dense.models import Tap, collect_taps
+
+
+def test_critic_logits_paper_example() -> None:
+    a_f = torch.tensor([[0.3, -0.4, -0.6], [0.6, -0.9, 0.7]])
+    assert torch.allclose(critic_logits(a_f, tau=1.0), torch.tensor([[1.3, 0.8], [0.1, 2.2]]))
+    assert torch.allclose(critic_logits(a_f, tau=0.5), torch.tensor([[2.6, 1.6], [0.2, 4.4]]))
+
+
+def test_nce_loss_hand_computed_three_sample_batch() -> None:
+    # a_3 = (-0.2, 0.1, 0.5) added to the paper's example; in-batch negatives: N = 2, M = 3.
+    # Scores by hand: row 1 [1.3, 0.8, -0.8], row 2 [0.1, 2.2, 0.2], row 3 [-1.3, -0.8, 0.8].
+    a_f = torch.tensor([[0.3, -0.4, -0.6], [0.6, -0.9, 0.7], [-0.2, 0.1, 0.5]])
+    scores = critic_logits(a_f, 1.0)
+    assert torch.allclose(scores, torch.tensor([[1.3, 0.8, -0.8], [0.1, 2.2, 0.2], [-1.3, -0.8, 0.8]]))
+    positive = scores.diagonal()
+    negatives = scores[~torch.eye(3, dtype=torch.bool)].view(3, 2)
+    # -(1/3) sum_i [log h(s_ii) + sum_{j != i} log(1 - h(s_ij))], h(s) = e^s / (e^s + 2/3)
+    assert nce_loss(positive, negatives, noise=2 / 3).item() == pytest.approx(1.7864599619508015, rel=1e-6)
+
+
+def test_layer_weights_favour_later_layers() -> None:
+    assert layer_weights(4, 2.0) == [0.125, 0.25, 0.5, 1.0]
+
+
+def test_bank_negatives_exclude_the_anchor_and_respect_classes() -> None:
+    bank = MemoryBank(size=5, dim=3, seed=1)
+    indices = torch.arange(5).repeat(40)
+    offsets = torch.randint(1, 5, (200, 16), generator=bank.generator)
+    negatives = (indices[:, None] + offsets) % 5
+    assert not (negatives == indices[:, None]).any()
+    samples = bank.sample(indices, 16)
+    assert samples.shape == (200, 16, 3)
+    bank.set_labels(torch.tensor([0, 0, 1, 1, 2]))
+    drawn = bank.sample(torch.tensor([0, 2, 4]), 50)
+    classes = torch.tensor([0, 0, 1, 1, 2])
+    rows = bank.values.float()
+    for anchor, row in zip([0, 2, 4], drawn):
+        matched = (row[:, None, :] == rows[None, :, :]).all(-1).float().argmax(-1)
+        assert not (classes[matched] == classes[anchor]).any()
+
+
+def test_bank_update_is_a_normalised_momentum_average() -> None:
+    bank = MemoryBank(size=4, dim=2, momentum=0.5, normalize=True)
+    bank.values[:] = torch.tensor([[1.0, 0.0]] * 4)
+    bank.update(torch.tensor([2]), torch.tensor([[0.0, 1.0]]))
+    assert bank.values[2].tolist() == pytest.approx([math.sqrt(0.5), math.sqrt(0.5)])
+    assert bank.values[1].tolist() == [1.0, 0.0]
+    raw = MemoryBank(size=4, dim=2, momentum=0.25, normalize=False)
+    raw.values[:] = 2.0
+    raw.update(torch.tensor([0, 3]), torch.tensor([[6.0, 6.0], [-2.0, 2.0]]))
+    assert raw.values.tolist() == [[5.0, 5.0], [2.0, 2.0], [2.0, 2.0], [-1.0, 2.0]]
+
+
+def test_float16_bank_halves_memory() -> None:
+    assert MemoryBank(1000, 128, dtype=torch.float16).nbytes == 1000 * 128 * 2
+    # the default ImageNet bank: 1.28M samples x 128 dims in float16 is 328 MB per tapped layer
+    assert 1_281_167 * 128 * 2 / 1e6 == pytest.approx(328.0, abs=0.1)
+
+
+def test_bank_state_round_trip_gives_same_negatives() -> None:
+    a = MemoryBank(10, 4, seed=3)
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in a.state_dict().items()}
+    first = a.sample(torch.tensor([1, 2]), 5)
+    b = MemoryBank(10, 4, seed=99)
+    b.load_state_dict(state)
+    assert torch.equal(b.sample(torch.tensor([1, 2]), 5), first)
+
+
+def test_loss_falls_when_binary_and_latent_of_a_sample_align() -> None:
+    config = CMIMConfig(lam=1.0, tau=1.0, n_nce=4)
+    loss_fn = CMIMLoss({"site": 3}, dataset_size=8, config=config, embed="none", site_dims={"site": 12})
+    latent = torch.randn(8, 3, 2, 2)
+    indices = torch.arange(8)
+    for _ in range(3):  # fill the bank with these latents
+        loss_fn({"site": Tap("site", latent, torch.where(latent >= 0, 1.0, -1.0))}, indices)
+    aligned = loss_fn({"site": Tap("site", latent, torch.where(latent >= 0, 1.0, -1.0))}, indices).total
+    flipped = loss_fn({"site": Tap("site", latent, torch.where(latent >= 0, -1.0, 1.0))}, indices).total
+    assert aligned < flipped
+
+
+def test_cmim_on_a_binary_resnet_trains_backbone_and_heads() -> None:
+    model = create_model("resnet18", "irnet+cmim", num_classes=3)
+    config = CMIMConfig(n_nce=8)
+    channels = {"layer3.1.conv2": 256, "layer4.1.conv2": 512}
+    loss_fn = CMIMLoss(channels, dataset_size=20, config=config)
+    with collect_taps(model, list(channels)) as taps:
+        model(torch.randn(4, 3, 32, 32))
+    out = loss_fn(taps, torch.tensor([0, 5, 9, 13]))
+    assert torch.isfinite(out.total) and set(out.per_layer) == set(channels)
+    out.total.backward()
+    assert model.layer3[1].conv2.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in loss_fn.parameters())
+    bank = loss_fn.banks["layer4.1.conv2"].values
+    assert torch.allclose(bank.norm(dim=1), torch.ones(20), atol=1e-5)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="beta must be > 1"):
+        CMIMConfig(beta=1.0)
+    with pytest.raises(ValueError, match="embed"):
+        CMIMLoss({"s": 4}, 10, CMIMConfig(), embed="linear")
+
+
+def test_crd_normalizer_is_fixed_after_the_first_batch_and_saved() -> None:
+    config = CMIMConfig(tau=0.5, n_nce=3)
+    loss_fn = CMIMLoss({"s": 2}, dataset_size=6, config=config)
+    tap = Tap("s", torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3).sign())
+    assert torch.isnan(loss_fn.log_z).all()
+    loss_fn({"s": tap}, torch.arange(4))
+    first = loss_fn.log_z.clone()
+    loss_fn({"s": Tap("s", tap.latent * 3, tap.binary)}, torch.arange(4))
+    assert torch.equal(loss_fn.log_z, first) and torch.isfinite(first).all()
+    assert torch.equal(loss_fn.state_dict()["log_z"], first)
+    literal = CMIMLoss({"s": 2}, 6, config, normalizer="none")
+    literal({"s": tap}, torch.arange(4))
+    assert torch.isnan(literal.log_z).all()
