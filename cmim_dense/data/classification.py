@@ -84,8 +84,11 @@ def image_folder_data(root: str | Path, image_size: int = 224) -> Classification
     return ClassificationData(train, val, len(train.classes), f"imagefolder({root})")
 
 
-def build_classification_data(data: str, image_size: int, seed: int = 0) -> ClassificationData:
-    """``data`` is ``synthetic`` or the path of an ImageNet-style folder."""
+def build_classification_data(
+    data: str, image_size: int, seed: int = 0, synthetic_samples: int = 2000
+) -> ClassificationData:
+    """``data`` is ``synthetic`` (``synthetic_samples`` training images, a quarter as many for
+    validation) or the path of an ImageNet-style folder."""
     if data == "synthetic":
-        return synthetic_data(image_size=image_size, seed=seed)
+        return synthetic_data(image_size, train_size=synthetic_samples, val_size=synthetic_samples // 4, seed=seed)
     return image_folder_data(data, image_size)

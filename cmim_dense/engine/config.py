@@ -1,0 +1,131 @@
+"""Pretraining configuration: every flag resolved against the method's recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..methods import CMIMConfig, Recipe, get_recipe
+
+SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """A fully resolved pretraining run (every value explicit, stored in the checkpoints)."""
+
+    method: str
+    arch: str
+    data: str
+    out: str
+    epochs: int
+    batch_size: int
+    image_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    binary_weight_decay: float | None
+    schedule: str
+    warmup_epochs: float
+    milestones: tuple[float, ...]
+    label_smoothing: float
+    cmim: dict[str, Any] | None = None
+    synthetic_samples: int = 2000
+    seed: int = 0
+    workers: int = 0
+    max_steps: int | None = None
+    progress_bar: bool = True
+    resume: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """The values that define the run's result (what ``--resume`` must match)."""
+        values = dataclasses.asdict(self)
+        for key in ("progress_bar", "resume", "workers", "out"):
+            values.pop(key)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
+    """Fill every unset value from the method's recipe (``overrides`` values of None are unset).
+
+    The recipe's schedule shape is kept when the budget changes: warm-up and step
+    milestones are scaled by epochs / recipe epochs, and the learning rate by
+    batch size / recipe batch size (linear scaling rule) unless ``lr`` is given.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    data = given.get("data", "synthetic")
+    recipe = get_recipe(method, cmim_config(given, data) if "+cmim" in method.lower() else None)
+    train = recipe.training
+    defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
+        "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 224
+    }
+    epochs = int(given.get("epochs", defaults["epochs"]))
+    batch_size = int(given.get("batch_size", defaults["batch_size"]))
+    budget = epochs / train.epochs
+    config = PretrainConfig(
+        method=recipe.name,
+        arch=given.get("arch", "resnet18"),
+        data=data,
+        out=given.get("out", f"runs/pretrain/{recipe.name}"),
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=int(given.get("image_size", defaults["image_size"])),
+        lr=float(given.get("lr", train.lr * batch_size / train.batch_size)),
+        optimizer=given.get("optimizer", train.optimizer),
+        weight_decay=float(given.get("weight_decay", train.weight_decay)),
+        binary_weight_decay=train.binary_weight_decay if "weight_decay" not in given else None,
+        schedule=given.get("schedule", train.schedule),
+        warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
+        milestones=tuple(m * budget for m in train.milestones),
+        label_smoothing=train.label_smoothing,
+        cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp")) if recipe.cmim else None,
+        synthetic_samples=int(given.get("synthetic_samples", 2000)),
+        seed=int(given.get("seed", 0)),
+        workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
+        max_steps=given.get("max_steps"),
+        progress_bar=bool(given.get("progress_bar", True)),
+        resume=bool(given.get("resume", False)),
+    )
+    validate(config, recipe)
+    return config
+
+
+def cmim_config(given: dict[str, Any], data: str) -> CMIMConfig:
+    """CMIM hyper-parameters from ``cmim_*`` overrides; the built-in data defaults to fewer negatives."""
+    defaults = CMIMConfig()
+    n_nce = given.get("cmim_nce_n", SYNTHETIC_DEFAULTS["cmim_nce_n"] if data == "synthetic" else defaults.n_nce)
+    return CMIMConfig(
+        lam=float(given.get("cmim_lambda", defaults.lam)),
+        beta=float(given.get("cmim_beta", defaults.beta)),
+        tau=float(given.get("cmim_tau", defaults.tau)),
+        n_nce=int(n_nce),
+        layers=given.get("cmim_layers", defaults.layers),
+    )
+
+
+def validate(config: PretrainConfig, recipe: Recipe) -> None:
+    """One-line errors for values out of range and for objectives not available here."""
+    checks = [
+        (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm), got {config.batch_size}"),
+        (config.image_size >= 16, f"--image-size must be >= 16, got {config.image_size}"),
+        (config.lr > 0, f"--lr must be > 0, got {config.lr}"),
+        (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (config.warmup_epochs >= 0, f"--warmup must be >= 0, got {config.warmup_epochs}"),
+        (config.workers >= 0, f"--workers must be >= 0, got {config.workers}"),
+        (config.synthetic_samples >= 20, f"--synthetic-samples must be >= 20, got {config.synthetic_samples}"),
+        (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
+        (config.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {config.optimizer!r}"),
+        (config.schedule in ("cos", "step", "linear"), f"--schedule must be cos, step or linear, got {config.schedule!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    if recipe.training.loss != "ce":
+        raise ValueError(
+            f"method {recipe.name!r} trains with loss {recipe.training.loss!r} from a teacher, which this version "
+            "of pretrain/run.py cannot run yet; choose fp, bnn, xnor, xnorpp, bireal, irnet or rbnn (+cmim)"
+        )
+    if config.cmim is not None and config.cmim["embed"] not in ("mlp", "none"):
+        raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")

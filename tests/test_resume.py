@@ -1,0 +1,57 @@
+"""A run killed with SIGKILL and resumed ends bit for bit where an uninterrupted run ends."""
+
+import signal
+import subprocess
+import time
+
+import torch
+
+from cmim_dense.engine import load_checkpoint
+
+ARGS = ["--method", "rbnn+cmim", "--epochs", "3", "--synthetic-samples", "64", "--batch-size", "16",
+        "--image-size", "32", "--cmim-nce-n", "8", "--no-progress"]
+
+
+def command(python, root, out, *extra: str) -> list[str]:
+    return [python, str(root / "pretrain" / "run.py"), *ARGS, "--out", str(out), *extra]
+
+
+def finished_epoch(path) -> int:
+    try:
+        return load_checkpoint(path)["meta"]["epoch"]
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_sigkill_then_resume_is_bit_exact(python, root, tmp_path) -> None:
+    reference = tmp_path / "reference"
+    subprocess.run(command(python, root, reference), check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(python, root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while finished_epoch(killed / "last.pt") < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now somewhere inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert finished_epoch(killed / "last.pt") in (1, 2)
+
+    result = subprocess.run(command(python, root, killed, "--resume"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for site, bank in a["cmim"]["banks"].items():
+        assert torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]), site
+    assert (reference / "metrics.jsonl").read_text().count("\n") == (killed / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_existing_run_is_never_overwritten(python, root, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"precious")
+    result = subprocess.run(command(python, root, out), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "add --resume" in result.stderr
+    assert (out / "last.pt").read_bytes() == b"precious"
