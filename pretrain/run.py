@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--teacher", help="full-precision teacher for reactnet, s2bnn, dirnet: a torchvision/timm "
+                        "ResNet state dict or an fp checkpoint of this tool")
     cmim = parser.add_argument_group("CMIM (methods NAME+cmim)")
     cmim.add_argument("--cmim-lambda", type=float, help="weight of the CMIM loss (default 0.8)")
     cmim.add_argument("--cmim-beta", type=float, help="layer weighting base, > 1 (default 2)")

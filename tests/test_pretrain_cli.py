@@ -35,6 +35,8 @@ def test_list_methods(python, root) -> None:
         (["--method", "fp+cmim"], "has no binary activations"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--data", "/nonexistent/imagenet"], "is not a folder"),
+        (["--method", "reactnet"], "pass --teacher PATH"),
+        (["--method", "dirnet", "--teacher", "/nonexistent/teacher.pt"], "does not exist"),
     ],
 )
 def test_bad_input_gives_one_line_error(python, root, tmp_path, args, message) -> None:

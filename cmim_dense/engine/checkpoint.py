@@ -29,16 +29,22 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a clear error for anything else."""
+def read_weights(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors for missing,
+    corrupt or unsafe (arbitrary-pickle) files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable cmim-dense checkpoint ({first_line})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A cmim-dense checkpoint (a dict with ``model`` and ``meta``), read without unpickling code."""
+    obj = read_weights(path)
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj

@@ -31,6 +31,9 @@ class PretrainConfig:
     milestones: tuple[float, ...]
     label_smoothing: float
     cmim: dict[str, Any] | None = None
+    teacher: str | None = None
+    stage: int = 0
+    init_from: str | None = None
     synthetic_samples: int = 2000
     seed: int = 0
     workers: int = 0
@@ -41,7 +44,7 @@ class PretrainConfig:
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
         values = dataclasses.asdict(self)
-        for key in ("progress_bar", "resume", "workers", "out"):
+        for key in ("progress_bar", "resume", "workers", "out", "init_from"):
             values.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
@@ -80,6 +83,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         milestones=tuple(m * budget for m in train.milestones),
         label_smoothing=train.label_smoothing,
         cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp")) if recipe.cmim else None,
+        teacher=given.get("teacher"),
         synthetic_samples=int(given.get("synthetic_samples", 2000)),
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
@@ -122,10 +126,10 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    if recipe.training.loss != "ce":
+    if recipe.teacher == "required" and config.teacher is None:
         raise ValueError(
-            f"method {recipe.name!r} trains with loss {recipe.training.loss!r} from a teacher, which this version "
-            "of pretrain/run.py cannot run yet; choose fp, bnn, xnor, xnorpp, bireal, irnet or rbnn (+cmim)"
+            f"method {recipe.name!r} trains from a full-precision teacher ({recipe.training.loss} loss): pass "
+            "--teacher PATH (a torchvision/timm ResNet state dict, or last.pt of pretrain/run.py --method fp)"
         )
     if config.cmim is not None and config.cmim["embed"] not in ("mlp", "none"):
         raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")

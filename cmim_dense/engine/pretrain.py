@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from contextlib import nullcontext
@@ -17,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from ..data import ClassificationData, WithIndex, build_classification_data
-from ..losses import CMIMLoss
+from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
 from ..methods import CMIMConfig, get_recipe
-from ..models import BinaryResNet, collect_taps, create_model, select_sites
+from ..models import BinaryResNet, collect_taps, create_model, load_teacher, select_sites
 from .checkpoint import load_checkpoint, save_atomic
 from .config import PretrainConfig, validate
 from .optim import build_optimizer, clip_latent_weights, lr_factor
@@ -78,6 +79,7 @@ class PretrainRun:
     total_steps: int
     cmim: CMIMLoss | None = None
     sites: list[str] = field(default_factory=list)
+    teacher: BinaryResNet | None = None
     epoch: int = 0
     step: int = 0
     best_top1: float = -1.0
@@ -99,6 +101,7 @@ class PretrainRun:
                 "top5": metrics["top5"],
                 "data": self.data.description,
                 "image_size": self.config.image_size,
+                "real_weights": self.config.stage == 1,
                 "recipe": self.model.recipe.to_dict(),
                 "config": self.config.settings(),
             },
@@ -139,7 +142,17 @@ def build_run(config: PretrainConfig) -> PretrainRun:
     validate(config, recipe)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples)
-    model = create_model(config.arch, config.method, num_classes=data.num_classes).to(device)
+    model = create_model(config.arch, config.method, num_classes=data.num_classes,
+                         real_weights=config.stage == 1).to(device)
+    if config.init_from is not None:  # second stage: start from the first stage's weights
+        model.load_state_dict(load_checkpoint(config.init_from)["model"], strict=False)
+    teacher = None
+    if config.teacher is not None:
+        teacher = load_teacher(config.teacher).to(device)
+        if recipe.training.loss in ("kd", "gdc") and teacher.num_classes != data.num_classes:
+            raise ValueError(
+                f"teacher {config.teacher} predicts {teacher.num_classes} classes but the data has {data.num_classes}"
+            )
     cmim, sites = build_cmim_loss(config, model, len(data.train), device) if config.cmim else (None, [])
     trained = nn.ModuleList([model] + ([cmim] if cmim is not None else []))
     optimizer = build_optimizer(trained, config.optimizer, config.lr, config.weight_decay,
@@ -155,7 +168,31 @@ def build_run(config: PretrainConfig) -> PretrainRun:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, config.schedule, warmup, milestones)
     )
-    return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites)
+    return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites,
+                       teacher)
+
+
+def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of the recipe's training objective (the CMIM term is added by the caller).
+
+    ``ce``: cross-entropy; ``kd``: ReActNet's distributional loss from the teacher only;
+    ``gdc``: S2-BNN's calibration to the teacher's distribution, labels unused;
+    ``ce+rbd``: cross-entropy plus DIR-Net's representation alignment to the teacher.
+    """
+    training = run.model.recipe.training
+    features = run.model.forward_features(images)
+    logits = run.model.forward_head(features[-1])
+    if training.loss == "ce":
+        return F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing), logits
+    assert run.teacher is not None
+    with torch.no_grad():
+        teacher_features = run.teacher.forward_features(images)
+        teacher_logits = run.teacher.forward_head(teacher_features[-1])
+    if training.loss in ("kd", "gdc"):
+        return soft_cross_entropy(logits, teacher_logits, training.distill_temperature), logits
+    ce = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
+    rbd = representation_alignment(features[1:], teacher_features[1:])
+    return ce + training.distill_weight * rbd, logits
 
 
 def train_one_epoch(run: PretrainRun) -> dict[str, float]:
@@ -176,8 +213,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     for images, labels, indices in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with collect_taps(model, run.sites) if run.cmim is not None else nullcontext({}) as taps:
-            logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            loss, logits = objective(run, images, labels)
         if run.cmim is not None:
             cmim_term = run.cmim(taps, indices.to(device)).total
             cmim_sum += cmim_term.item() * labels.numel()
@@ -220,7 +256,12 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     With ``config.resume`` a run continues from ``out/last.pt`` (model, optimizer, scheduler,
     schedules, CMIM heads and memory banks, RNG and data order) and ends with the same weights
     as an uninterrupted run; without it an existing ``last.pt`` is never overwritten.
+    A two-stage recipe first trains with real-valued weights in ``out/stage1``.
     """
+    if get_recipe(config.method).training.two_stage and config.stage == 0:
+        first = dataclasses.replace(config, stage=1, out=str(Path(config.out) / "stage1"))
+        run_pretraining(first)
+        return run_pretraining(dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt")))
     run = build_run(config)
     last = run.out / "last.pt"
     if last.exists():
@@ -243,7 +284,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         if is_best:
             save_atomic(state, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
-        print(f"[{config.method}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
+        stage = f" stage {config.stage}" if config.stage else ""
+        print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
               f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
               f"{record['images_per_s']:.0f} img/s", flush=True)
     return {"best_top1": run.best_top1, "history": run.history, "out": str(run.out)}

@@ -24,7 +24,10 @@ class TrainingDefaults:
     ``linear`` (linear decay to 0).  ``loss`` names the training objective: ``ce``
     (cross-entropy, with ``label_smoothing``), ``kd`` (ReActNet's distributional loss from a
     teacher only), ``gdc`` (S2-BNN's guided distribution calibration, no labels) or
-    ``ce+rbd`` (DIR-Net's cross-entropy plus representation distillation).
+    ``ce+rbd`` (DIR-Net's cross-entropy plus representation distillation), with
+    ``distill_temperature`` (KD/GDC) and ``distill_weight`` (RBD).  ``two_stage`` trains
+    ``epochs`` with real-valued weights, then ``epochs`` more with binary weights initialised
+    from the first stage (ReActNet).
     """
 
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -40,6 +43,8 @@ class TrainingDefaults:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     loss: Literal["ce", "kd", "gdc", "ce+rbd"] = "ce"
+    distill_temperature: float = 1.0
+    distill_weight: float = 1.0
     two_stage: bool = False
     clip_latent_weights: float | None = None
 

@@ -15,7 +15,8 @@ RECIPE = register(
         paper="Shen et al., S2-BNN: Self-supervised BNNs via Guided Distribution Calibration, CVPR 2021",
         code="szq0214/S2-BNN",
         training=TrainingDefaults(
-            optimizer="adam", lr=3e-4, weight_decay=0.0, epochs=200, schedule="linear", loss="gdc", two_stage=True
+            optimizer="adam", lr=3e-4, weight_decay=0.0, epochs=200, schedule="linear", loss="gdc",
+            distill_temperature=0.2, two_stage=True
         ),
     )
 )

@@ -25,4 +25,8 @@ def list_archs() -> list[str]:
     return ARCHS.names()
 
 
-__all__ = ["ARCHS", "BinaryResNet", "Tap", "collect_taps", "create_model", "list_archs", "select_sites"]
+from .loading import load_teacher, model_from_checkpoint  # noqa: E402  (needs create_model)
+
+
+__all__ = ["ARCHS", "BinaryResNet", "Tap", "collect_taps", "create_model", "list_archs", "load_teacher",
+           "model_from_checkpoint", "select_sites"]
