@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-layers", help="stages, blocks or all (default stages)")
     cmim.add_argument("--cmim-embed", choices=["mlp", "none"], help="critic representation (default mlp)")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
+    parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
+    parser.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     parser.add_argument("--synthetic-samples", type=int, help="training images of the built-in set (default 2000)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..methods import CMIMConfig, Recipe, get_recipe
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
@@ -34,6 +36,8 @@ class PretrainConfig:
     teacher: str | None = None
     stage: int = 0
     init_from: str | None = None
+    amp: bool = False
+    channels_last: bool = False
     synthetic_samples: int = 2000
     seed: int = 0
     workers: int = 0
@@ -84,6 +88,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         label_smoothing=train.label_smoothing,
         cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp")) if recipe.cmim else None,
         teacher=given.get("teacher"),
+        amp=bool(given.get("amp", False)),
+        channels_last=bool(given.get("channels_last", False)),
         synthetic_samples=int(given.get("synthetic_samples", 2000)),
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
@@ -126,6 +132,8 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    if config.amp and not torch.cuda.is_available():
+        raise ValueError("--amp needs a CUDA device (binary training on CPU runs in float32); drop --amp")
     if recipe.teacher == "required" and config.teacher is None:
         raise ValueError(
             f"method {recipe.name!r} trains from a full-precision teacher ({recipe.training.loss} loss): pass "

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..data import ClassificationData, WithIndex, build_classification_data
@@ -80,6 +81,7 @@ class PretrainRun:
     cmim: CMIMLoss | None = None
     sites: list[str] = field(default_factory=list)
     teacher: BinaryResNet | None = None
+    scaler: torch.amp.GradScaler | None = None
     epoch: int = 0
     step: int = 0
     best_top1: float = -1.0
@@ -107,6 +109,7 @@ class PretrainRun:
             },
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "progress": {"step": self.step, "best_top1": self.best_top1, "history": self.history},
             "rng": rng_state(),
         }
@@ -126,6 +129,8 @@ class PretrainRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         if self.cmim is not None:
             self.cmim.load_state_dict(state["cmim"]["heads"])
             self.cmim.load_bank_state(state["cmim"]["banks"])
@@ -144,6 +149,8 @@ def build_run(config: PretrainConfig) -> PretrainRun:
     data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples)
     model = create_model(config.arch, config.method, num_classes=data.num_classes,
                          real_weights=config.stage == 1).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if config.init_from is not None:  # second stage: start from the first stage's weights
         model.load_state_dict(load_checkpoint(config.init_from)["model"], strict=False)
     teacher = None
@@ -168,8 +175,9 @@ def build_run(config: PretrainConfig) -> PretrainRun:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, config.schedule, warmup, milestones)
     )
+    scaler = torch.amp.GradScaler("cuda") if config.amp else None
     return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites,
-                       teacher)
+                       teacher, scaler)
 
 
 def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,14 +218,17 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"{config.method} epoch {run.epoch + 1}/{config.epochs}", leave=False,
                disable=None if config.progress_bar else True, mininterval=1.0)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     for images, labels, indices in bar:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with collect_taps(model, run.sites) if run.cmim is not None else nullcontext({}) as taps:
-            loss, logits = objective(run, images, labels)
-        if run.cmim is not None:
-            cmim_term = run.cmim(taps, indices.to(device)).total
-            cmim_sum += cmim_term.item() * labels.numel()
-            loss = loss + cmim_term
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
+            with collect_taps(model, run.sites) if run.cmim is not None else nullcontext({}) as taps:
+                loss, logits = objective(run, images, labels)
+            if run.cmim is not None:
+                cmim_term = run.cmim(taps, indices.to(device)).total
+                cmim_sum += cmim_term.item() * labels.numel()
+                loss = loss + cmim_term
         loss_value = loss.item()
         if not np.isfinite(loss_value):
             raise FloatingPointError(
@@ -225,8 +236,13 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                 f"is {run.out / 'last.pt'}; lower --lr and rerun with --resume"
             )
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            loss.backward()
+            run.optimizer.step()
         run.scheduler.step()
         if clip is not None:
             clip_latent_weights(model, clip)
@@ -270,6 +286,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         run.restore(load_checkpoint(last))
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+    writer = SummaryWriter(str(run.out / "tensorboard"))
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
         metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers)
@@ -284,8 +301,13 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         if is_best:
             save_atomic(state, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
+        for key, value in record.items():
+            if key != "epoch":
+                writer.add_scalar(f"pretrain/{key}", value, run.epoch)
+        writer.flush()
         stage = f" stage {config.stage}" if config.stage else ""
         print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
               f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
               f"{record['images_per_s']:.0f} img/s", flush=True)
+    writer.close()
     return {"best_top1": run.best_top1, "history": run.history, "out": str(run.out)}
