@@ -3,11 +3,12 @@
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from cmim_dense import create_model
-from cmim_dense.data import SyntheticShapes, image_folder_data
+from cmim_dense.data import SyntheticShapes, build_classification_data, image_folder_data
 from cmim_dense.engine import load_checkpoint, save_atomic
 from cmim_dense.engine.optim import build_optimizer, clip_latent_weights, lr_factor
 
@@ -85,3 +86,48 @@ def test_binary_weights_get_their_own_weight_decay_and_clip() -> None:
         model.layer1[0].conv1.weight.fill_(3.0)
     clip_latent_weights(model, 1.0)
     assert model.layer1[0].conv1.weight.max() == 1.0
+
+
+def write_cifar10(root, per_batch: int = 3):
+    """A miniature CIFAR-10 folder in the official python-pickle layout (protocol 2, bytes keys)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8)
+        data[:, 0] = 255  # red channel of the top-left pixel
+        data[:, 1024] = 0  # green channel of the same pixel
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, handle, protocol=2)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": [b"airplane"] * 10}, handle, protocol=2)
+    return folder
+
+
+def test_cifar_python_folder(tmp_path) -> None:
+    write_cifar10(tmp_path)
+    data = build_classification_data(str(tmp_path), image_size=32)
+    assert data.num_classes == 10 and len(data.train) == 15 and len(data.val) == 3
+    image, label = data.val[0]
+    assert image.shape == (3, 32, 32) and 0 <= label < 10
+    raw = data.val.images[0]
+    assert raw.shape == (32, 32, 3) and raw[0, 0, 0] == 255 and raw[0, 0, 1] == 0
+    with pytest.raises(ValueError, match="CIFAR images are 32x32"):
+        build_classification_data(str(tmp_path), image_size=64)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("owned",))
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path) -> None:
+    folder = write_cifar10(tmp_path)
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump({b"data": Exploit(), b"labels": [0]}, handle, protocol=2)
+    with pytest.raises(ValueError, match="print is not allowed in a CIFAR batch file"):
+        build_classification_data(str(tmp_path), image_size=32)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3 is missing"):
+        build_classification_data(str(tmp_path), image_size=32)

@@ -9,6 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from .cifar import CIFAR, find_cifar
 from .synthetic import SyntheticShapes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,7 +61,7 @@ def image_folder_data(root: str | Path, image_size: int = 224) -> Classification
         if not (root / split).is_dir():
             raise FileNotFoundError(
                 f"{root / split} is not a folder; --data expects an ImageNet-style folder with train/ and val/ "
-                "sub-folders of one folder per class (or 'synthetic')"
+                "sub-folders of one folder per class, a CIFAR python folder, or 'synthetic'"
             )
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = transforms.Compose(
@@ -88,7 +89,15 @@ def build_classification_data(
     data: str, image_size: int, seed: int = 0, synthetic_samples: int = 2000
 ) -> ClassificationData:
     """``data`` is ``synthetic`` (``synthetic_samples`` training images, a quarter as many for
-    validation) or the path of an ImageNet-style folder."""
+    validation), a CIFAR-10/100 python folder, or an ImageNet-style folder."""
     if data == "synthetic":
         return synthetic_data(image_size, train_size=synthetic_samples, val_size=synthetic_samples // 4, seed=seed)
+    cifar = find_cifar(data)
+    if cifar is not None:
+        if image_size != 32:
+            raise ValueError(f"CIFAR images are 32x32; drop --image-size {image_size}")
+        folder, classes = cifar
+        return ClassificationData(
+            CIFAR(folder, classes, "train"), CIFAR(folder, classes, "test"), classes, f"cifar{classes}({folder})"
+        )
     return image_folder_data(data, image_size)

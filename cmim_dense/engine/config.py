@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..data.cifar import find_cifar
 from ..methods import CMIMConfig, Recipe, get_recipe
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
@@ -65,7 +66,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     recipe = get_recipe(method, cmim_config(given, data) if "+cmim" in method.lower() else None)
     train = recipe.training
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
-        "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 224
+        "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 32 if find_cifar(data) else 224
     }
     epochs = int(given.get("epochs", defaults["epochs"]))
     batch_size = int(given.get("batch_size", defaults["batch_size"]))
