@@ -20,7 +20,8 @@ from cmim_dense.registry import UnknownNameError  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-methods", action="store_true", help="print every method recipe and exit")
-    parser.add_argument("--method", default="irnet", help="NAME or NAME+cmim (default: irnet)")
+    parser.add_argument("--config", help="YAML file of flag values (e.g. configs/table2_*.yaml); flags override it")
+    parser.add_argument("--method", help="NAME or NAME+cmim (default: irnet)")
     parser.add_argument("--arch", choices=list_archs(), help="backbone (default: resnet18)")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or an ImageNet-style folder")
     parser.add_argument("--epochs", type=int)
@@ -62,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         print("any binary method also takes '+cmim', e.g. rbnn+cmim")
         return 0
     from cmim_dense.engine import resolve_config, run_pretraining
+    from cmim_dense.engine.config import read_config_file
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("method", "list_methods")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config")}
     try:
-        config = resolve_config(args.method, overrides)
+        values = read_config_file(args.config, set(flags)) if args.config else {}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        config = resolve_config(values.pop("method", "irnet"), values)
         result = run_pretraining(config)
     except (UnknownNameError, ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from ..data.cifar import find_cifar
 from ..methods import CMIMConfig, Recipe, get_recipe
@@ -100,6 +103,24 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     )
     validate(config, recipe)
     return config
+
+
+def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
+    """Flag values from a YAML file (keys are flag names, with - or _); unknown keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of flag names to values")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+    return values
 
 
 def cmim_config(given: dict[str, Any], data: str) -> CMIMConfig:
