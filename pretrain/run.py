@@ -7,6 +7,7 @@ Unset flags take the method recipe's defaults (see ``--list-methods`` and docs/m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cmim_dense.engine import resolve_config, run_pretraining
     from cmim_dense.engine.config import read_config_file
+    from cmim_dense.engine.distributed import cleanup_distributed
 
     flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config")}
     try:
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        cleanup_distributed()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"best top-1 {100 * result['best_top1']:.1f}%; checkpoints in {result['out']}/ (best.pt, last.pt)")
     return 0
 

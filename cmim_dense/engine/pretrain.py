@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -24,6 +25,7 @@ from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, select_sites
 from .checkpoint import load_checkpoint, save_atomic
 from .config import PretrainConfig, validate
+from .distributed import DistributedContext, setup_distributed
 from .optim import build_optimizer, clip_latent_weights, lr_factor
 from .rng import rng_state, seed_everything, set_rng_state
 
@@ -82,6 +84,9 @@ class PretrainRun:
     sites: list[str] = field(default_factory=list)
     teacher: BinaryResNet | None = None
     scaler: torch.amp.GradScaler | None = None
+    dist: DistributedContext = field(default_factory=DistributedContext)
+    network: nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
+    cmim_network: nn.Module | None = None
     epoch: int = 0
     step: int = 0
     best_top1: float = -1.0
@@ -141,11 +146,13 @@ class PretrainRun:
         set_rng_state(state["rng"])
 
 
-def build_run(config: PretrainConfig) -> PretrainRun:
+def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRun:
     seed_everything(config.seed)
     recipe = get_recipe(config.method)
     validate(config, recipe)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.batch_size % context.world_size:
+        raise ValueError(f"--batch-size {config.batch_size} (global) must divide by the {context.world_size} processes")
+    device = context.device
     data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples)
     model = create_model(config.arch, config.method, num_classes=data.num_classes,
                          real_weights=config.stage == 1).to(device)
@@ -164,7 +171,7 @@ def build_run(config: PretrainConfig) -> PretrainRun:
     trained = nn.ModuleList([model] + ([cmim] if cmim is not None else []))
     optimizer = build_optimizer(trained, config.optimizer, config.lr, config.weight_decay,
                                 config.binary_weight_decay, recipe.training.momentum, recipe.training.nesterov)
-    steps_per_epoch = len(data.train) // config.batch_size
+    steps_per_epoch = len(data.train) // config.batch_size  # global batches per epoch
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(data.train)} training samples")
     total_steps = steps_per_epoch * config.epochs
@@ -176,8 +183,13 @@ def build_run(config: PretrainConfig) -> PretrainRun:
         optimizer, lambda step: lr_factor(step, total_steps, config.schedule, warmup, milestones)
     )
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
+    network, cmim_network = model, cmim
+    if context.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        network = DistributedDataParallel(model, device_ids=ids)
+        cmim_network = DistributedDataParallel(cmim, device_ids=ids) if cmim is not None else None
     return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites,
-                       teacher, scaler)
+                       teacher, scaler, context, network, cmim_network)
 
 
 def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +200,7 @@ def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> t
     ``ce+rbd``: cross-entropy plus DIR-Net's representation alignment to the teacher.
     """
     training = run.model.recipe.training
-    features = run.model.forward_features(images)
-    logits = run.model.forward_head(features[-1])
+    logits, features = run.network(images, return_features=True)
     if training.loss == "ce":
         return F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing), logits
     assert run.teacher is not None
@@ -208,8 +219,10 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     config, model, device = run.config, run.model, run.device
     model.set_progress(run.epoch / config.epochs)
     model.train()
-    order = torch.Generator().manual_seed(config.seed * 100_003 + run.epoch)
-    loader = DataLoader(WithIndex(run.data.train), config.batch_size, sampler=RandomSampler(run.data.train, generator=order),
+    sampler = DistributedSampler(run.data.train, run.dist.world_size, run.dist.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    sampler.set_epoch(run.epoch)
+    loader = DataLoader(WithIndex(run.data.train), config.batch_size // run.dist.world_size, sampler=sampler,
                         num_workers=config.workers, drop_last=True, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed * 100_019 + run.epoch))
     clip = run.model.recipe.training.clip_latent_weights
@@ -217,7 +230,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     loss_sum = cmim_sum = 0.0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"{config.method} epoch {run.epoch + 1}/{config.epochs}", leave=False,
-               disable=None if config.progress_bar else True, mininterval=1.0)
+               disable=None if config.progress_bar and run.dist.is_main else True, mininterval=1.0)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     for images, labels, indices in bar:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
@@ -226,7 +239,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
             with collect_taps(model, run.sites) if run.cmim is not None else nullcontext({}) as taps:
                 loss, logits = objective(run, images, labels)
             if run.cmim is not None:
-                cmim_term = run.cmim(taps, indices.to(device)).total
+                cmim_term = run.cmim_network(taps, indices.to(device)).total
                 cmim_sum += cmim_term.item() * labels.numel()
                 loss = loss + cmim_term
         loss_value = loss.item()
@@ -256,7 +269,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
             break
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum / seen, "train_cmim": cmim_sum / seen, "train_top1": correct / seen,
-            "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+            "images_per_s": seen * run.dist.world_size / elapsed, "epoch_time_s": elapsed}
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -278,15 +291,19 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         first = dataclasses.replace(config, stage=1, out=str(Path(config.out) / "stage1"))
         run_pretraining(first)
         return run_pretraining(dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt")))
-    run = build_run(config)
+    context = setup_distributed()
+    run = build_run(config, context)
     last = run.out / "last.pt"
     if last.exists():
         if not config.resume:
             raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
         run.restore(load_checkpoint(last))
-    run.out.mkdir(parents=True, exist_ok=True)
-    (run.out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
-    writer = SummaryWriter(str(run.out / "tensorboard"))
+    context.barrier()  # every rank has read last.pt before rank 0 may replace it
+    main = context.is_main
+    if main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+    writer = SummaryWriter(str(run.out / "tensorboard")) if main else None
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
         metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers)
@@ -296,6 +313,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         run.history.append(record)
         is_best = metrics["top1"] >= run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
+        if not main:
+            continue
         state = run.state(metrics)
         save_atomic(state, last)
         if is_best:
@@ -309,5 +328,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
               f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
               f"{record['images_per_s']:.0f} img/s", flush=True)
-    writer.close()
+    if writer is not None:
+        writer.close()
+    context.barrier()
     return {"best_top1": run.best_top1, "history": run.history, "out": str(run.out)}

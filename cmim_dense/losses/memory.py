@@ -12,9 +12,9 @@ def all_gather_rows(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every DDP rank along dim 0 (``x`` itself without DDP)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x.contiguous())
-    return out
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())  # supported by gloo (CPU) and nccl alike
+    return torch.cat(parts)
 
 
 def all_reduce_mean(x: Tensor) -> Tensor:

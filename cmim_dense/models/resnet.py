@@ -135,8 +135,8 @@ class BinaryResNet(nn.Module):
     def forward_head(self, x: Tensor) -> Tensor:
         return self.fc(self.head_norm(torch.flatten(self.avgpool(x), 1)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.forward_stem(x))
-        for stage in self.stages:
-            x = stage(x)
-        return self.forward_head(x)
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits; with ``return_features`` also the :meth:`forward_features` maps (one pass)."""
+        features = self.forward_features(x)
+        logits = self.forward_head(features[-1])
+        return (logits, features) if return_features else logits
