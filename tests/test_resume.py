@@ -55,3 +55,16 @@ def test_existing_run_is_never_overwritten(python, root, tmp_path) -> None:
     result = subprocess.run(command(python, root, out), capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "add --resume" in result.stderr
     assert (out / "last.pt").read_bytes() == b"precious"
+
+
+def test_nan_loss_stops_with_a_one_line_message(tmp_path) -> None:
+    import pytest
+
+    from cmim_dense.engine import resolve_config, run_pretraining
+
+    config = resolve_config("fp", {"epochs": 1, "batch_size": 8, "image_size": 32, "synthetic_samples": 24,
+                                   "optimizer": "sgd", "lr": 1e30, "out": str(tmp_path / "run"),
+                                   "progress_bar": False})
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+ \(epoch 1\).*--resume"):
+        run_pretraining(config)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -205,8 +205,7 @@ def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> t
         return F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing), logits
     assert run.teacher is not None
     with torch.no_grad():
-        teacher_features = run.teacher.forward_features(images)
-        teacher_logits = run.teacher.forward_head(teacher_features[-1])
+        teacher_logits, teacher_features = run.teacher(images, return_features=True)
     if training.loss in ("kd", "gdc"):
         return soft_cross_entropy(logits, teacher_logits, training.distill_temperature), logits
     ce = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
