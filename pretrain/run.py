@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-tau", type=float, help="critic temperature (default 0.1)")
     cmim.add_argument("--cmim-nce-n", type=int, help="negatives per anchor (default 16384; 256 on synthetic)")
     cmim.add_argument("--cmim-layers", help="stages, blocks or all (default stages)")
+    cmim.add_argument("--cmim-variant", choices=["paper", "code"],
+                      help="paper: layer-wise a_B/a_F contrast (default); code: the official code's CRD with --teacher")
     cmim.add_argument("--cmim-embed", choices=["mlp", "none"], help="critic representation (default mlp)")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")

@@ -125,3 +125,22 @@ def test_crd_normalizer_is_fixed_after_the_first_batch_and_saved() -> None:
     literal = CMIMLoss({"s": 2}, 6, config, normalizer="none")
     literal({"s": tap}, torch.arange(4))
     assert torch.isnan(literal.log_z).all()
+
+
+def test_official_code_variant_is_two_sided_crd() -> None:
+    from cmim_dense.losses.cmim_code import OfficialCMIMLoss
+
+    labels = torch.arange(12) % 3
+    loss_fn = OfficialCMIMLoss(8, 6, dataset_size=12, labels=labels, n_nce=4, embed_dim=5)
+    assert not any(p.requires_grad for p in loss_fn.parameters())  # official: heads never trained
+    student = torch.randn(4, 8, requires_grad=True)
+    teacher = torch.randn(4, 6)
+    before = loss_fn.bank_teacher.values.clone()
+    loss = loss_fn(student, teacher, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert torch.isfinite(loss) and student.grad.abs().sum() > 0
+    changed = (loss_fn.bank_teacher.values != before).any(dim=1)
+    assert changed.tolist() == [True] * 4 + [False] * 8
+    assert torch.isfinite(loss_fn.log_z).all()
+    trainable = OfficialCMIMLoss(8, 6, dataset_size=12, n_nce=4, train_heads=True)
+    assert all(p.requires_grad for p in trainable.parameters())

@@ -72,3 +72,14 @@ def test_every_recipe_trains_from_the_engine(method: str, tmp_path) -> None:
     record = result["history"][-1]
     assert math.isfinite(record["train_loss"]) and record["epoch"] == 1
     assert (record["train_cmim"] > 0) == method.endswith("+cmim")
+
+
+def test_official_cmim_variant_trains_from_the_engine(tmp_path) -> None:
+    teacher = tmp_path / "teacher.pt"
+    torch.save(create_model("resnet18", "fp", num_classes=10).state_dict(), teacher)
+    config = resolve_config("irnet+cmim", {
+        "epochs": 1, "batch_size": 8, "image_size": 32, "synthetic_samples": 24, "cmim_nce_n": 8,
+        "cmim_variant": "code", "teacher": str(teacher), "out": str(tmp_path / "run"), "progress_bar": False,
+    })
+    record = run_pretraining(config)["history"][-1]
+    assert record["train_cmim"] > 0 and math.isfinite(record["train_loss"])

@@ -84,6 +84,11 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def targets(self) -> list[int]:
+        """Every sample's class (sample i shows shape i mod num_classes)."""
+        return [index % self.num_classes for index in range(self.num_samples)]
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)

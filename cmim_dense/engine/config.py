@@ -90,7 +90,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
         milestones=tuple(m * budget for m in train.milestones),
         label_smoothing=train.label_smoothing,
-        cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp")) if recipe.cmim else None,
+        cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp"),
+                  variant=given.get("cmim_variant", "paper")) if recipe.cmim else None,
         teacher=given.get("teacher"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
@@ -161,5 +162,10 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
             f"method {recipe.name!r} trains from a full-precision teacher ({recipe.training.loss} loss): pass "
             "--teacher PATH (a torchvision/timm ResNet state dict, or last.pt of pretrain/run.py --method fp)"
         )
-    if config.cmim is not None and config.cmim["embed"] not in ("mlp", "none"):
-        raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
+    if config.cmim is not None:
+        if config.cmim["embed"] not in ("mlp", "none"):
+            raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
+        if config.cmim["variant"] not in ("paper", "code"):
+            raise ValueError(f"--cmim-variant must be paper or code, got {config.cmim['variant']!r}")
+        if config.cmim["variant"] == "code" and config.teacher is None:
+            raise ValueError("--cmim-variant code contrasts with a full-precision network: pass --teacher PATH")

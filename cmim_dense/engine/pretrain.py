@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..data import ClassificationData, WithIndex, build_classification_data
 from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
+from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, select_sites
 from .checkpoint import load_checkpoint, save_atomic
@@ -49,11 +50,26 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss_sum / count}
 
 
-def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, dataset_size: int,
-                    device: torch.device) -> tuple[CMIMLoss, list[str]]:
-    """The CMIM loss over the configured tap sites (channels read from the model)."""
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every sample's class, from the data set's own label table (no image is decoded)."""
+    for name in ("targets", "labels"):
+        if hasattr(dataset, name):
+            return torch.as_tensor(getattr(dataset, name), dtype=torch.long)
+    raise ValueError(f"{type(dataset).__name__} exposes no label table for class-aware negatives")
+
+
+def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: BinaryResNet | None,
+                    train: Dataset, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The CMIM loss: the paper's over the configured tap sites, or the official code's CRD."""
     assert config.cmim is not None
-    settings = {k: v for k, v in config.cmim.items() if k != "embed"}
+    if config.cmim["variant"] == "code":
+        assert teacher is not None
+        loss = OfficialCMIMLoss(model.fc.in_features, teacher.fc.in_features, len(train), dataset_labels(train),
+                                n_nce=config.cmim["n_nce"], tau=config.cmim["tau"], lam=config.cmim["lam"],
+                                device=device, seed=config.seed)
+        return loss.to(device), []
+    dataset_size = len(train)
+    settings = {k: v for k, v in config.cmim.items() if k not in ("embed", "variant")}
     sites = select_sites(model, settings["layers"])
     modules = dict(model.named_modules())
     channels = {site: modules[site].in_channels for site in sites}
@@ -80,7 +96,7 @@ class PretrainRun:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
-    cmim: CMIMLoss | None = None
+    cmim: CMIMLoss | OfficialCMIMLoss | None = None
     sites: list[str] = field(default_factory=list)
     teacher: BinaryResNet | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -167,7 +183,7 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
             raise ValueError(
                 f"teacher {config.teacher} predicts {teacher.num_classes} classes but the data has {data.num_classes}"
             )
-    cmim, sites = build_cmim_loss(config, model, len(data.train), device) if config.cmim else (None, [])
+    cmim, sites = build_cmim_loss(config, model, teacher, data.train, device) if config.cmim else (None, [])
     trained = nn.ModuleList([model] + ([cmim] if cmim is not None else []))
     optimizer = build_optimizer(trained, config.optimizer, config.lr, config.weight_decay,
                                 config.binary_weight_decay, recipe.training.momentum, recipe.training.nesterov)
@@ -187,13 +203,22 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
     if context.enabled:
         ids = [device.index] if device.type == "cuda" else None
         network = DistributedDataParallel(model, device_ids=ids)
-        cmim_network = DistributedDataParallel(cmim, device_ids=ids) if cmim is not None else None
+        if cmim is not None and any(p.requires_grad for p in cmim.parameters()):
+            cmim_network = DistributedDataParallel(cmim, device_ids=ids)
     return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites,
                        teacher, scaler, context, network, cmim_network)
 
 
-def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, logits) of the recipe's training objective (the CMIM term is added by the caller).
+@dataclass
+class StepOutputs:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    features: list[torch.Tensor]
+    teacher_features: list[torch.Tensor] | None
+
+
+def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+    """The recipe's training objective (the CMIM term is added by the caller).
 
     ``ce``: cross-entropy; ``kd``: ReActNet's distributional loss from the teacher only;
     ``gdc``: S2-BNN's calibration to the teacher's distribution, labels unused;
@@ -201,16 +226,28 @@ def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> t
     """
     training = run.model.recipe.training
     logits, features = run.network(images, return_features=True)
+    teacher_logits, teacher_features = None, None
+    if run.teacher is not None:
+        with torch.no_grad():
+            teacher_logits, teacher_features = run.teacher(images, return_features=True)
     if training.loss == "ce":
-        return F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing), logits
-    assert run.teacher is not None
-    with torch.no_grad():
-        teacher_logits, teacher_features = run.teacher(images, return_features=True)
-    if training.loss in ("kd", "gdc"):
-        return soft_cross_entropy(logits, teacher_logits, training.distill_temperature), logits
-    ce = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
-    rbd = representation_alignment(features[1:], teacher_features[1:])
-    return ce + training.distill_weight * rbd, logits
+        loss = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
+    elif training.loss in ("kd", "gdc"):
+        loss = soft_cross_entropy(logits, teacher_logits, training.distill_temperature)
+    else:
+        ce = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
+        loss = ce + training.distill_weight * representation_alignment(features[1:], teacher_features[1:])
+    return StepOutputs(loss, logits, features, teacher_features)
+
+
+def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs, indices: torch.Tensor) -> torch.Tensor:
+    """The CMIM term: the paper's over the taps, or the official code's over penultimate features."""
+    if isinstance(run.cmim, OfficialCMIMLoss):
+        assert run.teacher is not None and outputs.teacher_features is not None
+        student = run.model.penultimate(outputs.features[-1])
+        teacher = run.teacher.penultimate(outputs.teacher_features[-1])
+        return run.cmim_network(student, teacher, indices)
+    return run.cmim_network(taps, indices).total
 
 
 def train_one_epoch(run: PretrainRun) -> dict[str, float]:
@@ -235,10 +272,11 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
-            with collect_taps(model, run.sites) if run.cmim is not None else nullcontext({}) as taps:
-                loss, logits = objective(run, images, labels)
+            with collect_taps(model, run.sites) if run.sites else nullcontext({}) as taps:
+                outputs = objective(run, images, labels)
+            loss, logits = outputs.loss, outputs.logits
             if run.cmim is not None:
-                cmim_term = run.cmim_network(taps, indices.to(device)).total
+                cmim_term = cmim_step(run, taps, outputs, indices.to(device))
                 cmim_sum += cmim_term.item() * labels.numel()
                 loss = loss + cmim_term
         loss_value = loss.item()

@@ -132,8 +132,12 @@ class BinaryResNet(nn.Module):
             features.append(x)
         return features
 
+    def penultimate(self, x: Tensor) -> Tensor:
+        """The feature the classifier sees: pooled last stage (and BatchNorm1d where the recipe has it)."""
+        return self.head_norm(torch.flatten(self.avgpool(x), 1))
+
     def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.head_norm(torch.flatten(self.avgpool(x), 1)))
+        return self.fc(self.penultimate(x))
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits; with ``return_features`` also the :meth:`forward_features` maps (one pass)."""
