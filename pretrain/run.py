@@ -7,6 +7,7 @@ Unset flags take the method recipe's defaults (see ``--list-methods`` and docs/m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from cmim_dense.registry import UnknownNameError  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-methods", action="store_true", help="print every method recipe and exit")
+    parser.add_argument("--evaluate", metavar="CKPT", help="only evaluate a checkpoint on --data (default: its own data)")
     parser.add_argument("--config", help="YAML file of flag values (e.g. configs/table2_*.yaml); flags override it")
     parser.add_argument("--method", help="NAME or NAME+cmim (default: irnet)")
     parser.add_argument("--arch", choices=list_archs(), help="backbone (default: resnet18)")
@@ -65,11 +67,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{recipe.name:<{width}}  {recipe.description}")
         print("any binary method also takes '+cmim', e.g. rbnn+cmim")
         return 0
-    from cmim_dense.engine import resolve_config, run_pretraining
+    from cmim_dense.engine import evaluate_checkpoint, resolve_config, run_pretraining
     from cmim_dense.engine.config import read_config_file
     from cmim_dense.engine.distributed import cleanup_distributed
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config", "evaluate")}
+    if args.evaluate:
+        try:
+            result = evaluate_checkpoint(args.evaluate, args.data, args.batch_size or 64, args.workers or 0)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(result))
+        return 0
     try:
         values = read_config_file(args.config, set(flags)) if args.config else {}
         values.update({k: v for k, v in flags.items() if v is not None})

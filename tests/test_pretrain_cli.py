@@ -61,7 +61,11 @@ def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root,
     assert meta["top1"] > 0.2  # 10 balanced classes: chance is 0.1
     model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"])
     model.load_state_dict(checkpoint["model"])
-    assert load_checkpoint(out / "last.pt")["meta"]["epoch"] == 3
+    last = load_checkpoint(out / "last.pt")["meta"]
+    assert last["epoch"] == 3
+    evaluated = run(python, root, "--evaluate", str(out / "last.pt"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["top1"] == last["top1"]
 
 
 def test_image_folder_data(python, root, tmp_path) -> None:

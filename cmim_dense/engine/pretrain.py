@@ -58,6 +58,24 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     raise ValueError(f"{type(dataset).__name__} exposes no label table for class-aware negatives")
 
 
+def evaluate_checkpoint(path: str, data: str | None = None, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
+    """Top-1/top-5 of a checkpoint on the validation split of ``data`` (default: the data it was trained on)."""
+    from ..models import model_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint["meta"]
+    settings = meta["config"]
+    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"],
+                                        settings.get("synthetic_samples", 2000))
+    if dataset.num_classes != meta["num_classes"]:
+        raise ValueError(f"{path} predicts {meta['num_classes']} classes but {dataset.description} has {dataset.num_classes}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from_checkpoint(checkpoint, str(path)).to(device)
+    metrics = evaluate(model, dataset.val, batch_size, device, workers)
+    return {"checkpoint": str(path), "method": meta["method"], "arch": meta["arch"], "data": dataset.description,
+            **metrics}
+
+
 def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: BinaryResNet | None,
                     train: Dataset, device: torch.device) -> tuple[nn.Module, list[str]]:
     """The CMIM loss: the paper's over the configured tap sites, or the official code's CRD."""
