@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-layers", help="stages, blocks or all (default stages)")
     cmim.add_argument("--cmim-variant", choices=["paper", "code"],
                       help="paper: layer-wise a_B/a_F contrast (default); code: the official code's CRD with --teacher")
+    cmim.add_argument("--cmim-bank-dtype", choices=["float32", "float16"], help="memory bank precision (float16 halves it)")
     cmim.add_argument("--cmim-embed", choices=["mlp", "none"], help="critic representation (default mlp)")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")

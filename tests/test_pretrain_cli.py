@@ -88,13 +88,15 @@ def test_image_folder_data(python, root, tmp_path) -> None:
 def test_cmim_pretraining_saves_heads_and_banks(python, root, tmp_path) -> None:
     out = tmp_path / "rbnn_cmim"
     result = run(python, root, "--method", "rbnn+cmim", "--epochs", "1", "--max-steps", "3", "--batch-size", "8",
-                 "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages", "--out", str(out),
+                 "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages",
+                 "--cmim-bank-dtype", "float16", "--out", str(out),
                  "--no-progress")
     assert result.returncode == 0, result.stderr
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["meta"]["method"] == "rbnn+cmim"
     assert checkpoint["meta"]["config"]["cmim"]["n_nce"] == 16
     assert len(checkpoint["cmim"]["banks"]) == 4
+    assert all(bank["values"].dtype == torch.float16 for bank in checkpoint["cmim"]["banks"].values())
     assert torch.isfinite(checkpoint["cmim"]["heads"]["log_z"]).all()
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_cmim"] > 0

@@ -91,7 +91,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         milestones=tuple(m * budget for m in train.milestones),
         label_smoothing=train.label_smoothing,
         cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp"),
-                  variant=given.get("cmim_variant", "paper")) if recipe.cmim else None,
+                  variant=given.get("cmim_variant", "paper"),
+                  bank_dtype=given.get("cmim_bank_dtype", "float32")) if recipe.cmim else None,
         teacher=given.get("teacher"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
@@ -165,6 +166,8 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
     if config.cmim is not None:
         if config.cmim["embed"] not in ("mlp", "none"):
             raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
+        if config.cmim["bank_dtype"] not in ("float32", "float16"):
+            raise ValueError(f"--cmim-bank-dtype must be float32 or float16, got {config.cmim['bank_dtype']!r}")
         if config.cmim["variant"] not in ("paper", "code"):
             raise ValueError(f"--cmim-variant must be paper or code, got {config.cmim['variant']!r}")
         if config.cmim["variant"] == "code" and config.teacher is None:
