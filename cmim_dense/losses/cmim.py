@@ -39,6 +39,12 @@ def nce_loss(positive: Tensor, negatives: Tensor, noise: float) -> Tensor:
     return -(log_h_pos + log_not_h_neg.sum(dim=1)).mean()
 
 
+def crd_log_z(scores: Tensor, dataset_size: int) -> Tensor:
+    """log Z for CRD's normaliser Z = M mean(exp(s)) over a batch of critic exponents (DDP-averaged)."""
+    flat = scores.detach().flatten()
+    return all_reduce_mean(torch.logsumexp(flat, 0) - math.log(flat.numel()) + math.log(dataset_size))
+
+
 def layer_weights(num_layers: int, beta: float) -> list[float]:
     """1 / beta^(K-1-k) for k = 0..K-1 (Eq. 14): the deepest tapped layer weighs 1."""
     return [beta ** -(num_layers - 1 - k) for k in range(num_layers)]
@@ -147,13 +153,10 @@ class CMIMLoss(nn.Module):
         assert total is not None
         return CMIMOutput(self.config.lam * total, per_layer)
 
-    @torch.no_grad()
     def _log_z(self, k: int, positive: Tensor, scores: Tensor) -> Tensor:
-        """log Z = log(M mean exp(s)) over the first batch's scores, then fixed (CRD)."""
+        """log Z over the first batch's scores, then fixed (CRD)."""
         if torch.isnan(self.log_z[k]):
-            every = torch.cat([positive[:, None], scores], dim=1).flatten()
-            log_z = torch.logsumexp(every, 0) - math.log(every.numel()) + math.log(self.dataset_size)
-            self.log_z[k] = all_reduce_mean(log_z)
+            self.log_z[k] = crd_log_z(torch.cat([positive[:, None], scores], dim=1), self.dataset_size)
         return self.log_z[k]
 
     def bank_state(self) -> dict[str, dict[str, Tensor]]:

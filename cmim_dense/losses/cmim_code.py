@@ -7,13 +7,11 @@ docs/methods.md for the eight differences.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .cmim import nce_loss
-from .memory import MemoryBank, all_reduce_mean
+from .cmim import crd_log_z, nce_loss
+from .memory import MemoryBank
 
 
 class EmbedL2(nn.Module):
@@ -72,9 +70,7 @@ class OfficialCMIMLoss(nn.Module):
         contrast = torch.cat([own, bank.sample(indices, self.n_nce)], dim=1)
         scores = torch.einsum("bd,bnd->bn", anchor.float(), contrast) / self.tau
         if torch.isnan(self.log_z[k]):
-            with torch.no_grad():
-                log_z = torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + math.log(self.dataset_size)
-                self.log_z[k] = all_reduce_mean(log_z)
+            self.log_z[k] = crd_log_z(scores, self.dataset_size)
         scores = scores - self.log_z[k]
         return nce_loss(scores[:, 0], scores[:, 1:], self.n_nce / self.dataset_size)
 
