@@ -23,7 +23,7 @@ from ..data import ClassificationData, WithIndex, build_classification_data
 from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
 from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
-from ..models import BinaryResNet, collect_taps, create_model, load_teacher, select_sites
+from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
 from .checkpoint import load_checkpoint, save_atomic
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
@@ -60,8 +60,6 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
 
 def evaluate_checkpoint(path: str, data: str | None = None, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint on the validation split of ``data`` (default: the data it was trained on)."""
-    from ..models import model_from_checkpoint
-
     checkpoint = load_checkpoint(path)
     meta = checkpoint["meta"]
     settings = meta["config"]
@@ -113,7 +111,6 @@ class PretrainRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
-    steps_per_epoch: int
     total_steps: int
     cmim: CMIMLoss | OfficialCMIMLoss | None = None
     sites: list[str] = field(default_factory=list)
@@ -224,7 +221,7 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
         network = DistributedDataParallel(model, device_ids=ids)
         if cmim is not None and any(p.requires_grad for p in cmim.parameters()):
             cmim_network = DistributedDataParallel(cmim, device_ids=ids)
-    return PretrainRun(config, data, model, optimizer, scheduler, device, steps_per_epoch, total_steps, cmim, sites,
+    return PretrainRun(config, data, model, optimizer, scheduler, device, total_steps, cmim, sites,
                        teacher, scaler, context, network, cmim_network)
 
 
