@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="paper: layer-wise a_B/a_F contrast (default); code: the official code's CRD with --teacher")
     cmim.add_argument("--cmim-bank-dtype", choices=["float32", "float16"], help="memory bank precision (float16 halves it)")
     cmim.add_argument("--cmim-embed", choices=["mlp", "none"], help="critic representation (default mlp)")
+    cmim.add_argument("--cmim-normalizer", choices=["running", "crd", "none"],
+                      help="critic normaliser Z: running mean (default), fixed on the first batch (CRD), or none")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")

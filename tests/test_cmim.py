@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from cmim_dense import create_model
+from cmim_dense.binary import binary_sign
 from cmim_dense.losses import CMIMLoss, MemoryBank, critic_logits, layer_weights, nce_loss
+from cmim_dense.losses.cmim import running_log_mean
 from cmim_dense.methods import CMIMConfig
 from cmim_dense.models import Tap, collect_taps
 
@@ -114,7 +116,7 @@ def test_config_validation() -> None:
 
 def test_crd_normalizer_is_fixed_after_the_first_batch_and_saved() -> None:
     config = CMIMConfig(tau=0.5, n_nce=3)
-    loss_fn = CMIMLoss({"s": 2}, dataset_size=6, config=config)
+    loss_fn = CMIMLoss({"s": 2}, dataset_size=6, config=config, normalizer="crd")
     tap = Tap("s", torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3).sign())
     assert torch.isnan(loss_fn.log_z).all()
     loss_fn({"s": tap}, torch.arange(4))
@@ -125,6 +127,31 @@ def test_crd_normalizer_is_fixed_after_the_first_batch_and_saved() -> None:
     literal = CMIMLoss({"s": 2}, 6, config, normalizer="none")
     literal({"s": tap}, torch.arange(4))
     assert torch.isnan(literal.log_z).all()
+
+
+def test_running_mean_in_log_space() -> None:
+    old, new = torch.tensor(math.log(2.0)), torch.tensor(math.log(10.0))
+    assert torch.allclose(running_log_mean(old, new, 0.75), torch.tensor(math.log(0.75 * 2 + 0.25 * 10)))
+    assert torch.equal(running_log_mean(old, new, 0.0), new)
+
+
+def test_running_normalizer_keeps_the_loss_bounded_when_the_bank_collapses() -> None:
+    """Once every bank row is the same embedding, a Z frozen on the random first bank puts all
+    negatives at h ~ 1 and the summed negative term explodes; a running Z follows the scores."""
+    torch.manual_seed(0)
+    config = CMIMConfig(tau=0.1, n_nce=64, layers="stages")
+    latent = torch.randn(1, 8, 2, 2).expand(16, -1, -1, -1) + 0.01 * torch.randn(16, 8, 2, 2)
+    tap = {"s": Tap("s", latent, binary_sign(latent))}
+    losses = {}
+    for normalizer in ("crd", "running"):
+        torch.manual_seed(1)
+        loss_fn = CMIMLoss({"s": 8}, dataset_size=256, config=config, normalizer=normalizer, momentum=0.0)
+        for step in range(16):  # 16 x 16 indices: every bank row replaced by the collapsed embedding
+            value = loss_fn(tap, torch.arange(step * 16, step * 16 + 16)).total.item()
+        losses[normalizer] = value
+    # perfectly confusable negatives: h = 1/(N+1) each, loss = log(N+1) + N log(1 + 1/N) ~ log(N+1) + 1
+    assert losses["running"] / config.lam < math.log(config.n_nce + 1) + 1.5
+    assert losses["crd"] > 5 * losses["running"]
 
 
 def test_official_code_variant_is_two_sided_crd() -> None:

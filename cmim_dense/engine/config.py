@@ -91,7 +91,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         label_smoothing=train.label_smoothing,
         cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp"),
                   variant=given.get("cmim_variant", "paper"),
-                  bank_dtype=given.get("cmim_bank_dtype", "float32")) if recipe.cmim else None,
+                  bank_dtype=given.get("cmim_bank_dtype", "float32"),
+                  normalizer=given.get("cmim_normalizer", "running")) if recipe.cmim else None,
         teacher=given.get("teacher"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
@@ -167,6 +168,8 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
             raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
         if config.cmim["bank_dtype"] not in ("float32", "float16"):
             raise ValueError(f"--cmim-bank-dtype must be float32 or float16, got {config.cmim['bank_dtype']!r}")
+        if config.cmim["normalizer"] not in ("running", "crd", "none"):
+            raise ValueError(f"--cmim-normalizer must be running, crd or none, got {config.cmim['normalizer']!r}")
         if config.cmim["variant"] not in ("paper", "code"):
             raise ValueError(f"--cmim-variant must be paper or code, got {config.cmim['variant']!r}")
         if config.cmim["variant"] == "code" and config.teacher is None:

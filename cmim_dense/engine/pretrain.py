@@ -85,7 +85,7 @@ def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: Binary
                                 device=device, seed=config.seed)
         return loss.to(device), []
     dataset_size = len(train)
-    settings = {k: v for k, v in config.cmim.items() if k not in ("embed", "variant", "bank_dtype")}
+    settings = {k: v for k, v in config.cmim.items() if k not in ("embed", "variant", "bank_dtype", "normalizer")}
     sites = select_sites(model, settings["layers"])
     modules = dict(model.named_modules())
     channels = {site: modules[site].in_channels for site in sites}
@@ -96,7 +96,8 @@ def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: Binary
         model.train()
         dims = {site: tap.latent[0].numel() for site, tap in taps.items()}
     loss = CMIMLoss(channels, dataset_size, CMIMConfig(**settings), embed=config.cmim["embed"],
-                    site_dims=dims, bank_dtype=getattr(torch, config.cmim["bank_dtype"]), device=device,
+                    site_dims=dims, bank_dtype=getattr(torch, config.cmim["bank_dtype"]),
+                    normalizer=config.cmim["normalizer"], device=device,
                     seed=config.seed).to(device)
     return loss, sites
 
