@@ -67,3 +67,15 @@ def test_gradients_reach_latent_weights_and_inputs() -> None:
     x = (torch.rand(2, 3, 5, 5) - 0.5).requires_grad_()
     conv(x).square().sum().backward()
     assert conv.weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+
+
+def test_binary_conv_sums_stay_exact_under_half_precision_autocast() -> None:
+    """bfloat16 holds integers exactly only up to 256: a 3x3x64 +-1 sum (up to 576) must run in float32."""
+    torch.manual_seed(0)
+    conv = BinaryConv2d(64, 8, 3, padding=1, bias=False, input_binarizer=SIGN, weight_binarizer=WSIGN)
+    x = torch.randn(2, 64, 6, 6)
+    exact = conv(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = conv(x)
+    assert torch.equal(mixed.float(), exact)
+    assert torch.equal(exact, exact.round())  # integer sums

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -78,7 +79,14 @@ class BinaryConv2d(nn.Conv2d):
             ph, pw = padding
             xb = F.pad(xb, (pw, pw, ph, ph), value=self.pad_value)
             padding = (0, 0)
-        out = F.conv2d(xb, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        if self.input_binarizer is not None and torch.is_autocast_enabled(xb.device.type):
+            # float16/bfloat16 cannot hold sums of up to C*k*k products of +-1 exactly: binary
+            # convolutions run in float32 under autocast (the rest of the network stays in half)
+            with torch.autocast(xb.device.type, enabled=False):
+                out = F.conv2d(xb.float(), weight.float(), None if self.bias is None else self.bias.float(),
+                               self.stride, padding, self.dilation, self.groups)
+        else:
+            out = F.conv2d(xb, weight, self.bias, self.stride, padding, self.dilation, self.groups)
         if self.input_scale:
             out = out * self._xnor_k_map(x)
         return out
