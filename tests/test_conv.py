@@ -80,3 +80,16 @@ def test_binary_conv_sums_stay_exact_under_half_precision_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = conv(x)
     assert torch.equal(mixed.float(), exact)
+
+
+def test_weight_cache_follows_in_place_updates_and_gradients() -> None:
+    conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, input_binarizer=SIGN, weight_binarizer=WSIGN)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        first = conv(x)
+        conv.weight.neg_()  # in-place change: the cached binary weight must not be reused
+        flipped = conv(x)
+    assert torch.equal(flipped, -first)
+    conv.weight.requires_grad_(True)
+    conv(x).sum().backward()  # with gradients needed, the weight is binarized afresh (and differentiable)
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from .cifar import CIFAR, find_cifar
+from .cifar import CIFAR, CIFAR_MEAN, CIFAR_STD, find_cifar
 from .synthetic import SyntheticShapes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,6 +36,8 @@ class ClassificationData:
     val: Dataset
     num_classes: int
     description: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation, recorded in checkpoints
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def synthetic_data(
@@ -47,6 +49,8 @@ def synthetic_data(
         SyntheticShapes(val_size, num_classes, image_size, seed, "val"),
         num_classes,
         f"synthetic(shapes, {num_classes} classes, {train_size}/{val_size}, {image_size}px, seed {seed})",
+        (SyntheticShapes.mean,) * 3,
+        (SyntheticShapes.std,) * 3,
     )
 
 
@@ -98,6 +102,7 @@ def build_classification_data(
             raise ValueError(f"CIFAR images are 32x32; drop --image-size {image_size}")
         folder, classes = cifar
         return ClassificationData(
-            CIFAR(folder, classes, "train"), CIFAR(folder, classes, "test"), classes, f"cifar{classes}({folder})"
+            CIFAR(folder, classes, "train"), CIFAR(folder, classes, "test"), classes, f"cifar{classes}({folder})",
+            CIFAR_MEAN, CIFAR_STD,
         )
     return image_folder_data(data, image_size)

@@ -141,6 +141,7 @@ class PretrainRun:
                 "top5": metrics["top5"],
                 "data": self.data.description,
                 "image_size": self.config.image_size,
+                "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
                 "real_weights": self.config.stage == 1,
                 "recipe": self.model.recipe.to_dict(),
                 "config": self.config.settings(),

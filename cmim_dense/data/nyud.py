@@ -1,0 +1,119 @@
+"""The prepared NYUD-v2 layout as a dataset, and its joint image/label/depth transforms."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import: no network at run time
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from .nyud_meta import IGNORE_INDEX  # noqa: E402
+from .nyud_prepare import is_prepared  # noqa: E402
+
+DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
+
+
+class NYUDv2(Dataset):
+    """One split of a layout written by :func:`cmim_dense.data.nyud_prepare.prepare_nyud`.
+
+    ``ds[i]`` is a dict: ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8 with 0-based class
+    ids of ``classes`` (40 or 13) and 255 = unlabeled, ``depth`` (H, W) float32 metres
+    (``depth="depths"``: filled; ``"rawDepths"``: raw, 0 = missing), ``frame`` (1-based frame
+    number in the .mat); ``transform(sample)`` is returned instead when given.  Arrays are
+    memory-mapped, opened lazily (so DataLoader workers each open their own).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", classes: int = 40,
+                 transform: Callable[[dict[str, Any]], Any] | None = None, depth: str = "depths") -> None:
+        self.root = Path(root)
+        if not is_prepared(self.root):
+            raise FileNotFoundError(f"{self.root} is not a prepared NYUD-v2 layout; run "
+                                    "python datasets/prepare_nyud.py --mat nyu_depth_v2_labeled.mat --out DIR")
+        if split not in ("train", "test"):
+            raise ValueError(f"NYUD-v2 split must be train or test, got {split!r}")
+        if classes not in (40, 13):
+            raise ValueError(f"NYUD-v2 classes must be 40 or 13, got {classes}")
+        if depth not in DEPTH_KINDS:
+            raise ValueError(f"NYUD-v2 depth must be one of {', '.join(DEPTH_KINDS)}, got {depth!r}")
+        self.meta = json.loads((self.root / "meta.json").read_text())
+        if depth == "rawDepths" and not self.meta["raw_depths"]:
+            raise ValueError(f"{self.root} was prepared from a file without rawDepths")
+        self.split, self.classes, self.transform, self.depth_kind = split, classes, transform, depth
+        self.class_names: list[str] = self.meta["classes"][str(classes)]
+        self.frames = np.load(self.root / split / "frames.npy")
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of every frame."""
+        return self.meta["height"], self.meta["width"]
+
+    def array(self, key: str) -> np.ndarray:
+        """The whole split's memory-mapped ``image``, ``label`` or ``depth`` array (N, H, W[, 3])."""
+        return self._open()[key]
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            folder = self.root / self.split
+            names = {"image": "images", "label": f"labels{self.classes}", "depth": DEPTH_KINDS[self.depth_kind]}
+            self._arrays = {key: np.load(folder / f"{name}.npy", mmap_mode="r") for key, name in names.items()}
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> Any:
+        arrays = self._open()
+        sample = {key: np.array(array[index]) for key, array in arrays.items()}
+        sample["frame"] = int(self.frames[index])
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __getstate__(self) -> dict[str, Any]:  # never ship open memory maps to worker processes
+        return {**self.__dict__, "_arrays": None}
+
+
+class JointTransform:
+    """Albumentations on image, label and depth with one geometry; returns tensors.
+
+    Training (``crop`` given): RandomScale in [scale_min, scale_max] -> RandomCrop (padding
+    the image with 0, the label with "unlabeled", the depth with 0 = invalid) -> horizontal
+    flip -> Normalize -> tensor.  Labels and depth use nearest-neighbour resampling, so no
+    interpolated label or blend of valid and missing depth appears.  Scaling the image by s
+    makes the scene look 1/s as far, so depth is divided by s (the multi-task lineage's
+    geometric consistency).  Evaluation (``crop=None``): Normalize -> tensor at full size.
+
+    Padding shares one fill value over all mask targets (albumentations' ``fill_mask``), so the
+    label is shifted to 1-based with 0 = unlabeled during the transform and shifted back.
+    ``seed(s)`` makes the next call's randomness a function of ``s`` alone (exact resume).
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], crop: tuple[int, int] | None = None,
+                 scale: tuple[float, float] = (0.5, 2.0), flip: bool = True) -> None:
+        steps: list[A.BasicTransform] = []
+        if crop is not None:
+            steps += [A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), p=1.0),
+                      A.RandomCrop(crop[0], crop[1], pad_if_needed=True, fill=0, fill_mask=0)]
+            if flip:
+                steps.append(A.HorizontalFlip(p=0.5))
+        steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+        self.compose = A.Compose(steps, additional_targets={"depth": "mask"}, strict=True, save_applied_params=True)
+
+    def seed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        label = sample["label"]
+        shifted = np.where(label == IGNORE_INDEX, 0, label.astype(np.int32) + 1).astype(np.uint8)
+        out = self.compose(image=sample["image"], mask=shifted, depth=sample["depth"])
+        scale = next((params["scale"] for name, params in out["applied_transforms"] if name == "RandomScale"), 1.0)
+        label = out["mask"].long() - 1
+        label[label < 0] = IGNORE_INDEX
+        return {"image": out["image"], "label": label, "depth": out["depth"].float() / scale,
+                "frame": sample.get("frame", -1)}

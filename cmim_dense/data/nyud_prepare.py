@@ -1,0 +1,129 @@
+"""Prepare NYUD-v2 once: the labeled .mat -> a layout of uncompressed, memory-mappable arrays.
+
+Layout of ``out`` (documented in docs/nyud.md)::
+
+    meta.json                       format, source, frame size, split frame numbers, class names
+    train/ and test/                one folder per split, frames in increasing frame order
+        frames.npy    (n,) int32            1-based frame numbers in the .mat
+        images.npy    (n, H, W, 3) uint8    upright RGB
+        depths.npy    (n, H, W) float32     filled depth (``depths``), metres
+        raw_depths.npy (n, H, W) float32    raw Kinect depth (``rawDepths``), 0 = missing (when present)
+        labels40.npy  (n, H, W) uint8       0-based 40-class ids, 255 = unlabeled
+        labels13.npy  (n, H, W) uint8       0-based 13-class ids, 255 = unlabeled
+
+Everything is written into a sibling ``out.partial-*`` folder and renamed to ``out`` only when
+complete, so an interrupted run never leaves a layout that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .nyud_mat import LabeledMat
+from .nyud_meta import nyud_meta, read_split_file
+
+FORMAT = "cmim-dense-nyud-v1"
+
+
+def is_prepared(root: str | Path) -> bool:
+    meta = Path(root) / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+
+
+def _check_split(name: str, frames: tuple[int, ...], total: int, source: str) -> None:
+    bad = [i for i in frames if not 1 <= i <= total]
+    if bad:
+        raise ValueError(f"{source}: {name} frame {bad[0]} is outside 1..{total}, the frames of the .mat "
+                         "(split indices are 1-based; pass --splits for a file of another size)")
+
+
+def prepare_nyud(mat: str | Path, out: str | Path, splits: str | Path | None = None, force: bool = False,
+                 progress: bool = True) -> Path:
+    """Convert ``mat`` into the prepared layout at ``out`` and return ``out``.
+
+    ``splits``: a split file laid out like the official ``splits.mat`` (default: the official
+    795/654 split shipped with the project).
+    """
+    out = Path(out)
+    if out.exists():
+        if not force:
+            state = "is already prepared" if is_prepared(out) else "exists and is not a prepared NYUD-v2 layout"
+            raise FileExistsError(f"{out} {state}; pass --force to replace it")
+    meta = nyud_meta()
+    train, test = read_split_file(splits) if splits is not None else (meta.train, meta.test)
+    source = str(splits) if splits is not None else "the official split"
+    for stale in out.parent.glob(f"{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = out.parent / f"{out.name}.partial-{os.getpid()}"
+    try:
+        with LabeledMat(mat) as labeled:
+            _check_split("train", train, labeled.frames, source)
+            _check_split("test", test, labeled.frames, source)
+            names = labeled.raw_names()
+            if names is not None and names != meta.raw_names:
+                raise ValueError(f"{mat}: its 'names' differ from the official 894 NYUD-v2 class names; "
+                                 "the 40/13-class mappings would be wrong")
+            _write_layout(labeled, partial, {"train": train, "test": test}, progress)
+            (partial / "meta.json").write_text(json.dumps({
+                "format": FORMAT,
+                "source": str(Path(mat).resolve()),
+                "height": labeled.height,
+                "width": labeled.width,
+                "frames_in_source": labeled.frames,
+                "splits": {"train": list(train), "test": list(test)},
+                "split_source": source,
+                "raw_depths": labeled.has_raw_depths,
+                "classes": {"40": list(meta.names40), "13": list(meta.names13)},
+            }, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, ...]], progress: bool) -> None:
+    """Read every frame once, in file order, and write it into its split's arrays."""
+    meta = nyud_meta()
+    h, w = labeled.height, labeled.width
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    slot: dict[int, tuple[str, int]] = {}
+    for split, frames in splits.items():
+        folder = root / split
+        folder.mkdir(parents=True)
+        ordered = sorted(frames)
+        np.save(folder / "frames.npy", np.asarray(ordered, dtype=np.int32))
+        n = len(ordered)
+        shapes = {"images": ((n, h, w, 3), np.uint8), "depths": ((n, h, w), np.float32),
+                  "labels40": ((n, h, w), np.uint8), "labels13": ((n, h, w), np.uint8)}
+        if labeled.has_raw_depths:
+            shapes["raw_depths"] = ((n, h, w), np.float32)
+        arrays[split] = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+                         for name, (shape, dtype) in shapes.items()}
+        slot.update({frame: (split, position) for position, frame in enumerate(ordered)})
+    for frame in tqdm(sorted(slot), desc="prepare NYUD-v2", unit="frame", disable=not progress):
+        split, position = slot[frame]
+        data = labeled.frame(frame - 1)
+        if data["labels"].max() >= len(meta.lut40):
+            raise ValueError(f"{labeled.path}: frame {frame} has raw label {data['labels'].max()}, "
+                             f"beyond the {len(meta.lut40) - 1} NYUD-v2 classes")
+        if not np.isfinite(data["depth"]).all():
+            raise ValueError(f"{labeled.path}: frame {frame} has non-finite depth values")
+        target = arrays[split]
+        target["images"][position] = data["image"]
+        target["depths"][position] = data["depth"]
+        target["labels40"][position] = meta.train_labels(data["labels"], 40)
+        target["labels13"][position] = meta.train_labels(data["labels"], 13)
+        if "raw_depths" in target:
+            target["raw_depths"][position] = data["raw_depth"]
+    for split_arrays in arrays.values():
+        for array in split_arrays.values():
+            array.flush()

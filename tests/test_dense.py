@@ -1,0 +1,95 @@
+"""DeepLab heads over binary backbones: smp plug-in, output strides, freezing, loading from checkpoints."""
+
+import pytest
+import torch
+
+from cmim_dense.binary import BinaryConv2d
+from cmim_dense.dense import create_dense_model, dense_model_from_backbone, depth_loss
+from cmim_dense.engine.checkpoint import save_atomic
+from cmim_dense.models import create_model
+
+
+def save_backbone(path, method: str = "bireal", arch: str = "resnet18", top1: float = 0.5):
+    model = create_model(arch, method, num_classes=10)
+    meta = {"method": method, "arch": arch, "num_classes": 10, "epoch": 1, "top1": top1, "top5": 0.9,
+            "data": "test", "real_weights": False, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    save_atomic({"model": model.state_dict(), "meta": meta}, path)
+    return model
+
+
+@pytest.mark.parametrize("method", ["bireal", "reactnet", "fp"])
+@pytest.mark.parametrize("head,stride", [("deeplabv3", 8), ("deeplabv3", 16), ("deeplabv3plus", 16)])
+def test_heads_give_full_resolution_outputs_at_each_stride(method: str, head: str, stride: int) -> None:
+    model = create_dense_model("resnet18", method, 5, head, stride, decoder_channels=32).eval()
+    features = model.encoder(torch.randn(1, 3, 64, 96))
+    assert [f.shape[1] for f in features] == [3, 64, 64, 128, 256, 512]
+    assert features[-1].shape[-2:] == (64 // stride, 96 // stride)
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 5, 64, 96)
+
+
+def test_frozen_backbone_is_the_checkpoint_and_never_changes(tmp_path) -> None:
+    path = tmp_path / "backbone.pt"
+    backbone = save_backbone(path, "rbnn").eval()
+    model, meta = dense_model_from_backbone(str(path), 3, output_stride=16, decoder_channels=32)
+    assert meta["method"] == "rbnn"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = backbone.forward_features(x)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    model.train()
+    assert not model.encoder.training and model.decoder.training
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    for _ in range(2):
+        loss = model(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    features = model.encoder(x)
+    # the same weights: stem to layer3 equal the pretrained network's (layer4 is dilated at stride 16)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(features[1:5], expected[:4]))
+    assert not features[-1].requires_grad  # ran under no_grad
+    assert any(isinstance(m, BinaryConv2d) for m in model.encoder.modules())
+
+
+def test_unfrozen_backbone_trains(tmp_path) -> None:
+    path = tmp_path / "backbone.pt"
+    save_backbone(path)
+    model, _ = dense_model_from_backbone(str(path), 2, output_stride=16, decoder_channels=16, freeze=False)
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).mean().backward()
+    assert model.encoder.training
+    assert model.encoder.backbone.conv1.weight.grad is not None
+
+
+def test_wrong_checkpoints_fail_clearly(tmp_path) -> None:
+    wrong = tmp_path / "wrong.pt"
+    model = create_model("resnet34", "bireal", num_classes=10)
+    save_atomic({"model": model.state_dict(), "meta": {"method": "bireal", "arch": "resnet18", "num_classes": 10}},
+                wrong)
+    with pytest.raises(ValueError, match="does not fit a resnet18 bireal model.*unexpected"):
+        dense_model_from_backbone(str(wrong), 2)
+    cifar = tmp_path / "cifar.pt"
+    save_backbone(cifar, arch="resnet18_cifar")
+    with pytest.raises(ValueError, match="resnet18_cifar has no stride-2 stem"):
+        dense_model_from_backbone(str(cifar), 2)
+    plain = tmp_path / "plain.pt"
+    torch.save([1, 2, 3], plain)
+    with pytest.raises(ValueError, match="not a cmim-dense checkpoint"):
+        dense_model_from_backbone(str(plain), 2)
+    with pytest.raises(FileNotFoundError):
+        dense_model_from_backbone(str(tmp_path / "missing.pt"), 2)
+
+
+def test_depth_losses_on_valid_pixels_only() -> None:
+    pred = torch.tensor([[[1.0, 2.0, 5.0]]])
+    target = torch.tensor([[[1.5, 1.0, 0.0]]])  # the last pixel has no ground truth
+    assert depth_loss("l1", pred, target).item() == pytest.approx(0.75)
+    # berHu: c = 0.2 * 1.0; |e| = 0.5 and 1.0 are above c: (e^2 + c^2) / 2c
+    c = 0.2
+    assert depth_loss("berhu", pred, target).item() == pytest.approx(((0.25 + c * c) / (2 * c) + (1 + c * c) / (2 * c)) / 2)
+    with pytest.raises(ValueError, match="unknown depth loss"):
+        depth_loss("l2", pred, target)
