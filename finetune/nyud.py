@@ -1,0 +1,87 @@
+"""Fine-tune a DeepLab head over a frozen (binary) backbone on NYUD-v2:
+``python finetune/nyud.py --task depth --backbone runs/pretrain/rbnn/best.pt``.
+
+Thin entry point: parses flags and calls :func:`cmim_dense.engine.finetune.run_finetuning`.
+Unset flags take the CMIM paper's schedule (SGD, lr 1e-3 divided by 10 every 10K iterations)
+on real data, and a CPU-sized one on the built-in synthetic NYUD-v2 (``--data synthetic``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def crop_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop takes HEIGHTxWIDTH, e.g. 480x640, got {text!r}") from None
+    return height, width
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["seg", "depth"], help="semantic segmentation or depth (required)")
+    parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt; required)")
+    parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
+    parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
+    parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
+    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"], help="default deeplabv3")
+    parser.add_argument("--output-stride", type=int, choices=[8, 16], help="default 8 (16 on synthetic)")
+    parser.add_argument("--decoder-channels", type=int, help="ASPP/decoder width (default 256; 64 on synthetic)")
+    parser.add_argument("--iters", type=int, help="iterations (default 30000; 150 on synthetic)")
+    parser.add_argument("--batch-size", type=int, help="global batch (default 8)")
+    parser.add_argument("--crop", type=crop_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
+    parser.add_argument("--lr", type=float, help="default 1e-3 (synthetic: 1e-2 seg, 3e-3 depth)")
+    parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations (default 10000; 100 on synthetic)")
+    parser.add_argument("--weight-decay", type=float, help="default 1e-4")
+    parser.add_argument("--depth-loss", choices=["l1", "berhu"], help="depth loss on valid pixels (default l1)")
+    parser.add_argument("--depth-gt", choices=["depths", "rawDepths"], help="ground-truth depth (default: filled depths)")
+    parser.add_argument("--eigen-crop", action="store_true", default=None, help="evaluate depth inside the Eigen crop")
+    parser.add_argument("--depth-cap", type=float, help="evaluate depth only where ground truth <= this (metres)")
+    parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
+    parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
+    parser.add_argument("--save-every", type=int, help="write last.pt every this many iterations")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--out", help="output folder (default runs/finetune/TASK)")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cmim_dense.engine.distributed import cleanup_distributed
+    from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning
+    from cmim_dense.engine.finetune_config import resolve_finetune_config
+    from cmim_dense.registry import UnknownNameError
+
+    try:
+        if args.evaluate:
+            record = evaluate_head_checkpoint(args.evaluate, args.data, args.out)
+        else:
+            flags = {k: v for k, v in vars(args).items() if k != "evaluate"}
+            record = run_finetuning(resolve_finetune_config(flags))
+    except (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    keys = ("miou", "pixel_acc", "mean_acc") if record["task"] == "seg" else ("rmse", "neg_log_rmse", "abs_rel", "delta1")
+    print(json.dumps({"task": record["task"], "method": record["method"], **{k: round(record[k], 4) for k in keys},
+                      "baseline": record["baseline"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""finetune/nyud.py end to end on the built-in synthetic NYUD-v2: learns, resumes exactly, fails clearly."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from cmim_dense.engine.checkpoint import load_checkpoint
+from cmim_dense.engine.finetune import iteration_batches
+
+from .test_dense import save_backbone
+
+FAST = ["--output-stride", "16", "--decoder-channels", "32", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory, python, root):
+    """A real pretraining checkpoint (one short epoch of fp on the built-in shapes)."""
+    out = tmp_path_factory.mktemp("pretrain") / "fp"
+    subprocess.run([python, str(root / "pretrain" / "run.py"), "--method", "fp", "--epochs", "1", "--synthetic-samples",
+                    "64", "--batch-size", "32", "--image-size", "32", "--out", str(out), "--no-progress"],
+                   check=True, capture_output=True, timeout=300)
+    return out / "best.pt"
+
+
+def finetune(python, root, cache, *args, check=True):
+    env = {"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([python, str(root / "finetune" / "nyud.py"), *args], capture_output=True, text=True,
+                            timeout=600, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbone, tmp_path) -> None:
+    finetune(python, root, cache, "--task", "seg", "--backbone", str(backbone), "--iters", "60", "--out",
+             str(tmp_path / "seg"), *FAST)
+    seg = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    assert seg["task"] == "seg" and seg["classes"] == 40 and seg["method"] == "fp"
+    assert seg["backbone"] == str(backbone.resolve()) and seg["top1"] == load_checkpoint(backbone)["meta"]["top1"]
+    assert seg["eval_resolution"] == [96, 128]
+    assert seg["miou"] > 2 * seg["baseline"]["miou"] and seg["pixel_acc"] > seg["baseline"]["pixel_acc"] + 0.1
+    assert 0 <= seg["mean_acc"] <= 1 and len(seg["per_class_iou"]) == 40
+
+    finetune(python, root, cache, "--task", "depth", "--backbone", str(backbone), "--iters", "60", "--lr", "1e-3",
+             "--out", str(tmp_path / "depth"), *FAST)
+    depth = json.loads((tmp_path / "depth" / "metrics.json").read_text())
+    assert depth["rmse"] < 0.85 * depth["baseline"]["rmse"]
+    assert depth["neg_log_rmse"] == pytest.approx(-torch.tensor(depth["rmse"]).log().item(), rel=1e-6)
+    assert depth["depth_gt"] == "depths" and 0 <= depth["delta1"] <= 1
+    for key in ("rmse_per_image", "rmse_log", "abs_rel", "sq_rel", "log10", "delta2", "delta3"):
+        assert key in depth
+
+    # --evaluate rebuilds the model from the head checkpoint alone and reproduces the metrics
+    finetune(python, root, cache, "--evaluate", str(tmp_path / "seg" / "last.pt"), "--out", str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["miou"] == pytest.approx(seg["miou"])
+
+
+def test_sigkill_then_resume_is_bit_exact(python, root, cache, backbone, tmp_path) -> None:
+    args = ["--task", "seg", "--backbone", str(backbone), "--iters", "12", "--save-every", "2", *FAST]
+    finetune(python, root, cache, *args, "--out", str(tmp_path / "reference"))
+    killed = tmp_path / "killed"
+    env = {"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    process = subprocess.Popen([python, str(root / "finetune" / "nyud.py"), *args, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def iteration() -> int:
+        try:
+            return load_checkpoint(killed / "last.pt")["meta"]["iteration"]
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    deadline = time.time() + 300
+    while iteration() < 4 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 4 <= iteration() < 12
+    finetune(python, root, cache, *args, "--out", str(killed), "--resume")
+    a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["meta"]["iteration"] == b["meta"]["iteration"] == 12
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_bad_input_gives_one_line_errors(python, root, cache, tmp_path) -> None:
+    missing = finetune(python, root, cache, "--task", "seg", "--backbone", str(tmp_path / "none.pt"), check=False)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+    cifar = tmp_path / "cifar.pt"
+    save_backbone(cifar, arch="resnet18_cifar")
+    wrong = finetune(python, root, cache, "--task", "seg", "--backbone", str(cifar), check=False)
+    assert wrong.returncode == 2 and "resnet18_cifar has no stride-2 stem" in wrong.stderr
+    crop = finetune(python, root, cache, "--task", "seg", "--backbone", str(cifar), "--crop", "60x90", check=False)
+    assert crop.returncode == 2 and "must divide by the output stride 16" in crop.stderr
+    good = tmp_path / "bireal.pt"
+    save_backbone(good)
+    data = finetune(python, root, cache, "--task", "depth", "--backbone", str(good), "--data", str(tmp_path),
+                    check=False)
+    assert data.returncode == 2 and "is not a prepared NYUD-v2 layout" in data.stderr
+
+
+def test_iteration_batches_resume_and_shard() -> None:
+    full = list(iteration_batches(10, 4, seed=3, start=0, stop=6))
+    assert list(iteration_batches(10, 4, seed=3, start=4, stop=6)) == full[4:]
+    assert all(len(batch) == 4 for batch in full)
+    epoch0 = [index for batch in full[:2] for index, _ in batch]
+    assert len(set(epoch0)) == 8  # no repeats within an epoch
+    ranks = [list(iteration_batches(10, 4, 3, 0, 6, rank, 2)) for rank in (0, 1)]
+    for step in range(6):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(full[step])
+    seeds = [seed for batch in full for _, seed in batch]
+    assert len(set(seeds)) == len(seeds)
