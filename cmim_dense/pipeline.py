@@ -1,0 +1,150 @@
+"""The main job and the paper's sweeps as resumable stages: pretrain -> fine-tune -> chart.
+
+Every stage writes into its own folder under the root and is skipped when its result already
+exists, so re-running a command continues where it stopped.  A stage that fails is named, the
+stages that need it are skipped, and the others still run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .engine.checkpoint import load_checkpoint
+
+MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
+# One protocol for every method on the built-in data, sized so that the main job takes minutes on
+# 2 CPU cores: Adam 1e-3 (the recipes' ImageNet SGD schedules need far more steps), 32 px shapes.
+MAIN_PRETRAIN: dict[str, Any] = {"epochs": 6, "synthetic_samples": 1000, "image_size": 32, "batch_size": 64,
+                                 "optimizer": "adam", "lr": 1e-3}
+QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "synthetic_samples": 64, "image_size": 32, "batch_size": 32,
+                                  "optimizer": "adam", "lr": 1e-3}
+QUICK_FINETUNE: dict[str, Any] = {"iters": 4, "batch_size": 4, "decoder_channels": 16}
+SWEEPS = {"lambda": ("lam", (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)), "n_nce": ("n_nce", (16, 64, 256, 1024))}
+
+
+@dataclass
+class Stage:
+    name: str
+    done: Callable[[], bool]
+    run: Callable[[], Any]
+    needs: list[str] = field(default_factory=list)
+
+
+def pretraining_finished(out: Path, epochs: int) -> bool:
+    last = out / "last.pt"
+    return last.is_file() and (out / "best.pt").is_file() and load_checkpoint(last)["meta"]["epoch"] >= epochs
+
+
+def pretrain_stage(name: str, method: str, out: Path, settings: dict[str, Any], progress: bool) -> Stage:
+    from .engine import resolve_config, run_pretraining
+
+    config = resolve_config(method, {**settings, "out": str(out), "resume": True, "progress_bar": progress})
+    return Stage(name, lambda: pretraining_finished(out, config.epochs), lambda: run_pretraining(config))
+
+
+def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: dict[str, Any], progress: bool,
+                   needs: list[str]) -> Stage:
+    from .engine.finetune import run_finetuning
+    from .engine.finetune_config import resolve_finetune_config
+
+    def run() -> Any:
+        return run_finetuning(resolve_finetune_config({**settings, "task": task, "backbone": str(backbone),
+                                                       "out": str(out), "resume": True, "progress_bar": progress}))
+
+    return Stage(name, lambda: (out / "metrics.json").is_file(), run, needs)
+
+
+def chart_stage(root: Path, needs: list[str]) -> Stage:
+    from .plots.seg_depth import seg_depth_chart
+
+    def run() -> Any:
+        result = seg_depth_chart([root / "finetune"], root / "seg_vs_depth")
+        for skipped in result.skipped:
+            print(f"  chart skipped {skipped}")
+        return result
+
+    return Stage("chart", lambda: False, run, needs)
+
+
+def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
+                  finetune: dict[str, Any], progress: bool) -> list[Stage]:
+    """For each run folder name -> (method, extra pretraining settings): pretrain, then seg and depth fine-tunes."""
+    stages = []
+    for folder, (method, extra) in runs.items():
+        out = root / "pretrain" / folder
+        stages.append(pretrain_stage(f"pretrain {folder}", method, out, {**pretrain, **extra}, progress))
+        for task in ("seg", "depth"):
+            stages.append(finetune_stage(f"{task} {folder}", task, out / "best.pt", root / "finetune" / folder / task,
+                                         finetune, progress, [f"pretrain {folder}"]))
+    return stages
+
+
+def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
+    return {**(QUICK_PRETRAIN if quick else MAIN_PRETRAIN), **({"teacher": teacher} if teacher else {})}
+
+
+def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
+                    progress: bool = True, teacher: str | None = None) -> list[Stage]:
+    """The main job: every method pretrained, fine-tuned for seg and depth, then the chart and table."""
+    pretrain = pretrain_settings(quick, teacher)
+    finetune = QUICK_FINETUNE if quick else {}
+    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress)
+    return stages + [chart_stage(root, [s.name for s in stages if not s.name.startswith("pretrain")])]
+
+
+def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
+                 quick: bool = False, progress: bool = True, teacher: str | None = None) -> list[Stage]:
+    """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
+    of each ``methods`` entry (plus the method without CMIM); then the sweep and seg-vs-depth charts."""
+    from .plots.analysis import sweep_chart
+
+    pretrain = pretrain_settings(quick, teacher)
+    runs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for method in methods:
+        base = method.split("+")[0]
+        runs[base] = (base, {})
+        if kind == "methods":
+            runs[f"{base}+cmim"] = (f"{base}+cmim", {})
+            continue
+        if kind not in SWEEPS:
+            raise ValueError(f"unknown sweep {kind!r}; valid: methods, {', '.join(SWEEPS)}")
+        key, defaults = SWEEPS[kind]
+        for value in values or defaults:
+            runs[f"{base}+cmim_{key}{value:g}"] = (f"{base}+cmim", {f"cmim_{'lambda' if key == 'lam' else 'nce_n'}": value})
+    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress)
+    finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
+    stages.append(chart_stage(root, finetunes))
+    if kind in SWEEPS:
+        pretrains = [s.name for s in stages if s.name.startswith("pretrain")]
+        stages.append(Stage(f"{kind} chart", lambda: False,
+                            lambda: sweep_chart([root / "pretrain"], root / f"sweep_{kind}", param=kind), pretrains))
+    return stages
+
+
+def run_stages(stages: list[Stage]) -> list[str]:
+    """Run (or skip) every stage in order; returns the names of the stages that failed."""
+    failed: list[str] = []
+    start = time.perf_counter()
+    for number, stage in enumerate(stages, 1):
+        prefix = f"[{number}/{len(stages)} {time.perf_counter() - start:5.0f}s] {stage.name}"
+        blocked = [name for name in stage.needs if name in failed]
+        if blocked:
+            print(f"{prefix}: skipped, needs {', '.join(blocked)}", flush=True)
+            failed.append(stage.name)
+            continue
+        try:
+            if stage.done():
+                print(f"{prefix}: already done", flush=True)
+                continue
+            print(f"{prefix} ...", flush=True)
+            stage.run()
+        except Exception as error:  # report, continue with the independent stages
+            last = traceback.extract_tb(error.__traceback__)[-1]
+            print(f"{prefix}: FAILED: {type(error).__name__}: {error} ({Path(last.filename).name}:{last.lineno})",
+                  flush=True)
+            failed.append(stage.name)
+    return failed

@@ -1,0 +1,6 @@
+"""Figures: the segmentation-vs-depth chart, qualitative NYUD-v2 grids and analysis plots.
+
+Modules: :mod:`.seg_depth` (Fig. 5b), :mod:`.qualitative` and :mod:`.palette` (Fig. 5a),
+:mod:`.analysis` with :mod:`.activations`, :mod:`.tsne` and :mod:`.sweep` (Fig. 3, Fig. 4,
+Table 3).  Everything draws on matplotlib Figure objects with the Agg canvas (no pyplot).
+"""

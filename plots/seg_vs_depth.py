@@ -1,0 +1,45 @@
+"""Segmentation vs depth chart (CMIM paper Fig. 5b): ``python plots/seg_vs_depth.py runs/finetune``.
+
+Thin entry point: parses flags and calls :func:`cmim_dense.plots.seg_depth.seg_depth_chart`.
+Inputs are fine-tuning run folders (each with metrics.json), metrics.json files, folders of
+run folders, or globs.  Writes OUT.png, OUT.svg, OUT.csv and OUT.md; runs that cannot be
+paired are listed on stderr and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders, metrics.json files, folders of runs or globs")
+    parser.add_argument("--out", default="runs/plots/seg_vs_depth", help="output path without extension")
+    parser.add_argument("--classes", type=int, choices=[13, 40], help="keep only segmentation runs with these classes")
+    parser.add_argument("--title", help="chart title (default: names the protocol)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cmim_dense.plots.seg_depth import seg_depth_chart
+
+    try:
+        result = seg_depth_chart(args.runs, args.out, args.classes, args.title)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for skipped in result.skipped:
+        print(f"warning: skipped {skipped}", file=sys.stderr)
+    count = len(result.points)
+    print(f"{count} backbone{'s' * (count != 1)} ({len(result.skipped)} inputs skipped); wrote "
+          + ", ".join(str(path) for path in result.files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

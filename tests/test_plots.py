@@ -1,0 +1,290 @@
+"""Figures: the segmentation-vs-depth chart, the qualitative grid, t-SNE, correlation maps, sweeps."""
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmim_dense.models import create_model
+from cmim_dense.plots.activations import class_sorted_correlation, extract_activations
+from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_sweep, sweep_chart, tsne_chart
+from cmim_dense.plots.common import distinct_tails
+from cmim_dense.plots.palette import colorize, nyud_palette
+from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, qualitative_grid
+from cmim_dense.plots.seg_depth import load_points, plot_seg_depth, seg_depth_chart
+from cmim_dense.plots.sweep import load_sweep, varying_settings
+from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method: (top-1 fraction, mIoU, RMSE m)
+BACKBONES = {"irnet": (0.580, 0.25, 0.78), "irnet+cmim": (0.612, 0.27, 0.74), "rbnn": (0.599, 0.26, 0.77),
+             "bnn": (None, 0.18, 0.95)}
+
+
+def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: float, backbone: str | None = None,
+              drop: str | None = None) -> Path:
+    metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
+               "method": method, "top1": top1}
+    if task == "seg":
+        metrics.update(miou=miou, pixel_acc=miou + 0.3, mean_acc=miou + 0.1, per_class_iou={"wall": 0.6})
+    else:
+        metrics.update(rmse=rmse, neg_log_rmse=-math.log(rmse), rmse_per_image=rmse, rmse_log=0.3, abs_rel=0.2,
+                       sq_rel=0.1, log10=0.08, delta1=0.55, delta2=0.8, delta3=0.9, depth_gt="depths")
+    metrics.pop(drop, None)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder / "metrics.json"
+
+
+@pytest.fixture
+def finetune_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "finetune"
+    for method, (top1, miou, rmse) in BACKBONES.items():
+        for task in ("seg", "depth"):
+            write_run(root / f"{method}_{task}", task, method, top1, miou, rmse)
+    write_run(root / "lonely_seg", "seg", "xnor", 0.512, 0.2, 0.9)
+    write_run(root / "no_rmse_depth", "depth", "bireal", 0.564, 0.2, 0.8, drop="rmse")
+    write_run(root / "no_rmse_seg", "seg", "bireal", 0.564, 0.2, 0.8)
+    (root / "broken").mkdir()
+    (root / "broken" / "metrics.json").write_text("{not json")
+    return root
+
+
+def test_seg_depth_chart_plots_the_inputs_and_reports_the_rest(finetune_runs: Path, tmp_path: Path) -> None:
+    result = seg_depth_chart([finetune_runs, tmp_path / "missing_run", str(tmp_path / "nothing*")],
+                             tmp_path / "out" / "chart")
+    assert sorted(p.label for p in result.points) == sorted(BACKBONES)
+    reported = {Path(s.name).parent.name if s.name.endswith("metrics.json") else Path(s.name).name: s.reason
+                for s in result.skipped}
+    assert "no depth run" in reported["lonely_seg"]
+    assert "missing keys rmse" in reported["no_rmse_depth"]
+    assert "no depth run" in reported["no_rmse_seg"]
+    assert "not valid JSON" in reported["broken"]
+    assert "does not exist" in reported["missing_run"]
+    assert "matches nothing" in reported["nothing*"]
+    assert sorted(path.suffix for path in result.files) == [".csv", ".md", ".png", ".svg"]
+
+    figure = plot_seg_depth(result.points)
+    ax = figure.axes[0]
+    sized = [p for p in result.points if p.top1 is not None]
+    dots = next(c for c in ax.collections if c.get_gid() == "backbones")
+    expected = np.array([[-math.log(BACKBONES[p.method][2]), 100 * BACKBONES[p.method][1]] for p in sized])
+    np.testing.assert_allclose(dots.get_offsets(), expected)
+    ratios = dots.get_sizes() / np.array([BACKBONES[p.method][0] for p in sized])
+    np.testing.assert_allclose(ratios, ratios[0])
+    crosses = next(c for c in ax.collections if c.get_gid() == "backbones-no-top1")
+    np.testing.assert_allclose(crosses.get_offsets(), [[-math.log(0.95), 18.0]])
+    labels = {t.get_text() for t in ax.texts}
+    assert set(BACKBONES) <= labels
+
+    with (tmp_path / "out" / "chart.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    for method, (top1, miou, rmse) in BACKBONES.items():
+        assert float(rows[method]["miou"]) == miou
+        assert float(rows[method]["rmse"]) == rmse
+        assert float(rows[method]["neg_log_rmse"]) == -math.log(rmse)
+        assert rows[method]["top1"] == ("" if top1 is None else str(top1))
+    markdown = (tmp_path / "out" / "chart.md").read_text()
+    assert "| irnet+cmim | 61.20 | 27.00 | 0.3011 | 0.7400 | 57.00 | 55.00 |" in markdown
+
+
+def test_seg_depth_labels_tell_backbones_of_one_method_apart(tmp_path: Path) -> None:
+    for seed in ("seed0", "seed1"):
+        for task in ("seg", "depth"):
+            write_run(tmp_path / f"{seed}_{task}", task, "rbnn", 0.59, 0.25, 0.8, backbone=f"/pre/rbnn_{seed}/best.pt")
+    points, skipped = load_points([tmp_path])
+    assert not skipped
+    assert [p.label for p in points] == ["rbnn (rbnn_seed0)", "rbnn (rbnn_seed1)"]
+    assert distinct_tails(["/a/x/best.pt", "/a/x/last.pt"]) == ["best.pt", "last.pt"]
+
+
+def test_seg_depth_two_seg_runs_of_one_backbone_are_reported(tmp_path: Path) -> None:
+    write_run(tmp_path / "a_seg", "seg", "irnet", 0.58, 0.25, 0.8)
+    write_run(tmp_path / "b_seg", "seg", "irnet", 0.58, 0.26, 0.8)
+    write_run(tmp_path / "depth", "depth", "irnet", 0.58, 0.25, 0.8)
+    points, skipped = load_points([tmp_path])
+    assert not points
+    assert len(skipped) == 3 and all("2 segmentation and 1 depth runs" in s.reason for s in skipped)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "plots" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seg_vs_depth_script(finetune_runs: Path, tmp_path: Path, capsys) -> None:
+    script = load_script("seg_vs_depth")
+    assert script.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: no backbone has both") and "\n" not in error
+    assert script.main([str(finetune_runs), "--out", str(tmp_path / "chart")]) == 0
+    captured = capsys.readouterr()
+    assert "4 backbones" in captured.out
+    assert "warning: skipped" in captured.err and "broken" in captured.err
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+
+
+def test_palette_and_qualitative_grid() -> None:
+    for classes in (40, 13):
+        palette = nyud_palette(classes)
+        assert palette.shape == (classes, 3) and len({tuple(c) for c in palette}) == classes
+        assert not (palette == 0).all(axis=1).any()  # black is void only
+    labels = np.array([[0, 1], [255, 39]])
+    rgb = colorize(labels, 40)
+    assert (rgb[1, 0] == 0).all() and (rgb[1, 1] == nyud_palette(40)[39]).all()
+    with pytest.raises(ValueError, match="outside 0..12"):
+        colorize(labels, 13)
+
+    rng = np.random.default_rng(0)
+
+    def sample() -> QualitativeSample:
+        label = rng.integers(0, 40, (12, 16))
+        depth = rng.uniform(0.5, 9.0, (12, 16))
+        return QualitativeSample(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), label, label, depth, depth * 1.1)
+
+    rows = [QualitativeRow(name, [sample(), sample()]) for name in ("irnet", "irnet+cmim", "rbnn")]
+    figure = qualitative_grid(rows)
+    assert len(figure.axes) == 3 * 2 * 5 + 1  # panels + one shared depth colorbar
+    depth_images = [ax.images[0] for i, ax in enumerate(figure.axes[:-1]) if i % 5 >= 3]  # row-major panels
+    assert len(depth_images) == 12 and len({id(im.norm) for im in depth_images}) == 1
+    assert figure.axes[-1].get_ylabel() == "depth (m)"
+    bad = QualitativeSample(rows[0].samples[0].image, np.zeros((3, 3)), np.zeros((3, 3)), np.ones((3, 3)),
+                            np.ones((3, 3)))
+    with pytest.raises(ValueError, match="gt_label is"):
+        qualitative_grid([QualitativeRow("bad", [bad])])
+
+
+def clusters(points_per_class: int = 40, classes: int = 4, dims: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    centres = 6.0 * torch.randn(classes, dims, generator=generator)
+    labels = torch.arange(points_per_class * classes) % classes
+    return centres[labels] + torch.randn(len(labels), dims, generator=generator), labels
+
+
+def test_tsne_keeps_separated_clusters_apart_and_is_deterministic() -> None:
+    x, labels = clusters()
+    probabilities = conditional_probabilities(squared_distances(x.double()), 15.0)
+    entropy = -(probabilities * probabilities.clamp_min(1e-300).log()).sum(dim=1)
+    torch.testing.assert_close(entropy.exp(), torch.full_like(entropy, 15.0), rtol=1e-4, atol=0)
+    embedding = tsne(x, perplexity=15.0, iterations=400, seed=3)
+    assert embedding.shape == (160, 2) and torch.isfinite(embedding).all()
+    distances = squared_distances(embedding).fill_diagonal_(math.inf)
+    neighbours = distances.topk(5, largest=False).indices
+    accuracy = (labels[neighbours].mode(dim=1).values == labels).float().mean()
+    assert accuracy >= 0.97
+    assert torch.equal(embedding, tsne(x, perplexity=15.0, iterations=400, seed=3))
+    with pytest.raises(ValueError, match="perplexity"):
+        tsne(x[:10], perplexity=30.0)
+
+
+def test_class_sorted_correlation() -> None:
+    x, labels = clusters(points_per_class=5, classes=3)
+    x = x.sign()
+    correlation, sorted_labels = class_sorted_correlation(x, labels)
+    assert correlation.shape == (15, 15)
+    assert sorted_labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    order = torch.sort(labels, stable=True).indices
+    assert order[:5].tolist() == [0, 3, 6, 9, 12]  # stable: original order within a class
+    torch.testing.assert_close(correlation, correlation.T)
+    torch.testing.assert_close(correlation.diagonal(), torch.ones(15, dtype=torch.float64))
+    manual = np.corrcoef(x[order].numpy())
+    np.testing.assert_allclose(correlation.numpy(), manual, atol=1e-12)
+    same = sorted_labels[:, None] == sorted_labels[None, :]
+    assert correlation[same].mean() > correlation[~same].mean() + 0.3
+    cosine, _ = class_sorted_correlation(x, labels, "cosine")
+    torch.testing.assert_close(cosine, (x[order] @ x[order].T).double() / x.shape[1])
+
+
+def save_checkpoint(path: Path, method: str, top1: float, cmim: dict | None, seed: int = 0) -> Path:
+    """A minimal best.pt laid out like pretrain/run.py's (the meta keys the readers use)."""
+    config = {"method": method, "arch": "resnet18", "data": "synthetic", "epochs": 8, "image_size": 48,
+              "seed": seed, "synthetic_samples": 2000, "cmim": cmim}
+    meta = {"method": method, "arch": "resnet18", "num_classes": 10, "epoch": 8, "top1": top1, "top5": 0.9,
+            "data": "synthetic(shapes, 10 classes, 2000/500, 48px, seed 0)", "image_size": 48,
+            "real_weights": False, "config": config}
+    path.mkdir(parents=True)
+    torch.save({"model": {}, "meta": meta}, path / "best.pt")
+    return path / "best.pt"
+
+
+def cmim_settings(lam: float, n_nce: int = 256) -> dict:
+    return {"lam": lam, "beta": 2.0, "tau": 0.1, "n_nce": n_nce, "layers": "stages", "embed": "mlp",
+            "variant": "paper", "bank_dtype": "float32", "normalizer": "running"}
+
+
+def test_sweep_reader_and_chart(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    save_checkpoint(root / "irnet", "irnet", 0.5803, None)
+    for lam, top1 in ((0.2, 0.5929), (0.8, 0.6122), (3.2, 0.6102)):
+        save_checkpoint(root / f"irnet_cmim_{lam}", "irnet+cmim", top1, cmim_settings(lam))
+    save_checkpoint(root / "zz_repeat", "irnet+cmim", 0.6, cmim_settings(0.8))
+    save_checkpoint(root / "rbnn_cmim_0.8" / "nested", "rbnn+cmim", 0.625, cmim_settings(0.8, 512), seed=1)
+    save_checkpoint(root / "rbnn_cmim_1.6", "rbnn+cmim", 0.62, cmim_settings(1.6, 256))
+    (root / "torn").mkdir()
+    (root / "torn" / "best.pt").write_bytes(b"not a checkpoint")
+    runs, skipped = load_sweep([root], "lambda")
+    points = {(r.method, r.value): round(r.top1, 6) for r in runs}
+    assert points == {("irnet", None): 58.03, ("irnet+cmim", 0.2): 59.29, ("irnet+cmim", 0.8): 61.22,
+                      ("irnet+cmim", 3.2): 61.02, ("rbnn+cmim", 0.8): 62.5, ("rbnn+cmim", 1.6): 62.0}
+    reasons = {Path(s.name).parent.name: s.reason for s in skipped}
+    assert "not a readable cmim-dense checkpoint" in reasons["torn"]
+    assert "repeats irnet+cmim with lambda 0.8" in reasons["zz_repeat"]
+    assert varying_settings(runs, "lambda") == ["rbnn+cmim: runs also differ in cmim.n_nce, seed"]
+    by_n, _ = load_sweep([root / "rbnn_cmim_0.8", root / "rbnn_cmim_1.6"], "n_nce")
+    assert sorted(r.value for r in by_n) == [256.0, 512.0]
+
+    figure = plot_sweep(runs, "lambda")
+    ax = figure.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["irnet+cmim"].get_xdata(), [0.2, 0.8, 3.2])
+    np.testing.assert_allclose(lines["irnet+cmim"].get_ydata(), [59.29, 61.22, 61.02])
+    np.testing.assert_allclose(lines["irnet (no CMIM)"].get_ydata(), [58.03, 58.03])
+    assert ax.get_xscale() == "log"
+    result = sweep_chart([root], tmp_path / "sweep", "lambda")
+    assert [p.suffix for p in result.files] == [".png", ".svg", ".csv"]
+    assert "irnet+cmim,0.8,61.22" in (tmp_path / "sweep.csv").read_text()
+    with pytest.raises(ValueError, match="no readable pretraining run"):
+        sweep_chart([root / "torn"], tmp_path / "none")
+
+
+def test_activation_figures_from_a_checkpoint(tmp_path: Path) -> None:
+    model = create_model("resnet18", "bnn", num_classes=10)
+    path = tmp_path / "bnn" / "best.pt"
+    path.parent.mkdir()
+    meta = {"method": "bnn", "arch": "resnet18", "num_classes": 10, "epoch": 1, "top1": 0.1, "top5": 0.5,
+            "data": "synthetic", "image_size": 32, "real_weights": False,
+            "config": {"data": "synthetic", "seed": 0, "synthetic_samples": 200}}
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    activations = extract_activations(str(path), "layer3", samples=30)
+    assert activations.features.shape == (30, 256 * 2 * 2)
+    assert set(activations.features.unique().tolist()) <= {-1.0, 0.0, 1.0}  # sign, zero padding aside
+    assert activations.labels.tolist() == [k % 10 for k in range(30)]
+    assert activations.site == "layer3 (layer3.1.conv2)"
+    with pytest.raises(ValueError, match="unknown tap sites"):
+        extract_activations(str(path), "layer9.0.conv1", samples=4)
+
+    result = tsne_chart([str(path)], tmp_path / "tsne", "pooled", samples=30, perplexity=5.0, iterations=100)
+    assert all(p.stat().st_size > 0 for p in result.files)
+    result = correlation_chart([str(path)], tmp_path / "corr", "layer4", samples=20)
+    assert len(result.files) == 2
+    correlation, labels = class_sorted_correlation(activations.features, activations.labels)
+    figure = plot_correlation([(activations, correlation, labels)])
+    assert len(figure.axes) == 2  # the heatmap and its colorbar
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(activations.class_names)
+
+
+def test_analysis_script_errors_in_one_line(tmp_path: Path, capsys) -> None:
+    script = load_script("analysis")
+    assert script.main(["tsne", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "t")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+    assert script.main(["sweep", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    assert "no readable pretraining run" in capsys.readouterr().err
