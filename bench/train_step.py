@@ -1,0 +1,143 @@
+"""Training-step time and peak memory of every recipe against full precision, and the cost of CMIM.
+
+    python bench/train_step.py [--batch 32] [--image-size 64] [--steps 5] [--json bench/train_step.json]
+
+In one run, on one machine: one optimizer step (forward + backward + SGD update; cross-entropy
+for every recipe, so a distilling recipe's teacher forward is not included; CMIM adds its
+heads, memory bank and NCE term) of binary ResNet-18 for each recipe,
+timed as the median of ``--steps`` steps after two warm-up steps, relative to the FP ResNet-18
+step; ``X+cmim`` relative to ``X``; peak memory of each (a fresh process per recipe: peak RSS on
+CPU, ``max_memory_allocated`` on CUDA).  Then the CMIM memory bank's size for ImageNet.  Targets
+(issue #6): CMIM overhead <= 1.15x, binary step <= 1.5x the FP step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cmim_dense import create_model  # noqa: E402
+from cmim_dense.engine.pretrain import build_cmim_loss  # noqa: E402
+from cmim_dense.engine.config import resolve_config  # noqa: E402
+from cmim_dense.models import collect_taps  # noqa: E402
+
+METHODS = ("fp", "bnn", "xnor", "bireal", "irnet", "rbnn", "reactnet", "dirnet")
+CMIM_METHODS = ("bnn", "irnet", "rbnn")
+IMAGENET = 1_281_167
+
+
+def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.device, amp: bool) -> float:
+    """Median seconds of one optimizer step of ``method`` (cross-entropy; the CMIM term for +cmim)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", method, num_classes=1000).to(device).train()
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    cmim, sites = None, []
+    trained = [model]
+    if "+cmim" in method:
+        config = resolve_config(method, {"out": "/tmp/unused", "cmim_nce_n": 4096})
+        dataset = torch.utils.data.TensorDataset(torch.zeros(8192, 1))  # only its length sizes the bank
+        cmim, sites = build_cmim_loss(config, model, None, dataset, device)
+        trained.append(cmim)
+    params = [p for m in trained for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    times = []
+    for step in range(steps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            with collect_taps(model, sites) if sites else nullcontext({}) as taps:
+                loss = F.cross_entropy(model(images), labels)
+            if cmim is not None:
+                indices = torch.arange(step * batch, (step + 1) * batch, device=device) % 8192
+                loss = loss + cmim(taps, indices).total
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(method: str, batch: int, size: int, device: str, amp: bool) -> float:
+    """Peak training memory of two steps of ``method``, measured in a fresh process."""
+    result = subprocess.run([sys.executable, __file__, "--measure-memory", method, "--batch", str(batch),
+                             "--image-size", str(size), "--device", device] + (["--amp"] if amp else []),
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def bank_megabytes(sites: int, dim: int = 128) -> dict[str, float]:
+    """The paper variant's banks for ImageNet: one (1.28M x dim) bank per tapped site."""
+    return {dtype: IMAGENET * dim * sites * width / 2**20 for dtype, width in (("float32", 4), ("float16", 2))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--json", default="bench/train_step.json")
+    parser.add_argument("--measure-memory", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.measure_memory:
+        step_seconds(args.measure_memory, args.batch, args.image_size, 1, device, args.amp)
+        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(peak)
+        return
+    methods = args.methods.split(",")
+    runs = methods + [f"{m}+cmim" for m in CMIM_METHODS if m in methods]
+    print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"batch {args.batch}, {args.image_size}x{args.image_size}, amp {args.amp}")
+    seconds = {run: step_seconds(run, args.batch, args.image_size, args.steps, device, args.amp) for run in runs}
+    memory = {run: peak_memory_mb(run, args.batch, args.image_size, args.device, args.amp) for run in runs} \
+        if args.memory else {}
+    print(f"{'method':<12} {'step ms':>9} {'vs fp':>7} {'vs base':>8} {'peak MB':>9}")
+    for run in runs:
+        base = run.split("+")[0]
+        versus_base = f"{seconds[run] / seconds[base]:.2f}x" if "+cmim" in run else ""
+        print(f"{run:<12} {1000 * seconds[run]:9.1f} {seconds[run] / seconds['fp']:6.2f}x {versus_base:>8} "
+              f"{memory.get(run, float('nan')):9.0f}")
+    banks = bank_megabytes(sites=4)
+    print(f"CMIM memory bank for ImageNet ({IMAGENET:,} samples, 4 sites x 128-d): "
+          f"{banks['float32']:,.0f} MB float32, {banks['float16']:,.0f} MB float16")
+    record = {"device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "batch": args.batch, "image_size": args.image_size, "amp": args.amp,
+              "step_seconds": seconds, "peak_memory_mb": memory, "imagenet_bank_mb": banks,
+              "date": time.strftime("%Y-%m-%d")}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
