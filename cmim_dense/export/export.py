@@ -1,0 +1,171 @@
+"""Write and read 1-bit exports: bit-packed binary weights in a safetensors file (docs/export.md).
+
+An export is the state dict of the model after :func:`pack_model`: every binary-weight
+:class:`~cmim_dense.binary.BinaryConv2d` becomes a :class:`PackedBinaryConv2d`
+(``<layer>.weight_bits`` uint8 + ``<layer>.weight_scale`` float32), everything else (stem,
+BN, shortcuts, classifier, learnable activation shifts) keeps its float tensors.  The file's
+metadata holds the checkpoint's ``meta`` as JSON, so a backbone is rebuilt from the file
+alone; any other model (e.g. a DeepLab network) is rebuilt by passing its skeleton.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+from torch import Tensor, nn
+
+from ..binary import BinaryConv2d
+from ..engine.checkpoint import write_atomic
+from ..models import create_model
+from .packed import PackedBinaryConv2d, packed_layer_info
+
+FORMAT = "cmim-dense-1bit"
+FORMAT_VERSION = "1"
+BIT_CONVENTION = ("weight_bits: uint8 (C_out, kh, kw, ceil(C_in/8)), packed along C_in, LSB first, "
+                  "bit 1 = +1, bit 0 = -1; weight = weight_scale[o] * (+-1)")
+
+
+def pack_model(model: nn.Module, pack: bool = True) -> list[str]:
+    """Replace, in place, every binary-weight ``BinaryConv2d`` of ``model`` by a :class:`PackedBinaryConv2d`.
+
+    Binary weights and scales are taken from each layer's eval-mode ``effective_weight()``
+    (``pack=False``: left zero, for a skeleton whose state is loaded next).  Returns the
+    names of the replaced layers.
+    """
+    targets = [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, BinaryConv2d) and not isinstance(module, PackedBinaryConv2d)
+        and module.weight_binarizer is not None
+    ]
+    for name, conv in targets:
+        if not name:
+            raise ValueError("the model is itself a BinaryConv2d; wrap it (e.g. nn.Sequential(conv)) to pack it")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        packed = PackedBinaryConv2d(conv, pack)
+        packed.train(conv.training)
+        setattr(parent, child, packed)
+    return [name for name, _ in targets]
+
+
+def set_packed(model: nn.Module, enabled: bool = True) -> list[str]:
+    """Switch the XNOR-popcount forward on (or off) in every packed layer that supports it.
+
+    A layer supports it when its inputs are binary and it has one group; others keep the
+    float forward.  Returns the names of the layers switched.
+    """
+    switched = []
+    for name, module in model.named_modules():
+        if isinstance(module, PackedBinaryConv2d) and module.supports_packed:
+            module.packed = enabled
+            switched.append(name)
+    return switched
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_model` wrote: file size against the model's own FP32 state dict."""
+
+    path: Path
+    packed_layers: int
+    binary_weights: int
+    file_bytes: int
+    float_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.float_bytes / self.file_bytes
+
+
+def export_model(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> ExportReport:
+    """Write ``model`` (left unchanged) as a 1-bit export with ``meta`` in the metadata.
+
+    ``meta`` is the checkpoint's meta (for a backbone it needs ``arch``, ``method`` and
+    ``num_classes``; ``output_stride`` is honoured when present).  The file is written
+    atomically.  ``float_bytes`` is the size of ``model.state_dict()`` as float safetensors.
+    """
+    packed = copy.deepcopy(model).eval()
+    names = pack_model(packed)
+    layers = [packed_layer_info(name, packed.get_submodule(name)) for name in names]
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "convention": BIT_CONVENTION,
+        "meta": _to_json(meta),
+        "packed_layers": json.dumps(layers),
+    }
+    data = safetensors.torch.save(_tensors(packed), metadata)
+    write_atomic(path, lambda handle: handle.write(data))
+    float_bytes = len(safetensors.torch.save(_tensors(model)))
+    binary_weights = sum(math.prod(layer["shape"]) for layer in layers)
+    return ExportReport(Path(path), len(names), binary_weights, len(data), float_bytes)
+
+
+def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and the parsed metadata (``meta``, ``packed_layers``, ...) of an export."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"export {path} does not exist")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a safetensors file ({first_line})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a cmim-dense 1-bit export (metadata format is {metadata.get('format')!r})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has export format version {metadata.get('format_version')}; "
+                         f"this cmim-dense reads version {FORMAT_VERSION}")
+    parsed = {**metadata, "meta": json.loads(metadata["meta"]), "packed_layers": json.loads(metadata["packed_layers"])}
+    return tensors, parsed
+
+
+def load_exported(path: str | Path, model: nn.Module | None = None,
+                  packed: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an exported model in eval mode; returns ``(model, meta)``.
+
+    Without ``model`` the backbone is built from the file's ``meta`` (``create_model(arch,
+    method, num_classes, output_stride, real_weights)``); otherwise ``model`` is a freshly
+    built training-time skeleton of the exported network (e.g. a DeepLab model), whose
+    binary convs are packed and whose tensors are then all replaced by the file's.
+    ``packed=True`` switches on the XNOR-popcount forward (:func:`set_packed`).
+    """
+    tensors, metadata = read_export(path)
+    meta = metadata["meta"]
+    if model is None:
+        missing = [key for key in ("arch", "method", "num_classes") if key not in meta]
+        if missing:
+            raise ValueError(f"{path} does not describe a backbone (meta lacks {', '.join(missing)}); "
+                             "pass the model skeleton")
+        model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"],
+                             output_stride=meta.get("output_stride"), real_weights=meta.get("real_weights", False))
+    pack_model(model, pack=False)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[:2])
+        raise ValueError(f"{path} does not fit the model: {detail}") from None
+    model.eval()
+    if packed:
+        set_packed(model)
+    return model, meta
+
+
+def _to_json(meta: dict[str, Any]) -> str:
+    try:
+        return json.dumps(meta, sort_keys=True)
+    except TypeError as error:
+        raise ValueError(f"the model's meta cannot be stored as JSON ({error})") from None
+
+
+def _tensors(model: nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().contiguous() for key, value in model.state_dict().items()}

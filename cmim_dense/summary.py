@@ -1,0 +1,149 @@
+"""``python -m cmim_dense.summary CKPT``: per-layer parameters, storage, BOPs, FLOPs and OPs of a backbone.
+
+Counts one forward pass at ``--image-size`` (default 224) and compares the totals with the
+full-precision twin (same architecture, classes and output stride), using the papers'
+convention OPs = BOPs / 64 + FLOPs (docs/accounting.md).  Without a checkpoint,
+``--method NAME --arch ARCH`` counts a freshly built model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .accounting import Accounting, Totals, count_model
+from .engine.checkpoint import load_checkpoint, write_atomic
+from .models import create_model, list_archs, model_from_checkpoint
+from .models.resnet import BinaryResNet
+from .registry import UnknownNameError
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"224"`` -> (224, 224); ``"480x640"`` -> (480, 640) (height x width)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+    return parts[0], parts[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cmim_dense.summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("checkpoint", nargs="?", metavar="CKPT", help="a pretraining checkpoint (last.pt / best.pt)")
+    source.add_argument("--method", help="count a fresh model of this method instead of a checkpoint")
+    parser.add_argument("--arch", default="resnet18", choices=list_archs(), help="with --method (default resnet18)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="with --method (default 1000)")
+    parser.add_argument("--output-stride", type=int, choices=[8, 16], help="count the dilated backbone")
+    parser.add_argument("--image-size", type=parse_image_size, default=(224, 224), metavar="N|HxW",
+                        help="input size (default 224)")
+    parser.add_argument("--json", metavar="OUT", help="also write every count to this JSON file")
+    return parser.parse_args(argv)
+
+
+def build_model(args: argparse.Namespace) -> BinaryResNet:
+    if args.checkpoint is not None:
+        return model_from_checkpoint(load_checkpoint(args.checkpoint), str(args.checkpoint),
+                                     output_stride=args.output_stride)
+    return create_model(args.arch, args.method, num_classes=args.num_classes, output_stride=args.output_stride)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A backbone's accounting and the totals of its full-precision twin at the same input size."""
+
+    model: dict[str, Any]
+    accounting: Accounting
+    fp: Totals
+
+    @property
+    def storage_ratio(self) -> float:
+        return self.fp.bits / self.accounting.totals().bits
+
+    @property
+    def ops_ratio(self) -> float:
+        return self.fp.ops / self.accounting.totals().ops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, **self.accounting.to_dict(),
+                "fp_baseline": {"method": "fp", "arch": self.model["arch"], "totals": self.fp.to_dict()},
+                "ratios": {"storage": self.storage_ratio, "ops": self.ops_ratio}}
+
+
+def summarize(model: BinaryResNet, image_size: tuple[int, int]) -> Summary:
+    """Count ``model`` and its full-precision twin (same arch, classes, output stride) on a 3 x H x W input."""
+    shape = (3, *image_size)
+    fp = create_model(model.arch, "fp", num_classes=model.num_classes, output_stride=model.output_stride)
+    info = {"method": model.recipe.name, "arch": model.arch, "num_classes": model.num_classes,
+            "output_stride": model.output_stride}
+    return Summary(info, count_model(model, shape), count_model(fp, shape).totals())
+
+
+def format_table(accounting: Accounting) -> str:
+    """The per-layer table (one row per conv/linear or other parameter-owning module)."""
+    header = ("layer", "type", "output", "real params", "binary params", "bits", "BOPs", "FLOPs")
+    rows = [header]
+    for layer in accounting.layers:
+        shape = "x".join(map(str, layer.output_shape)) if layer.output_shape else "-"
+        t = layer.totals
+        rows.append((layer.name, layer.kind, shape, f"{t.real_params:,}", f"{t.binary_params:,}", f"{t.bits:,}",
+                     f"{t.bops:,}", f"{t.flops:,}"))
+    return _align(rows, left=3)
+
+
+def format_totals(summary: Summary) -> str:
+    """Totals against the FP twin, with the storage and OPs ratios."""
+    ours, fp = summary.accounting.totals(), summary.fp
+    size = "x".join(map(str, summary.accounting.input_shape))
+    rows = [
+        (f"per {size} image", summary.model["method"], f"fp {summary.model['arch']}", ""),
+        ("real-valued parameters", f"{ours.real_params:,}", f"{fp.real_params:,}", ""),
+        ("binary parameters", f"{ours.binary_params:,}", f"{fp.binary_params:,}", ""),
+        ("storage (Mbit)", f"{ours.bits / 1e6:.2f}", f"{fp.bits / 1e6:.2f}", f"{summary.storage_ratio:.2f}x smaller"),
+        ("BOPs (binary MACs)", f"{ours.bops:.3e}", f"{fp.bops:.3e}", ""),
+        ("FLOPs (real MACs)", f"{ours.flops:.3e}", f"{fp.flops:.3e}", ""),
+        ("OPs = BOPs/64 + FLOPs", f"{ours.ops:.3e}", f"{fp.ops:.3e}", f"{summary.ops_ratio:.2f}x fewer"),
+        ("binary share of MACs", f"{100 * ours.binary_mac_ratio:.1f}%", f"{100 * fp.binary_mac_ratio:.1f}%", ""),
+    ]
+    return _align(rows, left=1)
+
+
+def _align(rows: list[tuple[str, ...]], left: int) -> str:
+    """Columns padded to their widest cell: the first ``left`` left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model = build_model(args)
+        summary = summarize(model, args.image_size)
+    except KeyError as error:
+        print(f"error: {args.checkpoint}: checkpoint meta lacks {error}", file=sys.stderr)
+        return 2
+    except (UnknownNameError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(summary.accounting))
+    print()
+    print(format_totals(summary))
+    if args.json:
+        text = json.dumps(summary.to_dict(), indent=2)
+        write_atomic(args.json, lambda handle: handle.write(text.encode()))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
