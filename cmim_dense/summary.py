@@ -3,7 +3,9 @@
 Counts one forward pass at ``--image-size`` (default 224) and compares the totals with the
 full-precision twin (same architecture, classes and output stride), using the papers'
 convention OPs = BOPs / 64 + FLOPs (docs/accounting.md).  Without a checkpoint,
-``--method NAME --arch ARCH`` counts a freshly built model.
+``--method NAME --arch ARCH`` counts a freshly built model.  ``--head deeplabv3|deeplabv3plus``
+counts the dense model instead (default 480x640, output stride 8, 40 classes) and reports the
+binary backbone and the full-precision head separately: the head dominates.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", default="resnet18", choices=list_archs(), help="with --method (default resnet18)")
     parser.add_argument("--num-classes", type=int, default=1000, help="with --method (default 1000)")
     parser.add_argument("--output-stride", type=int, choices=[8, 16], help="count the dilated backbone")
-    parser.add_argument("--image-size", type=parse_image_size, default=(224, 224), metavar="N|HxW",
-                        help="input size (default 224)")
+    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"],
+                        help="count the DeepLab model over the backbone, backbone and head apart")
+    parser.add_argument("--classes", type=int, default=40, help="with --head: output channels (default 40)")
+    parser.add_argument("--image-size", type=parse_image_size, metavar="N|HxW",
+                        help="input size (default 224; 480x640 with --head)")
     parser.add_argument("--json", metavar="OUT", help="also write every count to this JSON file")
     return parser.parse_args(argv)
 
@@ -124,8 +129,46 @@ def _align(rows: list[tuple[str, ...]], left: int) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+DENSE_PARTS = {"backbone": ["encoder."], "head": ["decoder.", "segmentation_head."]}
+
+
+def dense_parts(method: str, arch: str, head: str, output_stride: int, image_size: tuple[int, int],
+                classes: int = 40) -> dict[str, Totals]:
+    """Backbone and head totals of the DeepLab model over (arch, method) for one image."""
+    from .dense import create_dense_model
+
+    model = create_dense_model(arch, method, classes, head, output_stride)
+    return count_model(model.eval(), (3, *image_size)).parts(DENSE_PARTS)
+
+
+def format_parts(parts: dict[str, Totals]) -> str:
+    total = sum(parts.values(), Totals())
+    rows = [("part", "binary params", "real params", "storage (Mbit)", "BOPs", "FLOPs", "OPs", "share of OPs")]
+    for name, t in {**parts, "total": total}.items():
+        rows.append((name, f"{t.binary_params:,}", f"{t.real_params:,}", f"{t.bits / 1e6:.1f}", f"{t.bops:.3e}",
+                     f"{t.flops:.3e}", f"{t.ops:.3e}", f"{100 * t.ops / total.ops:.0f}%"))
+    return _align(rows, left=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.head is not None:
+        try:
+            meta = load_checkpoint(args.checkpoint)["meta"] if args.checkpoint else {"method": args.method,
+                                                                                        "arch": args.arch}
+            size = args.image_size or (480, 640)
+            parts = dense_parts(meta["method"], meta["arch"], args.head, args.output_stride or 8, size, args.classes)
+        except (KeyError, UnknownNameError, ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{args.head} over {meta['arch']} {meta['method']}, output stride {args.output_stride or 8}, "
+              f"{size[0]}x{size[1]}, {args.classes} outputs")
+        print(format_parts(parts))
+        if args.json:
+            text = json.dumps({name: t.to_dict() for name, t in parts.items()}, indent=2)
+            write_atomic(args.json, lambda handle: handle.write(text.encode()))
+        return 0
+    args.image_size = args.image_size or (224, 224)
     try:
         model = build_model(args)
         summary = summarize(model, args.image_size)

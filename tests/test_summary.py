@@ -130,3 +130,14 @@ def test_cli_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "not a cmim-dense checkpoint" in capsys.readouterr().err
     assert main(["--method", "nosuch"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_dense_summary_splits_backbone_and_head() -> None:
+    from cmim_dense.summary import dense_parts
+
+    os8 = dense_parts("bireal", "resnet18", "deeplabv3", 8, (96, 128), classes=40)
+    os16 = dense_parts("bireal", "resnet18", "deeplabv3", 16, (96, 128), classes=40)
+    # the FP head is all real MACs and dominates the binary backbone's OPs; stride 16 cuts it ~4x
+    assert os8["head"].bops == 0 and os8["head"].flops > 5 * os8["backbone"].ops
+    assert 3.5 < os8["head"].flops / os16["head"].flops < 4.5
+    assert os8["backbone"].binary_params == os16["backbone"].binary_params == 10_985_472
