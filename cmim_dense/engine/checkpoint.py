@@ -53,3 +53,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj
+
+
+def require_same_settings(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """``--resume`` continues only the run that wrote ``path``: every result-defining setting must match."""
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        raise ValueError(f"--resume found {path} from a run with other settings ({'; '.join(changed)}); "
+                         "rerun the original command or choose another --out")

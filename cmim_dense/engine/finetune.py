@@ -28,9 +28,10 @@ from ..data.synthetic_nyud import ensure_synthetic_nyud
 from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, require_same_settings, save_atomic
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
+from .optim import backward_step
 from .rng import rng_state, seed_everything, set_rng_state
 
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -139,11 +140,7 @@ class FinetuneRun:
                 "history": self.history, "rng": rng_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        saved, current = state["meta"]["config"], self.config.settings()
-        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
-        if changed:
-            raise ValueError(f"--resume found {self.out / 'last.pt'} from a run with other settings "
-                             f"({'; '.join(changed)}); rerun the original command or choose another --out")
+        require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -215,14 +212,7 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
         if not np.isfinite(value):
             raise FloatingPointError(f"loss became {value} at iteration {run.iteration}; the last good checkpoint is "
                                      f"{run.out / 'last.pt'}; lower --lr and rerun with --resume")
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.scaler is not None:
-            run.scaler.scale(loss).backward()
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-        else:
-            loss.backward()
-            run.optimizer.step()
+        backward_step(loss, run.optimizer, run.scaler)
         run.scheduler.step()
         run.iteration += 1
         seen += batch["image"].shape[0] * run.dist.world_size

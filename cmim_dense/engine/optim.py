@@ -61,6 +61,18 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, milestones:
     raise ValueError(f"unknown schedule {schedule!r}; valid: cos, step, linear")
 
 
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Zero the gradients, backpropagate ``loss`` (scaled under AMP) and take one optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def clip_latent_weights(model: nn.Module, bound: float) -> None:
     """BNN's constraint: after each step, clamp latent binary weights to [-bound, bound]."""
     with torch.no_grad():

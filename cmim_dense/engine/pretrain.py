@@ -24,10 +24,10 @@ from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
 from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, require_same_settings, save_atomic
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
-from .optim import build_optimizer, clip_latent_weights, lr_factor
+from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
 from .rng import rng_state, seed_everything, set_rng_state
 
 
@@ -157,14 +157,7 @@ class PretrainRun:
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        saved = state["meta"]["config"]
-        current = self.config.settings()
-        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
-        if changed:
-            raise ValueError(
-                f"--resume found {self.out / 'last.pt'} from a run with other settings ({'; '.join(changed)}); "
-                "rerun the original command or choose another --out"
-            )
+        require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -303,14 +296,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                 f"loss became {loss_value} at step {run.step} (epoch {run.epoch + 1}); the last good checkpoint "
                 f"is {run.out / 'last.pt'}; lower --lr and rerun with --resume"
             )
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.scaler is not None:
-            run.scaler.scale(loss).backward()
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-        else:
-            loss.backward()
-            run.optimizer.step()
+        backward_step(loss, run.optimizer, run.scaler)
         run.scheduler.step()
         if clip is not None:
             clip_latent_weights(model, clip)
