@@ -26,6 +26,16 @@ def crop_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def scale_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes MIN,MAX, e.g. 0.5,2, got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"--scale needs 0 < MIN <= MAX, got {text!r}")
+    return low, high
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["seg", "depth"], help="semantic segmentation or depth (required)")
@@ -39,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="iterations (default 30000; 150 on synthetic)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 8)")
     parser.add_argument("--crop", type=crop_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
+    parser.add_argument("--scale", type=scale_range, help="random scale range MIN,MAX (default 0.5,2 seg; 1,1 depth)")
     parser.add_argument("--lr", type=float, help="default 1e-3 (synthetic: 1e-2 seg, 3e-3 depth)")
     parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations (default 10000; 100 on synthetic)")
     parser.add_argument("--weight-decay", type=float, help="default 1e-4")

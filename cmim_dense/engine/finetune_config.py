@@ -17,6 +17,10 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 150, "batch_size": 8, "crop": (64
                                       "lr_step": 100, "save_every": 50, "output_stride": 16, "decoder_channels": 64}
 SYNTHETIC_DEPTH_LR = 3e-3
 TASKS = ("seg", "depth")
+# Random scale range of the training augmentation.  Depth: none (the BTS/AdaBins convention);
+# scaling changes apparent distance, and dividing depth by the scale (the multi-task lineage)
+# cost 0.2-0.6 m of RMSE on the built-in data against crop + flip only.
+TASK_SCALE = {"seg": (0.5, 2.0), "depth": (1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     values = {**defaults, **given}
     values.setdefault("out", f"runs/finetune/{given['task']}")
     values["crop"] = tuple(values["crop"])
-    values["scale"] = tuple(values.get("scale", (0.5, 2.0)))
+    values["scale"] = tuple(values.get("scale", TASK_SCALE[given["task"]]))
     config = FinetuneConfig(**values)
     validate_finetune(config)
     return config
