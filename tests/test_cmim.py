@@ -171,3 +171,28 @@ def test_official_code_variant_is_two_sided_crd() -> None:
     assert torch.isfinite(loss_fn.log_z).all()
     trainable = OfficialCMIMLoss(8, 6, dataset_size=12, n_nce=4, train_heads=True)
     assert all(p.requires_grad for p in trainable.parameters())
+
+
+def test_shared_negatives_leave_out_the_anchor_itself() -> None:
+    bank = MemoryBank(3, 4, seed=0)
+    negatives, own = bank.sample_shared(torch.tensor([0, 2]), 40)
+    assert negatives.shape == (40, 4) and own.shape == (2, 40)
+    for row in range(2):
+        anchor = bank.values[[0, 2][row]]
+        assert torch.equal(own[row], (negatives == anchor).all(dim=1))
+    assert own.any() and not own.all()
+
+    # with per-anchor draws excluded, an anchor's own bank row cannot change its loss
+    config = CMIMConfig(tau=0.5, n_nce=32, layers="stages")
+    latent = torch.randn(1, 2, 2, 2)
+    taps = {"s": Tap("s", latent, binary_sign(latent))}
+    losses = []
+    for own_row in (torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])):
+        loss_fn = CMIMLoss({"s": 2}, dataset_size=2, config=config, embed="none", site_dims={"s": 8},
+                           normalizer="none", seed=3)
+        bank = loss_fn.banks["s"]
+        bank.values = torch.zeros(2, 8)
+        bank.values[1, 0] = 0.5
+        bank.values[0, :2] = own_row
+        losses.append(loss_fn(taps, torch.tensor([0])).total)
+    assert torch.isfinite(losses[0]) and torch.equal(losses[0], losses[1])

@@ -120,3 +120,44 @@ def test_iteration_batches_resume_and_shard() -> None:
         assert sorted(ranks[0][step] + ranks[1][step]) == sorted(full[step])
     seeds = [seed for batch in full for _, seed in batch]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_torchrun_two_processes_finetune_and_evaluate_together(python, root, cache, backbone, tmp_path) -> None:
+    """Each rank trains on its half of every global batch and evaluates its share of the test
+    images; the metrics are reduced over ranks, so they equal the single-process evaluation."""
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "ddp"
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(root / "finetune" / "nyud.py"), "--task",
+                             "seg", "--backbone", str(backbone), "--iters", "3", "--out", str(out), *FAST],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('"task": "seg"') == 1  # rank 0 reports
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert load_checkpoint(out / "last.pt")["meta"]["iteration"] == 3
+    finetune(python, root, cache, "--evaluate", str(out / "last.pt"), "--out", str(tmp_path / "single"))
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["miou"] == pytest.approx(single["miou"]) and ddp["pixel_acc"] == pytest.approx(single["pixel_acc"])
+
+
+def test_qualitative_grid_from_finetuned_heads(python, root, cache, backbone, tmp_path, monkeypatch) -> None:
+    from cmim_dense.plots.predictions import qualitative_rows
+
+    for task in ("seg", "depth"):
+        finetune(python, root, cache, "--task", task, "--backbone", str(backbone), "--iters", "2", "--out",
+                 str(tmp_path / "fp" / task), *FAST)
+    monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
+    rows, classes = qualitative_rows([tmp_path / "fp"], [0, 2])
+    assert classes == 40 and rows[0].name == "fp" and len(rows[0].samples) == 2
+    sample = rows[0].samples[1]
+    assert sample.pred_label.shape == sample.gt_label.shape == sample.pred_depth.shape == (96, 128)
+    assert sample.image.dtype.name == "uint8" and sample.pred_label.max() < 40
+    result = subprocess.run([python, str(root / "plots" / "qualitative.py"), str(tmp_path / "fp"), "--images", "0",
+                             "--out", str(tmp_path / "grid")], capture_output=True, text=True, timeout=300,
+                            env={"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "grid.svg").is_file()

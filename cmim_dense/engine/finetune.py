@@ -327,8 +327,9 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     return record
 
 
-def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None = None) -> dict[str, Any]:
-    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it (``--evaluate``)."""
+def load_head_checkpoint(path: str | Path, data: str | None = None, out: str | None = None
+                         ) -> tuple[nn.Module, dict[str, Any], FinetuneConfig]:
+    """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), its meta and config."""
     checkpoint = load_checkpoint(path)
     meta = checkpoint["meta"]
     settings = dict(meta["config"])
@@ -342,14 +343,24 @@ def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit its own description ({str(error).splitlines()[0]})") from None
     model.freeze_encoder()
+    return model.eval(), meta, config
+
+
+def test_split(config: FinetuneConfig, backbone_meta: dict[str, Any]) -> NYUDv2:
+    """The test split of ``config.data``, transformed for evaluation with the backbone's normalisation."""
+    mean, std = normalization(backbone_meta)
+    return NYUDv2(nyud_root(config.data), "test", config.classes, JointTransform(mean, std), depth=config.depth_gt)
+
+
+def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None = None) -> dict[str, Any]:
+    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it (``--evaluate``)."""
+    model, meta, config = load_head_checkpoint(path, data, out)
     device = setup_distributed().device
     model.to(device)
-    mean, std = normalization(identity)
-    root = nyud_root(config.data)
-    test = NYUDv2(root, "test", config.classes, JointTransform(mean, std), depth=config.depth_gt)
+    test = test_split(config, meta["backbone_meta"])
     results = evaluate_dense(model, test, config.task, device, depth_meter=depth_meter_for(config))
-    baseline = trivial_baseline(NYUDv2(root, "train", config.classes, depth=config.depth_gt), test, config.task,
-                                depth_meter_for(config))
+    train = NYUDv2(test.root, "train", config.classes, depth=config.depth_gt)
+    baseline = trivial_baseline(train, test, config.task, depth_meter_for(config))
     record = metrics_record(config, meta, results, baseline, None)
     record["eval_resolution"] = list(test.size)
     Path(config.out).mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,7 @@ class CMIMLoss(nn.Module):
         bank_dtype: torch.dtype = torch.float32,
         normalizer: str = "running",
         z_momentum: float = 0.9,
+        shared_negatives: bool = True,
         device: torch.device | str = "cpu",
         seed: int = 0,
     ) -> None:
@@ -126,6 +127,7 @@ class CMIMLoss(nn.Module):
         if embed == "none" and site_dims is None:
             raise ValueError("CMIM embed='none' needs site_dims (flattened activation size per site)")
         self.config, self.embed, self.normalizer, self.z_momentum = config, embed, normalizer, z_momentum
+        self.shared_negatives = shared_negatives
         self.sites = list(site_channels)
         self.dataset_size = dataset_size
         self.register_buffer("log_z", torch.full((len(self.sites),), float("nan")))
@@ -155,9 +157,13 @@ class CMIMLoss(nn.Module):
         for k, (site, weight) in enumerate(zip(self.sites, self.weights)):
             anchor, latent = self.represent(site, taps[site])
             bank = self.banks[site]
-            negatives = bank.sample(indices, self.config.n_nce).to(anchor.dtype)
             positive = (anchor * latent).sum(dim=1).float() / self.config.tau
-            scores = torch.einsum("bd,bnd->bn", anchor, negatives).float() / self.config.tau
+            if self.shared_negatives:
+                negatives, own = bank.sample_shared(indices, self.config.n_nce)
+                scores = (anchor.float() @ negatives.T / self.config.tau).masked_fill(own, float("-inf"))
+            else:
+                negatives = bank.sample(indices, self.config.n_nce)
+                scores = torch.einsum("bd,bnd->bn", anchor.float(), negatives) / self.config.tau
             if self.normalizer != "none":
                 log_z = self._log_z(k, positive, scores)
                 positive, scores = positive - log_z, scores - log_z

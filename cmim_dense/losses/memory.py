@@ -81,6 +81,19 @@ class MemoryBank:
                 negatives[same] = fresh
         return self.values[negatives].float()
 
+    def sample_shared(self, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` negatives shared by the whole batch, (n, dim) float32, and the (B, n) mask of the
+        pairs where a drawn negative is the anchor itself (to be left out).
+
+        Scoring B anchors against one set is a (B, dim) x (dim, n) product on n gathered rows,
+        instead of B x n gathered rows for per-anchor negatives: B times less memory traffic,
+        which is what dominates the CMIM term's cost.  Each anchor still sees n uniform draws
+        from the bank (minus the rare hit on itself), so the loss has the same expectation.
+        """
+        drawn = torch.randint(0, self.size, (n,), generator=self.generator, device=self.values.device)
+        own = indices.to(self.values.device)[:, None] == drawn[None, :]
+        return self.values[drawn].float(), own
+
     @torch.no_grad()
     def update(self, indices: Tensor, values: Tensor) -> None:
         """bank[i] <- m bank[i] + (1 - m) value (re-normalised when ``normalize``)."""
