@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,11 +82,21 @@ def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.d
 
 
 def peak_memory_mb(method: str, batch: int, size: int, device: str, amp: bool) -> float:
-    """Peak training memory of two steps of ``method``, measured in a fresh process."""
+    """Peak training memory of ``method`` (model, optimizer state, activations of three steps),
+    measured in a fresh process: CUDA's max_memory_allocated, or on CPU the peak resident set
+    above the process's resident size after imports (Linux /proc)."""
     result = subprocess.run([sys.executable, __file__, "--measure-memory", method, "--batch", str(batch),
                              "--image-size", str(size), "--device", device] + (["--amp"] if amp else []),
                             capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
+
+
+def resident_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak since the last reset) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def bank_megabytes(sites: int, dim: int = 128) -> dict[str, float]:
@@ -109,10 +118,14 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.measure_memory:
+        if device.type == "cuda":
+            step_seconds(args.measure_memory, args.batch, args.image_size, 1, device, args.amp)
+            print(torch.cuda.max_memory_allocated() / 2**20)
+            return
+        baseline = resident_mb("VmRSS")  # after imports: the interpreter, torch and its libraries
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
         step_seconds(args.measure_memory, args.batch, args.image_size, 1, device, args.amp)
-        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        print(peak)
+        print(resident_mb("VmHWM") - baseline)
         return
     methods = args.methods.split(",")
     runs = methods + [f"{m}+cmim" for m in CMIM_METHODS if m in methods]
