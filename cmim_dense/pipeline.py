@@ -70,6 +70,19 @@ def chart_stage(root: Path, needs: list[str]) -> Stage:
     return Stage("chart", lambda: False, run, needs)
 
 
+def qualitative_stage(root: Path, folders: list[str], needs: list[str], images: tuple[int, ...] = (0, 1)) -> Stage:
+    """The qualitative grid (Fig. 5a) of every fine-tuned backbone on the first test images."""
+    from .plots.common import save_figure
+    from .plots.predictions import qualitative_rows
+    from .plots.qualitative import qualitative_grid
+
+    def run() -> Any:
+        rows, classes = qualitative_rows([root / "finetune" / folder for folder in folders], images)
+        return save_figure(qualitative_grid(rows, classes), root / "qualitative")
+
+    return Stage("qualitative grid", lambda: False, run, needs)
+
+
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool) -> list[Stage]:
     """For each run folder name -> (method, extra pretraining settings): pretrain, then seg and depth fine-tunes."""
@@ -93,7 +106,8 @@ def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: 
     pretrain = pretrain_settings(quick, teacher)
     finetune = QUICK_FINETUNE if quick else {}
     stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress)
-    return stages + [chart_stage(root, [s.name for s in stages if not s.name.startswith("pretrain")])]
+    finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
+    return stages + [chart_stage(root, finetunes), qualitative_stage(root, list(methods), finetunes)]
 
 
 def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,

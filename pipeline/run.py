@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)
         return 1
-    print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv)")
+    print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv)"
+          + (f"; qualitative grid: {root / 'qualitative.png'}" if args.sweep is None else ""))
     return 0
 
 

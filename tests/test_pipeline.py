@@ -11,6 +11,7 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path) -
     assert first.returncode == 0, first.stdout + first.stderr
     for suffix in (".png", ".svg", ".csv", ".md"):
         assert (tmp_path / "main" / f"seg_vs_depth{suffix}").is_file()
+    assert (tmp_path / "main" / "qualitative.png").is_file()
     table = (tmp_path / "main" / "seg_vs_depth.md").read_text()
     assert "| fp |" in table and "| bnn+cmim |" in table
     assert "chart: " in first.stdout
