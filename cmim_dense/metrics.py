@@ -28,8 +28,9 @@ from torch import Tensor
 EIGEN_CROP = (slice(45, 471), slice(41, 601))
 
 
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+def _all_reduce_sum(x: Tensor, reduce: bool = True) -> Tensor:
+    """Sum of ``x`` over DDP ranks (every rank must call it), or ``x`` itself when not ``reduce``."""
+    if reduce and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         x = x.clone()
         dist.all_reduce(x)
     return x
@@ -56,8 +57,9 @@ class SegmentationMeter:
         self.confusion += torch.bincount(truth * self.num_classes + guess,
                                          minlength=self.num_classes ** 2).view(self.num_classes, self.num_classes)
 
-    def compute(self) -> dict[str, object]:
-        c = _all_reduce_sum(self.confusion).double()
+    def compute(self, reduce: bool = True) -> dict[str, object]:
+        """The metrics over everything seen, summed over DDP ranks unless ``reduce`` is False."""
+        c = _all_reduce_sum(self.confusion, reduce).double()
         hits, truth, predicted = c.diag(), c.sum(1), c.sum(0)
         union = truth + predicted - hits
         iou = torch.where(union > 0, hits / union.clamp(min=1), torch.full_like(hits, float("nan")))
@@ -124,9 +126,10 @@ class DepthMeter:
             self.image_rmse_sum += sq.mean().sqrt()
             self.images += 1
 
-    def compute(self) -> dict[str, float]:
-        sums = _all_reduce_sum(self.sums)
-        pixels, images = _all_reduce_sum(self.pixels).item(), _all_reduce_sum(self.images).item()
+    def compute(self, reduce: bool = True) -> dict[str, float]:
+        """The metrics over everything seen, summed over DDP ranks unless ``reduce`` is False."""
+        sums = _all_reduce_sum(self.sums, reduce)
+        pixels, images = _all_reduce_sum(self.pixels, reduce).item(), _all_reduce_sum(self.images, reduce).item()
         if pixels == 0:
             raise ValueError("no valid ground-truth depth pixel was seen")
         mean = dict(zip(self.SUMS, (sums / pixels).tolist()))
@@ -134,7 +137,7 @@ class DepthMeter:
         return {
             "rmse": rmse,
             "neg_log_rmse": -math.log(rmse) if rmse > 0 else math.inf,
-            "rmse_per_image": _all_reduce_sum(self.image_rmse_sum).item() / images,
+            "rmse_per_image": _all_reduce_sum(self.image_rmse_sum, reduce).item() / images,
             "rmse_log": math.sqrt(mean["sq_log"]),
             "abs_rel": mean["abs_rel"],
             "sq_rel": mean["sq_rel"],

@@ -16,7 +16,7 @@ from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_
 from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
 from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, qualitative_grid
-from cmim_dense.plots.seg_depth import load_points, plot_seg_depth, seg_depth_chart
+from cmim_dense.plots.seg_depth import dot_areas, load_points, plot_seg_depth, seg_depth_chart
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
@@ -288,3 +288,13 @@ def test_analysis_script_errors_in_one_line(tmp_path: Path, capsys) -> None:
     assert error == f"error: checkpoint {tmp_path / 'missing.pt'} does not exist"
     assert script.main(["sweep", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     assert "no readable pretraining run" in capsys.readouterr().err
+
+
+def test_a_backbone_at_zero_top1_is_plotted_and_visible(tmp_path: Path) -> None:
+    for method, top1 in (("bnn", 0.0), ("fp", 0.5)):
+        for task in ("seg", "depth"):
+            write_run(tmp_path / f"{method}_{task}", task, method, top1, 0.2, 0.9)
+    result = seg_depth_chart([tmp_path], tmp_path / "chart")
+    assert not result.skipped and {p.method for p in result.points} == {"bnn", "fp"}
+    areas = dot_areas(result.points)
+    assert areas.min() > 0 and areas.max() == pytest.approx(500.0)

@@ -163,7 +163,10 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     model, backbone_meta = dense_model_from_backbone(config.backbone, output_channels(config), config.head,
                                                      config.output_stride, config.decoder_channels,
                                                      freeze=not config.unfreeze)
-    root = nyud_root(config.data, progress=config.progress_bar and context.is_main)
+    if context.is_main:  # one process renders/prepares the built-in data; the others wait for it
+        nyud_root(config.data, progress=config.progress_bar)
+    context.barrier()
+    root = nyud_root(config.data)
     mean, std = normalization(backbone_meta)
     train = NYUDv2(root, "train", config.classes, depth=config.depth_gt)
     test = NYUDv2(root, "test", config.classes, JointTransform(mean, std), depth=config.depth_gt)
@@ -250,21 +253,22 @@ def evaluate_dense(model: nn.Module, dataset: NYUDv2, task: str, device: torch.d
 
 
 def trivial_baseline(train: NYUDv2, test: NYUDv2, task: str, depth_meter: DepthMeter) -> dict[str, Any]:
-    """The constant predictor's metrics: the majority training class, or the mean training depth."""
+    """The constant predictor's metrics: the majority training class, or the mean training depth
+    (computed by one process over the whole test split: no collective calls)."""
     if task == "seg":
         meter = SegmentationMeter(test.classes)
         majority = majority_class(train)
         for frame in test.array("label"):
             label = torch.from_numpy(np.array(frame)).long()
             meter.update(torch.full_like(label, majority), label)
-        result = meter.compute()
+        result = meter.compute(reduce=False)
         return {"predictor": f"class {majority} ({train.class_names[majority]}) everywhere",
                 **{k: result[k] for k in ("miou", "pixel_acc", "mean_acc")}}
     constant = mean_train_depth(train)
     for frame in test.array("depth"):
         target = torch.from_numpy(np.array(frame))[None]
         depth_meter.update(torch.full_like(target, constant), target)
-    result = depth_meter.compute()
+    result = depth_meter.compute(reduce=False)
     return {"predictor": f"{constant:.3f} m everywhere", **{k: result[k] for k in ("rmse", "neg_log_rmse", "abs_rel",
                                                                                       "delta1")}}
 

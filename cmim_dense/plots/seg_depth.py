@@ -31,6 +31,7 @@ TASK_KEYS = {"seg": ("miou", "pixel_acc"), "depth": ("rmse", "neg_log_rmse", "de
 TABLE_COLUMNS = ("method", "top1", "miou", "neg_log_rmse", "rmse", "pixel_acc", "delta1", "backbone",
                  "seg_run", "depth_run")
 MAX_DOT_AREA = 500.0  # points², the dot of the best top-1
+MIN_DOT_AREA = 12.0  # points², so that a backbone at 0 % stays visible
 NO_TOP1_AREA = 100.0
 
 
@@ -98,8 +99,8 @@ def read_run(path: Path) -> FinetuneRun:
             raise ValueError(f"{key} is {data[key]!r}, not a finite number")
     if not isinstance(data["backbone"], str) or not isinstance(data["method"], str):
         raise ValueError("backbone and method must be strings")
-    if data["top1"] is not None and not 0.0 < data["top1"] <= 1.0:
-        raise ValueError(f"top1 {data['top1']} is not a fraction in (0, 1]")
+    if data["top1"] is not None and not 0.0 <= data["top1"] <= 1.0:
+        raise ValueError(f"top1 {data['top1']} is not a fraction in [0, 1]")
     if task == "seg" and not 0.0 <= data["miou"] <= 1.0:
         raise ValueError(f"miou {data['miou']} is not a fraction in [0, 1]")
     if task == "depth":
@@ -177,9 +178,15 @@ def _points(pairs: list[tuple[FinetuneRun, FinetuneRun]]) -> list[BackbonePoint]
 
 
 def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
-    """Scatter areas (points²) proportional to top-1; the best top-1 gets MAX_DOT_AREA, no top-1 NaN."""
+    """Scatter areas (points²) proportional to top-1; the best top-1 gets MAX_DOT_AREA, no top-1 NaN.
+
+    A top-1 of 0 (an untrained backbone) would be invisible: it gets MIN_DOT_AREA."""
     top1 = np.array([np.nan if p.top1 is None else p.top1 for p in points], dtype=float)
-    return top1 * (MAX_DOT_AREA / np.nanmax(top1)) if np.isfinite(top1).any() else top1
+    if not np.isfinite(top1).any():
+        return top1
+    best = np.nanmax(top1)
+    areas = top1 * (MAX_DOT_AREA / best) if best > 0 else np.where(np.isfinite(top1), MIN_DOT_AREA, np.nan)
+    return np.where(np.isfinite(areas), np.maximum(areas, MIN_DOT_AREA), np.nan)
 
 
 def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) -> Figure:
@@ -296,9 +303,9 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
     top1 = np.array([p.top1 for p in points if p.top1 is not None], dtype=float)
     sizes = []
     if top1.size:
-        scale = MAX_DOT_AREA / top1.max()
+        scale = MAX_DOT_AREA / top1.max() if top1.max() > 0 else 0.0
         sizes = [Line2D([], [], marker="o", linestyle="none", markerfacecolor="0.75", markeredgecolor="0.4",
-                        markersize=math.sqrt(value * scale), label=f"{100 * value:.1f} %")
+                        markersize=math.sqrt(max(value * scale, MIN_DOT_AREA)), label=f"{100 * value:.1f} %")
                  for value in sorted({round(float(v), 3) for v in np.quantile(top1, [0.0, 0.5, 1.0])})]
     return handles, sizes
 
