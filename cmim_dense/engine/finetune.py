@@ -318,6 +318,9 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     if run.iteration < config.iters:
         train_iterations(run, writer)
     seconds = time.perf_counter() - start
+    if context.enabled:  # each rank's last forward moved its own BatchNorm statistics: evaluate rank 0's (saved) model
+        for buffer in run.model.buffers():
+            torch.distributed.broadcast(buffer, 0)
     results = evaluate_dense(run.model, run.test, config.task, context.device, amp=config.amp,
                              depth_meter=depth_meter_for(config), context=context)
     record = {}
