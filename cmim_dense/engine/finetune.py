@@ -278,13 +278,13 @@ def depth_meter_for(config: FinetuneConfig) -> DepthMeter:
 
 
 def metrics_record(config: FinetuneConfig, meta: dict[str, Any], results: dict[str, Any], baseline: dict[str, Any],
-                   seconds: float | None) -> dict[str, Any]:
+                   test: NYUDv2, seconds: float | None) -> dict[str, Any]:
     """metrics.json: the task's metrics, the backbone's identity (for the charts) and the protocol used."""
     identity = meta["backbone_meta"]
     record = {"task": config.task, "classes": config.classes, "backbone": meta["backbone"],
               "method": identity.get("method"), "arch": identity.get("arch"), "top1": identity.get("top1"),
               **results, "baseline": baseline, "head": config.head, "output_stride": config.output_stride,
-              "iters": config.iters, "data": config.data, "eval_resolution": None}
+              "iters": config.iters, "data": config.data, "eval_resolution": list(test.size)}
     if config.task == "depth":
         record.update(depth_gt=config.depth_gt, eigen_crop=config.eigen_crop, depth_cap=config.depth_cap,
                       rmse_aggregation="pooled over all valid test pixels (rmse_per_image: mean of per-image RMSE)",
@@ -326,8 +326,7 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     record = {}
     if context.is_main:
         baseline = trivial_baseline(run.train, run.test, config.task, depth_meter_for(config))
-        record = metrics_record(config, run.meta(), results, baseline, seconds)
-        record["eval_resolution"] = list(run.test.size)
+        record = metrics_record(config, run.meta(), results, baseline, run.test, seconds)
         write_json(run.out / "metrics.json", record)
         writer.close()
     context.barrier()
@@ -368,8 +367,7 @@ def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None
     results = evaluate_dense(model, test, config.task, device, depth_meter=depth_meter_for(config))
     train = NYUDv2(test.root, "train", config.classes, depth=config.depth_gt)
     baseline = trivial_baseline(train, test, config.task, depth_meter_for(config))
-    record = metrics_record(config, meta, results, baseline, None)
-    record["eval_resolution"] = list(test.size)
+    record = metrics_record(config, meta, results, baseline, test, None)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     write_json(Path(config.out) / "metrics.json", record)
     return record
