@@ -30,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmim_dense import create_model  # noqa: E402
+from cmim_dense.engine.optim import backward_step  # noqa: E402
 from cmim_dense.engine.pretrain import build_cmim_loss  # noqa: E402
 from cmim_dense.engine.config import resolve_config  # noqa: E402
 from cmim_dense.models import collect_taps  # noqa: E402
@@ -66,14 +67,7 @@ def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.d
             if cmim is not None:
                 indices = torch.arange(step * batch, (step + 1) * batch, device=device) % 8192
                 loss = loss + cmim(taps, indices).total
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_step(loss, optimizer, scaler)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= 2:

@@ -61,3 +61,17 @@ def require_same_settings(saved: dict[str, Any], current: dict[str, Any], path: 
     if changed:
         raise ValueError(f"--resume found {path} from a run with other settings ({'; '.join(changed)}); "
                          "rerun the original command or choose another --out")
+
+
+def optimization_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """What a checkpoint needs besides the model to continue training: optimizer, lr schedule, AMP scaler."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {}}
+
+
+def restore_optimization(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+    """The inverse of :func:`optimization_state` (a run without AMP ignores a saved scaler, and vice versa)."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])

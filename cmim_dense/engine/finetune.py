@@ -23,18 +23,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
 from ..data.nyud import JointTransform, NYUDv2
 from ..data.synthetic_nyud import ensure_synthetic_nyud
 from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
-from .checkpoint import load_checkpoint, require_same_settings, save_atomic
+from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
+                         save_atomic, write_atomic)
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
 from .optim import backward_step
 from .rng import rng_state, seed_everything, set_rng_state
 
-IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def nyud_root(data: str, progress: bool = False) -> Path:
@@ -134,18 +136,14 @@ class FinetuneRun:
                 "config": self.config.settings()}
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "meta": self.meta(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        return {"model": self.model.state_dict(), "meta": self.meta(),
+                **optimization_state(self.optimizer, self.scheduler, self.scaler),
                 "history": self.history, "rng": rng_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        restore_optimization(state, self.optimizer, self.scheduler, self.scaler)
         self.iteration = state["meta"]["iteration"]
         self.history = list(state["history"])
         set_rng_state(state["rng"])
@@ -295,9 +293,9 @@ def metrics_record(config: FinetuneConfig, meta: dict[str, Any], results: dict[s
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    """``record`` as JSON at ``path``, written atomically."""
+    text = json.dumps(record, indent=1) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
 from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
-from .checkpoint import load_checkpoint, require_same_settings, save_atomic
+from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
+                         save_atomic)
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
@@ -146,9 +147,7 @@ class PretrainRun:
                 "recipe": self.model.recipe.to_dict(),
                 "config": self.config.settings(),
             },
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            **optimization_state(self.optimizer, self.scheduler, self.scaler),
             "progress": {"step": self.step, "best_top1": self.best_top1, "history": self.history},
             "rng": rng_state(),
         }
@@ -159,10 +158,7 @@ class PretrainRun:
     def restore(self, state: dict[str, Any]) -> None:
         require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        restore_optimization(state, self.optimizer, self.scheduler, self.scaler)
         if self.cmim is not None:
             self.cmim.load_state_dict(state["cmim"]["heads"])
             self.cmim.load_bank_state(state["cmim"]["banks"])
