@@ -8,7 +8,8 @@ import torch
 from cmim_dense.binary import InputBinarizer, RPReLU, Spec
 from cmim_dense.binary.activation import build_input_binarizer
 from cmim_dense.binary.rotation import alignment, random_orthogonal, rotation_shape, update_rotations
-from cmim_dense.binary.weight import build_weight_binarizer, standardize_filters
+from cmim_dense.binary.standardize import standardize_rows, unbiased_std
+from cmim_dense.binary.weight import build_weight_binarizer
 
 STE_CLIP = Spec("ste_clip")
 
@@ -54,9 +55,32 @@ def test_learned_scale_starts_at_mean_abs_and_learns() -> None:
 
 def test_standardized_filters_are_zero_mean_unit_std() -> None:
     w = torch.randn(8, 4, 3, 3) * 5 + 2
-    s = standardize_filters(w).flatten(1)
+    s = standardize_rows(w).flatten(1)
     assert s.mean(1).abs().max() < 1e-5
     assert (s.std(1) - 1).abs().max() < 1e-5
+
+
+def test_standardize_rows_backward_matches_autograd_of_the_formula() -> None:
+    # the fused backward against autograd through mean, std and division, and a numeric check
+    def by_formula(x: torch.Tensor) -> torch.Tensor:
+        rows = x.flatten(1)
+        centered = rows - rows.mean(1, keepdim=True)
+        return (centered / centered.std(1, keepdim=True)).view_as(x)
+
+    x = (torch.randn(6, 3, 3, 3, dtype=torch.float64) * 3 + 1).requires_grad_()
+    upstream = torch.randn_like(x)
+    fused, = torch.autograd.grad(standardize_rows(x), x, upstream)
+    reference, = torch.autograd.grad(by_formula(x), x, upstream)
+    assert torch.allclose(standardize_rows(x), by_formula(x))
+    assert torch.allclose(fused, reference, atol=1e-12)
+    assert torch.autograd.gradcheck(standardize_rows, (x,))
+
+
+def test_unbiased_std_of_centred_tensor_is_torch_std() -> None:
+    x = torch.randn(4, 5, 6)
+    centered = x - x.mean(dim=(1, 2), keepdim=True)
+    assert torch.allclose(unbiased_std(centered, dim=(1, 2)), x.std(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(unbiased_std(x - x.mean()), x.std(), atol=1e-6)
 
 
 def test_libra_pb_hand_example() -> None:
@@ -103,7 +127,7 @@ def test_rotation_binarizer_forward_and_refit_once_per_progress() -> None:
     # theta = pi/2: W_b = alpha sign(R1^T X R2) with the refitted rotations
     out = binarizer(w)
     assert not torch.equal(binarizer.r1, r1)
-    x = standardize_filters(w).detach().reshape(4, *binarizer.shape_ab)
+    x = standardize_rows(w).detach().reshape(4, *binarizer.shape_ab)
     rotated = (binarizer.r1.T @ x @ binarizer.r2).view_as(w)
     expected = torch.where(rotated >= 0, 1.0, -1.0) * binarizer.scale
     assert torch.allclose(out, expected)
@@ -114,7 +138,7 @@ def test_rotation_binarizer_forward_and_refit_once_per_progress() -> None:
     with torch.no_grad():
         binarizer.theta.zero_()
     out = binarizer(w)
-    assert torch.allclose(out, torch.where(standardize_filters(w) >= 0, 1.0, -1.0) * binarizer.scale)
+    assert torch.allclose(out, torch.where(standardize_rows(w) >= 0, 1.0, -1.0) * binarizer.scale)
     out.sum().backward()
     assert w.grad.abs().sum() > 0
 

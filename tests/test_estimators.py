@@ -57,6 +57,8 @@ def test_ede_gradient_follows_schedule() -> None:
     # progress 1: t = 10, k = 1
     assert grad_at(spec, [0.0, 0.1], 1.0) == pytest.approx([10.0, 10 * (1 - math.tanh(1.0) ** 2)])
     assert 10 * (1 - math.tanh(1.0) ** 2) == pytest.approx(4.199743, abs=1e-6)
+    # far outside the window the derivative vanishes without overflow
+    assert grad_at(spec, [-1e4, 1e4], 1.0) == [0.0, 0.0]
 
 
 def test_dte_scales_the_window_by_the_spread() -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..registry import Registry
 from .estimators import Sign
 from .spec import Spec
+from .standardize import standardize_rows
 
 InputBinarizerBuilder = Callable[..., "InputBinarizer"]
 INPUT_BINARIZERS: Registry[InputBinarizerBuilder] = Registry("input binarizer")
@@ -51,10 +52,7 @@ class PerSampleStandardize(nn.Module):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.flatten(1)
-        mean = flat.mean(dim=1).view(-1, 1, 1, 1)
-        std = flat.std(dim=1).view(-1, 1, 1, 1)
-        return (x - mean) / (std + 1e-12)
+        return standardize_rows(x)
 
 
 class RPReLU(nn.Module):

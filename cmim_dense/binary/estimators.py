@@ -29,13 +29,18 @@ from torch import Tensor
 from ..registry import Registry
 from .progress import LogLinearSchedule, ProgressAware
 from .spec import Spec
+from .standardize import EPSILON, unbiased_std
 
 ESTIMATORS: Registry[type["SignEstimator"]] = Registry("estimator")
 
 
 def binary_sign(x: Tensor) -> Tensor:
-    """sign(x) with sign(0) = +1, in the dtype of ``x``: every value is exactly +1 or -1."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    """sign(x) with sign(+-0) = +1, in the dtype of ``x``: every value is exactly +1 or -1.
+
+    Computed as sign(sign(x) + 1/2), which maps +-0 to +1: three vectorised passes over one
+    output buffer, no temporary (``torch.where`` over a boolean mask is 6x slower on CPU).
+    """
+    return torch.sign(x).add_(0.5).sign_()
 
 
 class _SurrogateSign(torch.autograd.Function):
@@ -92,7 +97,7 @@ class ClippedSTE(SignEstimator):
         return (x.abs() <= self.clip).to(x.dtype)
 
     def backward(self, x: Tensor, grad: Tensor) -> Tensor:
-        return grad.masked_fill(x.abs() > self.clip, 0.0)
+        return x.abs().le_(self.clip).mul_(grad)  # a float 0/1 mask: boolean masking is slower
 
 
 @ESTIMATORS.register("approx_sign")
@@ -104,7 +109,7 @@ class ApproxSign(SignEstimator):
     """
 
     def derivative(self, x: Tensor) -> Tensor:
-        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+        return x.abs().mul_(-2.0).add_(2.0).clamp_(min=0.0)
 
 
 class _ScheduledEstimator(ProgressAware, SignEstimator):
@@ -128,13 +133,19 @@ class ErrorDecayEstimator(_ScheduledEstimator):
 
     Backward uses the derivative of g(x) = k tanh(t x): k t (1 - tanh^2(t x)), with
     t = T_min 10^(e/E log10(T_max/T_min)) and k = max(1/t, 1).  IR-Net: T_min = 0.1, T_max = 10.
+    It is evaluated as 4 k t s (1 - s), s = sigmoid(2 t x) (the same function, since
+    1 - tanh^2(u) = 4 sigmoid(2u) (1 - sigmoid(2u))), with PyTorch's fused sigmoid backward:
+    three passes instead of six, and no ``tanh``, the slowest of them.
     """
 
     def __init__(self, t_min: float = 0.1, t_max: float = 10.0) -> None:
         super().__init__(t_min, t_max)
 
     def derivative(self, x: Tensor) -> Tensor:
-        return (1.0 - torch.tanh(self.t * x).square_()).mul_(self.k * self.t)
+        return self.backward(x, torch.ones_like(x))
+
+    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
+        return torch.ops.aten.sigmoid_backward(grad * (4.0 * self.k * self.t), torch.sigmoid(x * (2.0 * self.t)))
 
 
 @ESTIMATORS.register("dte")
@@ -154,11 +165,11 @@ class DistributionSensitiveEstimator(ErrorDecayEstimator):
         super().__init__(t_min, t_max)
         self.scale = scale
 
-    def derivative(self, x: Tensor) -> Tensor:
+    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
         if self.scale == "std":
-            spread = x.detach().std().clamp_min(1e-12)
-            return super().derivative(x / spread)
-        return super().derivative(x)
+            spread = unbiased_std(x.detach() - x.detach().mean()).clamp_min(EPSILON)
+            return super().backward(x / spread, grad)
+        return super().backward(x, grad)
 
 
 @ESTIMATORS.register("rbnn")
@@ -181,7 +192,7 @@ class TrainingAwareEstimator(_ScheduledEstimator):
 
     def derivative(self, x: Tensor) -> Tensor:
         t, k = self.t, self.k
-        return (k * math.sqrt(2.0) * t - (k * t * t) * x.abs()).clamp_(min=0.0)
+        return x.abs().mul_(-k * t * t).add_(k * math.sqrt(2.0) * t).clamp_(min=0.0)
 
 
 def build_estimator(spec: Spec) -> SignEstimator:

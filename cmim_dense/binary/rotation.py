@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from .estimators import Sign, binary_sign
 from .progress import ProgressAware
 from .spec import Spec
-from .weight import WEIGHT_BINARIZERS, channel_mean_abs, standardize_filters
+from .standardize import standardize_rows
+from .weight import WEIGHT_BINARIZERS, channel_mean_abs
 
 
 def rotation_shape(n: int) -> tuple[int, int]:
@@ -98,12 +99,12 @@ class BiRotationWeight(ProgressAware, nn.Module):
         self._updated_at = self.progress
 
     def forward(self, w: Tensor) -> Tensor:
-        w2 = standardize_filters(w)
+        w2 = standardize_rows(w)
         if self._needs_update():
             self.refit(w2.detach())
         x = w2.detach().reshape(w.shape[0], *self.shape_ab)
-        rotated = (self.r1.T @ x @ self.r2).view_as(w)
-        w3 = w2 + self.theta.sin().abs() * (rotated - w2)
+        rotated = (self.r1.T @ (x @ self.r2)).view_as(w)  # (X R2) first: one GEMM, then a batched one
+        w3 = torch.lerp(w2, rotated, self.theta.sin().abs())
         return self.sign(w3) * self.scale
 
     def extra_repr(self) -> str:

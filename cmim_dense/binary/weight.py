@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..registry import Registry
 from .estimators import Sign
 from .spec import Spec
+from .standardize import standardize_rows
 
 WeightBinarizerBuilder = Callable[..., nn.Module]
 WEIGHT_BINARIZERS: Registry[WeightBinarizerBuilder] = Registry("weight binarizer")
@@ -87,13 +88,6 @@ class LearnedScaleWeight(nn.Module):
         return self.sign(w) * self.scale
 
 
-def standardize_filters(w: Tensor) -> Tensor:
-    """(W_i - mean(W_i)) / std(W_i) per output filter, unbiased std (IR-Net Eq. 5-6)."""
-    flat = w.flatten(1)
-    centered = flat - flat.mean(dim=1, keepdim=True)
-    return (centered / centered.std(dim=1, keepdim=True).clamp_min(1e-12)).view_as(w)
-
-
 def power_of_two_scale(w: Tensor) -> Tensor:
     """2^round(log2(mean |W_i|)) per output filter, detached (IR-Net Eq. 6's bit-shift scale)."""
     return torch.exp2(torch.log2(channel_mean_abs(w.detach())).round())
@@ -113,7 +107,7 @@ class LibraPBWeight(nn.Module):
         self.sign = Sign.from_spec(estimator)
 
     def forward(self, w: Tensor) -> Tensor:
-        standardized = standardize_filters(w)
+        standardized = standardize_rows(w)
         return self.sign(standardized) * power_of_two_scale(standardized)
 
 
