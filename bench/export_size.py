@@ -12,7 +12,6 @@ docs/accounting.md).  Sizes only: nothing here is a speed claim.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import safetensors.torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import write_record  # noqa: E402
 
 from cmim_dense import create_model, list_recipes  # noqa: E402
 from cmim_dense.accounting import count_model  # noqa: E402
@@ -55,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ratio_own_fp32']:>5.2f}x {r['ratio_fp_resnet']:>11.2f}x {r['theoretical_bytes'] / 2**20:>12.3f} "
               f"{r['theoretical_ratio']:>5.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"arch": args.arch, "fp_bytes": fp_bytes, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
+        write_record(args.json, {"arch": args.arch, "fp_bytes": fp_bytes, "rows": rows})
     return 0
 
 

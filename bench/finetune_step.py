@@ -16,9 +16,7 @@ In one run, on one machine:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,12 +28,15 @@ import torch.nn.functional as F
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import median_seconds, write_record  # noqa: E402
+
 from cmim_dense.data.nyud import NYUDv2  # noqa: E402
 from cmim_dense.data.nyud_mat import LabeledMat  # noqa: E402
 from cmim_dense.data.nyud_meta import nyud_meta  # noqa: E402
 from cmim_dense.data.nyud_prepare import prepare_nyud  # noqa: E402
 from cmim_dense.data.synthetic_nyud import make_synthetic_nyud  # noqa: E402
 from cmim_dense.dense import create_dense_model, dense_model_from_backbone  # noqa: E402
+from cmim_dense.engine.optim import backward_step  # noqa: E402
 
 
 def step_seconds(model: torch.nn.Module, batch: int, crop: tuple[int, int], steps: int) -> float:
@@ -44,16 +45,11 @@ def step_seconds(model: torch.nn.Module, batch: int, crop: tuple[int, int], step
     images = torch.randn(batch, 3, *crop)
     labels = torch.randint(0, 40, (batch, *crop))
     model.train()
-    times = []
-    for step in range(steps + 1):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    def step() -> None:
+        backward_step(F.cross_entropy(model(images), labels), optimizer, None)
+
+    return median_seconds(step, steps)
 
 
 def build(method: str, backbone: str | None, freeze: bool) -> torch.nn.Module:
@@ -118,12 +114,9 @@ def main() -> None:
     limit = rates["same bytes raw (os.pread)"]
     for name, rate in rates.items():
         print(f"{name:<32} {rate:9.1f} samples/s  ({rate / limit:.2f}x the raw read)")
-    record = {"method": args.method, "batch": args.batch, "crop": list(crop), "threads": torch.get_num_threads(),
-              "step_seconds": {"frozen": frozen, "unfreeze": unfrozen}, "loading_samples_per_s": rates,
-              "date": time.strftime("%Y-%m-%d")}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_record(args.json, {"method": args.method, "batch": args.batch, "crop": list(crop),
+                             "step_seconds": {"frozen": frozen, "unfreeze": unfrozen},
+                             "loading_samples_per_s": rates})
 
 
 if __name__ == "__main__":

@@ -21,19 +21,15 @@ and the machine to ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import best_seconds, write_record  # noqa: E402
 
 from cmim_dense import create_model  # noqa: E402
 from cmim_dense.binary import BinaryConv2d, Spec  # noqa: E402
@@ -44,34 +40,6 @@ from cmim_dense.export.packed import (PackedBinaryConv2d, im2col_words, pack_act
 
 # (channels, spatial size) of ResNet-18's 3x3 stride-1 convolutions at 224x224 input
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall-clock seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    """CPU model name and the SIMD/popcount flags relevant here (Linux; best effort elsewhere)."""
-    name, flags = platform.processor() or "unknown", []
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return name, flags
-    for line in lines:
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            flags = [f for f in ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq") if f in present]
-            break
-    return name, flags
 
 
 def bench_shape(channels: int, size: int, batch: int, repeats: int) -> dict[str, float]:
@@ -86,16 +54,16 @@ def bench_shape(channels: int, size: int, batch: int, repeats: int) -> dict[str,
     words = bytes_to_words(packed.weight_bits).reshape(channels, -1).T.contiguous()
     with torch.no_grad():
         difference = (packed(x) - conv(x)).abs().max().item()
-        fp32 = best_time(lambda: F.conv2d(x, weight, None, 1, 1), repeats)
+        fp32 = best_seconds(lambda: F.conv2d(x, weight, None, 1, 1), repeats)
         row = {
             "channels": channels, "size": size, "batch": batch,
             "fp32_ms": 1e3 * fp32,
-            "binary_float_ms": 1e3 * best_time(lambda: conv(x), repeats),
-            "packed_ms": 1e3 * best_time(lambda: packed(x), repeats),
-            "pack_im2col_ms": 1e3 * best_time(
+            "binary_float_ms": 1e3 * best_seconds(lambda: conv(x), repeats),
+            "packed_ms": 1e3 * best_seconds(lambda: packed(x), repeats),
+            "pack_im2col_ms": 1e3 * best_seconds(
                 lambda: im2col_words(pack_activation(F.pad(x >= 0, (1, 1, 1, 1), value=True)), (3, 3), (1, 1), (1, 1)),
                 repeats),
-            "xnor_popcount_ms": 1e3 * best_time(lambda: xnor_popcount_gemm(columns, words), repeats),
+            "xnor_popcount_ms": 1e3 * best_seconds(lambda: xnor_popcount_gemm(columns, words), repeats),
             "max_abs_difference": difference,
             "weight_bytes_fp32": weight.numel() * 4,
             "weight_bytes_packed": packed.weight_bits.numel() + packed.weight_scale.numel() * 4,
@@ -115,9 +83,9 @@ def bench_networks(repeats: int) -> dict[str, float]:
     set_packed(packed)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        row = {"fp32_resnet18_ms": 1e3 * best_time(lambda: fp(x), repeats),
-               "bireal_float_ms": 1e3 * best_time(lambda: binary(x), repeats),
-               "bireal_packed_ms": 1e3 * best_time(lambda: packed(x), repeats),
+        row = {"fp32_resnet18_ms": 1e3 * best_seconds(lambda: fp(x), repeats),
+               "bireal_float_ms": 1e3 * best_seconds(lambda: binary(x), repeats),
+               "bireal_packed_ms": 1e3 * best_seconds(lambda: packed(x), repeats),
                "max_abs_difference": (packed(x) - binary(x)).abs().max().item()}
     row["packed_vs_fp32"] = row["bireal_packed_ms"] / row["fp32_resnet18_ms"]
     return row
@@ -146,14 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwhole network, 1x3x224x224: FP32 ResNet-18 {net['fp32_resnet18_ms']:.1f} ms, Bi-Real-18 float "
           f"{net['bireal_float_ms']:.1f} ms, Bi-Real-18 packed {net['bireal_packed_ms']:.1f} ms "
           f"({net['packed_vs_fp32']:.1f}x fp32; max |diff| {net['max_abs_difference']:.1e})")
-    cpu, flags = cpu_info()
-    machine = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version(),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": machine, "repeats": args.repeats, "rows": rows, "network": net},
-                                           indent=2))
-    print(f"wrote {args.json} ({machine['cpu']}, {machine['threads']} threads, torch {machine['torch']})")
+    write_record(args.json, {"repeats": args.repeats, "rows": rows, "network": net})
     return 0
 
 

@@ -14,13 +14,9 @@ CPU, ``max_memory_allocated`` on CUDA).  Then the CMIM memory bank's size for Im
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import median_seconds, write_record  # noqa: E402
 
 from cmim_dense import create_model  # noqa: E402
 from cmim_dense.engine.optim import backward_step  # noqa: E402
@@ -56,23 +54,20 @@ def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.d
     params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    times = []
-    for step in range(steps + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    steps_taken = 0
+
+    def step() -> None:
+        nonlocal steps_taken
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             with collect_taps(model, sites) if sites else nullcontext({}) as taps:
                 loss = F.cross_entropy(model(images), labels)
             if cmim is not None:
-                indices = torch.arange(step * batch, (step + 1) * batch, device=device) % 8192
+                indices = torch.arange(steps_taken * batch, (steps_taken + 1) * batch, device=device) % 8192
                 loss = loss + cmim(taps, indices).total
         backward_step(loss, optimizer, scaler)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        steps_taken += 1
+
+    return median_seconds(step, steps, warmup=2)
 
 
 def peak_memory_mb(method: str, batch: int, size: int, device: str, amp: bool) -> float:
@@ -137,13 +132,9 @@ def main() -> None:
     banks = bank_megabytes(sites=4)
     print(f"CMIM memory bank for ImageNet ({IMAGENET:,} samples, 4 sites x 128-d): "
           f"{banks['float32']:,.0f} MB float32, {banks['float16']:,.0f} MB float16")
-    record = {"device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "batch": args.batch, "image_size": args.image_size, "amp": args.amp,
-              "step_seconds": seconds, "peak_memory_mb": memory, "imagenet_bank_mb": banks,
-              "date": time.strftime("%Y-%m-%d")}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_record(args.json, {"device": str(device), "batch": args.batch, "image_size": args.image_size,
+                             "amp": args.amp, "step_seconds": seconds, "peak_memory_mb": memory,
+                             "imagenet_bank_mb": banks})
 
 
 if __name__ == "__main__":

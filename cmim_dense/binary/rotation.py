@@ -27,9 +27,18 @@ def random_orthogonal(size: int, generator: torch.Generator | None = None) -> Te
     return (q * torch.sign(torch.diagonal(r))).float()
 
 
+def rotate_filters(x: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
+    """R1^T X_i R2 for every filter X_i of x, shape (C_out, a, b) (RBNN Eq. 2).
+
+    X R2 first: with a 2-D right operand it folds into one GEMM over all filters; only the
+    left product stays batched (a few per cent faster than R1^T X first on CPU).
+    """
+    return r1.T @ (x @ r2)
+
+
 def alignment(x: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
     """sum_i tr(B_i^T R1^T X_i R2) with B_i = sign(R1^T X_i R2): the objective RBNN's update maximizes."""
-    rotated = r1.T @ x @ r2
+    rotated = rotate_filters(x, r1, r2)
     return (binary_sign(rotated) * rotated).sum()
 
 
@@ -41,7 +50,7 @@ def update_rotations(x: Tensor, r1: Tensor, r2: Tensor, iterations: int = 3) -> 
     All filters are processed in one batched product (no Python loop over channels).
     """
     for _ in range(iterations):
-        b = binary_sign(r1.T @ x @ r2)
+        b = binary_sign(rotate_filters(x, r1, r2))
         d1 = torch.einsum("cab,cdb->ad", b, x @ r2)
         u1, _, v1t = torch.linalg.svd(d1)
         r1 = v1t.T @ u1.T
@@ -103,7 +112,7 @@ class BiRotationWeight(ProgressAware, nn.Module):
         if self._needs_update():
             self.refit(w2.detach())
         x = w2.detach().reshape(w.shape[0], *self.shape_ab)
-        rotated = (self.r1.T @ (x @ self.r2)).view_as(w)  # (X R2) first: one GEMM, then a batched one
+        rotated = rotate_filters(x, self.r1, self.r2).view_as(w)
         w3 = torch.lerp(w2, rotated, self.theta.sin().abs())
         return self.sign(w3) * self.scale
 

@@ -1,0 +1,76 @@
+"""What the benchmark scripts share: timing, a description of the machine, the JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def timed_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls
+    (CUDA is synchronized around each call so the time covers the queued kernels)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def best_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Best of :func:`timed_calls`: the least-disturbed run, for short kernels."""
+    return min(timed_calls(fn, repeats, warmup))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median of :func:`timed_calls`: for whole training steps, whose time varies from call to call."""
+    return statistics.median(timed_calls(fn, repeats, warmup))
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and the SIMD/popcount flags that matter to these benchmarks (Linux;
+    best effort elsewhere)."""
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return name, flags
+    for line in lines:
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            flags = [f for f in ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq") if f in present]
+            break
+    return name, flags
+
+
+def machine() -> dict[str, object]:
+    """Where and when a figure was measured: CPU, cores, torch threads, GPU, versions, date."""
+    cpu, flags = cpu_info()
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_record(path: str | Path, record: dict[str, object]) -> None:
+    """Write ``record`` plus the machine's description as JSON to ``path`` and say so."""
+    path, described = Path(path), machine()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": described, **record}, indent=1) + "\n")
+    print(f"wrote {path} ({described['cpu']}, {described['threads']} threads, torch {described['torch']})")
