@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import median_seconds, write_record  # noqa: E402
 
+from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.data.nyud import NYUDv2  # noqa: E402
 from cmim_dense.data.nyud_mat import LabeledMat  # noqa: E402
 from cmim_dense.data.nyud_meta import nyud_meta  # noqa: E402
@@ -98,13 +99,13 @@ def main() -> None:
     parser.add_argument("--method", default="rbnn")
     parser.add_argument("--backbone", help="a pretraining checkpoint (default: random weights of --method)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", default="240x320")
+    parser.add_argument("--crop", type=image_size, default="240x320", help="HxW")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--json", default="bench/finetune_step.json")
     args = parser.parse_args()
-    crop = tuple(int(side) for side in args.crop.split("x"))
-    print(f"DeepLabV3 OS8 over {args.method} ResNet-18, batch {args.batch}, crop {args.crop}, "
+    crop = args.crop
+    print(f"DeepLabV3 OS8 over {args.method} ResNet-18, batch {args.batch}, crop {crop[0]}x{crop[1]}, "
           f"{torch.get_num_threads()} threads")
     frozen = step_seconds(build(args.method, args.backbone, True), args.batch, crop, args.steps)
     unfrozen = step_seconds(build(args.method, args.backbone, False), args.batch, crop, args.steps)

@@ -17,23 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .accounting import Accounting, Totals, count_model
+from .arguments import image_size
 from .engine.checkpoint import load_checkpoint, write_atomic
 from .models import create_model, list_archs, model_from_checkpoint
 from .models.resnet import BinaryResNet
 from .registry import UnknownNameError
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"224"`` -> (224, 224); ``"480x640"`` -> (480, 640) (height x width)."""
-    try:
-        parts = [int(part) for part in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
-    return parts[0], parts[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"],
                         help="count the DeepLab model over the backbone, backbone and head apart")
     parser.add_argument("--classes", type=int, default=40, help="with --head: output channels (default 40)")
-    parser.add_argument("--image-size", type=parse_image_size, metavar="N|HxW",
+    parser.add_argument("--image-size", type=image_size, metavar="N|HxW",
                         help="input size (default 224; 480x640 with --head)")
     parser.add_argument("--json", metavar="OUT", help="also write every count to this JSON file")
     return parser.parse_args(argv)

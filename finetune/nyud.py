@@ -17,23 +17,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def crop_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(side) for side in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--crop takes HEIGHTxWIDTH, e.g. 480x640, got {text!r}") from None
-    return height, width
-
-
-def scale_range(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(value) for value in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scale takes MIN,MAX, e.g. 0.5,2, got {text!r}") from None
-    if not 0 < low <= high:
-        raise argparse.ArgumentTypeError(f"--scale needs 0 < MIN <= MAX, got {text!r}")
-    return low, high
+from cmim_dense.arguments import image_size, scale_range  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder-channels", type=int, help="ASPP/decoder width (default 256; 64 on synthetic)")
     parser.add_argument("--iters", type=int, help="iterations (default 30000; 150 on synthetic)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 8)")
-    parser.add_argument("--crop", type=crop_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
+    parser.add_argument("--crop", type=image_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
     parser.add_argument("--scale", type=scale_range, help="random scale range MIN,MAX (default 0.5,2 seg; 1,1 depth)")
     parser.add_argument("--lr", type=float, help="default 1e-3 (synthetic: 1e-2 seg, 3e-3 depth)")
     parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations (default 10000; 100 on synthetic)")

@@ -78,6 +78,15 @@ def test_v73_layout_is_read_upright_and_prepared_through_both_mappings(tmp_path)
     expected13[raw == 0] = 255
     np.testing.assert_array_equal(NYUDv2(out, "train", classes=13)[1]["label"], expected13)
     assert NYUDv2(out, "train", depth="rawDepths")[1]["depth"].max() == 0
+    # the constant baselines' statistics of the training split (frames 2 and 4)
+    assert train.mean_depth == pytest.approx(float(f["depths"][[1, 3]].astype(np.float64).mean()))
+    labels40 = np.array(meta.lut40)[f["labels"][[1, 3]]] - 1
+    labels40[f["labels"][[1, 3]] == 0] = 255
+    counts = np.bincount(labels40.ravel(), minlength=256)
+    counts[255] = 0
+    assert train.majority_class == counts.argmax()
+    with pytest.raises(ValueError, match="no pixel with ground-truth depth"):
+        NYUDv2(out, "train", depth="rawDepths").mean_depth
 
 
 def test_default_split_is_the_official_one(tmp_path) -> None:

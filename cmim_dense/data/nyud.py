@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +59,28 @@ class NYUDv2(Dataset):
     def array(self, key: str) -> np.ndarray:
         """The whole split's memory-mapped ``image``, ``label`` or ``depth`` array (N, H, W[, 3])."""
         return self._open()[key]
+
+    @cached_property
+    def mean_depth(self) -> float:
+        """Mean depth (metres) over the split's pixels with ground truth (> 0), read once."""
+        total, count = 0.0, 0
+        for frame in self.array("depth"):
+            valid = frame > 0
+            total += float(frame[valid].sum(dtype=np.float64))
+            count += int(valid.sum())
+        if count == 0:
+            raise ValueError(f"the {self.split} split of {self.root} has no pixel with ground-truth depth "
+                             f"({self.depth_kind}); use the filled depths (--depth-gt depths)")
+        return total / count
+
+    @cached_property
+    def majority_class(self) -> int:
+        """The split's most frequent labelled class, read once."""
+        counts = np.zeros(256, dtype=np.int64)
+        for frame in self.array("label"):
+            counts += np.bincount(frame.ravel(), minlength=256)
+        counts[IGNORE_INDEX] = 0
+        return int(counts.argmax())
 
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:

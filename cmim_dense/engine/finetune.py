@@ -88,26 +88,6 @@ def normalization(backbone_meta: dict[str, Any]) -> tuple[tuple[float, ...], tup
     return tuple(norm["mean"]), tuple(norm["std"])
 
 
-def mean_train_depth(train: NYUDv2) -> float:
-    """Mean ground-truth depth over the valid pixels of the training split (the constant baseline)."""
-    total, count = 0.0, 0
-    depths = train.array("depth")
-    for frame in depths:
-        valid = frame > 0
-        total += float(frame[valid].sum(dtype=np.float64))
-        count += int(valid.sum())
-    return total / count
-
-
-def majority_class(train: NYUDv2) -> int:
-    """The most frequent labelled class of the training split (the constant baseline)."""
-    counts = np.zeros(256, dtype=np.int64)
-    for frame in train.array("label"):
-        counts += np.bincount(frame.ravel(), minlength=256)
-    counts[255] = 0
-    return int(counts.argmax())
-
-
 @dataclass
 class FinetuneRun:
     config: FinetuneConfig
@@ -170,7 +150,7 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     test = NYUDv2(root, "test", config.classes, JointTransform(mean, std), depth=config.depth_gt)
     if config.task == "depth":  # start the head at the constant baseline: bias = mean training depth
         with torch.no_grad():
-            model.segmentation_head[0].bias.fill_(mean_train_depth(train))
+            model.segmentation_head[0].bias.fill_(train.mean_depth)
     model.to(context.device)
     optimizer = torch.optim.SGD(head_parameters(model), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -255,14 +235,14 @@ def trivial_baseline(train: NYUDv2, test: NYUDv2, task: str, depth_meter: DepthM
     (computed by one process over the whole test split: no collective calls)."""
     if task == "seg":
         meter = SegmentationMeter(test.classes)
-        majority = majority_class(train)
+        majority = train.majority_class
         for frame in test.array("label"):
             label = torch.from_numpy(np.array(frame)).long()
             meter.update(torch.full_like(label, majority), label)
         result = meter.compute(reduce=False)
         return {"predictor": f"class {majority} ({train.class_names[majority]}) everywhere",
                 **{k: result[k] for k in ("miou", "pixel_acc", "mean_acc")}}
-    constant = mean_train_depth(train)
+    constant = train.mean_depth
     for frame in test.array("depth"):
         target = torch.from_numpy(np.array(frame))[None]
         depth_meter.update(torch.full_like(target, constant), target)

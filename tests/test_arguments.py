@@ -1,0 +1,23 @@
+import argparse
+
+import pytest
+
+from cmim_dense.arguments import image_size, scale_range
+
+
+def test_image_size_square_and_height_by_width() -> None:
+    assert image_size("224") == (224, 224)
+    assert image_size("480x640") == (480, 640)
+    assert image_size("64X96") == (64, 96)
+    for bad in ("", "x", "480x", "0x64", "1x2x3", "a"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
+            image_size(bad)
+
+
+def test_scale_range() -> None:
+    assert scale_range("0.5,2") == (0.5, 2.0)
+    assert scale_range("1,1") == (1.0, 1.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="MIN,MAX"):
+        scale_range("2")
+    with pytest.raises(argparse.ArgumentTypeError, match="0 < MIN <= MAX"):
+        scale_range("2,1")
