@@ -38,7 +38,8 @@ def binary_sign(x: Tensor) -> Tensor:
     """sign(x) with sign(+-0) = +1, in the dtype of ``x``: every value is exactly +1 or -1.
 
     Computed as sign(sign(x) + 1/2), which maps +-0 to +1: three vectorised passes over one
-    output buffer, no temporary (``torch.where`` over a boolean mask is 6x slower on CPU).
+    output buffer, no temporary (``torch.where`` over a boolean mask is several times slower
+    on CPU; ``python bench/binarizer_ops.py``).
     """
     return torch.sign(x).add_(0.5).sign_()
 
@@ -66,10 +67,10 @@ class SignEstimator(ABC):
 
     @abstractmethod
     def derivative(self, x: Tensor) -> Tensor:
-        """The surrogate derivative used in place of d sign(x) / dx, elementwise."""
+        """The surrogate derivative used in place of d sign(x) / dx, elementwise, as a new tensor."""
 
     def backward(self, x: Tensor, grad: Tensor) -> Tensor:
-        return grad * self.derivative(x)
+        return self.derivative(x).mul_(grad)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -94,10 +95,7 @@ class ClippedSTE(SignEstimator):
         self.clip = clip
 
     def derivative(self, x: Tensor) -> Tensor:
-        return (x.abs() <= self.clip).to(x.dtype)
-
-    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
-        return x.abs().le_(self.clip).mul_(grad)  # a float 0/1 mask: boolean masking is slower
+        return x.abs().le_(self.clip)  # a float 0/1 mask: boolean masking is several times slower
 
 
 @ESTIMATORS.register("approx_sign")
