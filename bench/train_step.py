@@ -5,8 +5,8 @@
 In one run, on one machine: one optimizer step (forward + backward + SGD update; cross-entropy
 for every recipe, so a distilling recipe's teacher forward is not included; CMIM adds its
 heads, memory bank and NCE term) of binary ResNet-18 for each recipe,
-timed as the median of ``--steps`` steps after two warm-up steps, relative to the FP ResNet-18
-step; ``X+cmim`` relative to ``X``; peak memory of each (a fresh process per recipe: peak RSS on
+timed as the median of ``--steps`` steps after two warm-up steps (and as images/s, batch / step
+time), relative to the FP ResNet-18 step; ``X+cmim`` relative to ``X``; peak memory of each (a fresh process per recipe: peak RSS on
 CPU, ``max_memory_allocated`` on CUDA).  Then the CMIM memory bank's size for ImageNet.  Targets
 (issue #6): CMIM overhead <= 1.15x, binary step <= 1.5x the FP step.
 """
@@ -123,17 +123,19 @@ def main() -> None:
     seconds = {run: step_seconds(run, args.batch, args.image_size, args.steps, device, args.amp) for run in runs}
     memory = {run: peak_memory_mb(run, args.batch, args.image_size, args.device, args.amp) for run in runs} \
         if args.memory else {}
-    print(f"{'method':<12} {'step ms':>9} {'vs fp':>7} {'vs base':>8} {'peak MB':>9}")
+    print(f"{'method':<12} {'step ms':>9} {'img/s':>8} {'vs fp':>7} {'vs base':>8} {'peak MB':>9}")
     for run in runs:
         base = run.split("+")[0]
         versus_base = f"{seconds[run] / seconds[base]:.2f}x" if "+cmim" in run else ""
-        print(f"{run:<12} {1000 * seconds[run]:9.1f} {seconds[run] / seconds['fp']:6.2f}x {versus_base:>8} "
-              f"{memory.get(run, float('nan')):9.0f}")
+        print(f"{run:<12} {1000 * seconds[run]:9.1f} {args.batch / seconds[run]:8.1f} "
+              f"{seconds[run] / seconds['fp']:6.2f}x {versus_base:>8} {memory.get(run, float('nan')):9.0f}")
     banks = bank_megabytes(sites=4)
     print(f"CMIM memory bank for ImageNet ({IMAGENET:,} samples, 4 sites x 128-d): "
           f"{banks['float32']:,.0f} MB float32, {banks['float16']:,.0f} MB float16")
     write_record(args.json, {"device": str(device), "batch": args.batch, "image_size": args.image_size,
-                             "amp": args.amp, "step_seconds": seconds, "peak_memory_mb": memory,
+                             "amp": args.amp, "step_seconds": seconds,
+                             "images_per_second": {run: args.batch / t for run, t in seconds.items()},
+                             "peak_memory_mb": memory,
                              "imagenet_bank_mb": banks})
 
 
