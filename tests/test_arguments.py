@@ -1,4 +1,6 @@
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -21,3 +23,10 @@ def test_scale_range() -> None:
         scale_range("2")
     with pytest.raises(argparse.ArgumentTypeError, match="0 < MIN <= MAX"):
         scale_range("2,1")
+
+
+def test_argument_types_do_not_import_torch() -> None:
+    # command lines build their parsers from these types: --help and bad flags answer at once
+    code = "import sys, cmim_dense.arguments, cmim_dense; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
