@@ -54,24 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cmim_dense.engine.distributed import cleanup_distributed
+    from cmim_dense.engine.distributed import run_command
     from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning
     from cmim_dense.engine.finetune_config import resolve_finetune_config
-    from cmim_dense.registry import UnknownNameError
 
-    try:
+    def finetune() -> dict:
         if args.evaluate:
-            record = evaluate_head_checkpoint(args.evaluate, args.data, args.out)
-        else:
-            flags = {k: v for k, v in vars(args).items() if k != "evaluate"}
-            record = run_finetuning(resolve_finetune_config(flags))
-    except (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
-    if os.environ.get("RANK", "0") != "0":
-        return 0
+            return evaluate_head_checkpoint(args.evaluate, args.data, args.out)
+        return run_finetuning(resolve_finetune_config({k: v for k, v in vars(args).items() if k != "evaluate"}))
+
+    status, record = run_command(finetune)
+    if record is None:
+        return status
     keys = ("miou", "pixel_acc", "mean_acc") if record["task"] == "seg" else ("rmse", "neg_log_rmse", "abs_rel", "delta1")
     print(json.dumps({"task": record["task"], "method": record["method"], **{k: round(record[k], 4) for k in keys},
                       "baseline": record["baseline"]}))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmim_dense.methods import list_recipes  # noqa: E402
 from cmim_dense.models import list_archs  # noqa: E402
-from cmim_dense.registry import UnknownNameError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,29 +70,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cmim_dense.engine import evaluate_checkpoint, resolve_config, run_pretraining
     from cmim_dense.engine.config import read_config_file
-    from cmim_dense.engine.distributed import cleanup_distributed
+    from cmim_dense.engine.distributed import run_command
 
     flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config", "evaluate")}
     if args.evaluate:
-        try:
-            result = evaluate_checkpoint(args.evaluate, args.data, args.batch_size or 64, args.workers or 0)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        print(json.dumps(result))
-        return 0
-    try:
+        status, result = run_command(lambda: evaluate_checkpoint(args.evaluate, args.data, args.batch_size or 64,
+                                                                 args.workers or 0))
+        if result is not None:
+            print(json.dumps(result))
+        return status
+
+    def pretrain() -> dict:
         values = read_config_file(args.config, set(flags)) if args.config else {}
         values.update({k: v for k, v in flags.items() if v is not None})
-        config = resolve_config(values.pop("method", "irnet"), values)
-        result = run_pretraining(config)
-    except (UnknownNameError, ValueError, FileNotFoundError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
-    if os.environ.get("RANK", "0") != "0":
-        return 0
+        return run_pretraining(resolve_config(values.pop("method", "irnet"), values))
+
+    status, result = run_command(pretrain)
+    if result is None:
+        return status
     print(f"best top-1 {100 * result['best_top1']:.1f}%; checkpoints in {result['out']}/ (best.pt, last.pt)")
     return 0
 

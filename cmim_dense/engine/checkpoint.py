@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -53,6 +54,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj
+
+
+def resumable_state(out: str | Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint a run in ``out`` continues from: ``out/last.pt`` with ``--resume``, None
+    when there is none.  A run already in ``out`` is never overwritten without ``--resume``."""
+    last = Path(out) / "last.pt"
+    if not last.exists():
+        return None
+    if not resume:
+        raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
+    return load_checkpoint(last)
+
+
+def result_settings(config: Any, volatile: tuple[str, ...]) -> dict[str, Any]:
+    """A configuration dataclass's values that define the run's result (what ``--resume`` must
+    match): every field but the ``volatile`` ones, tuples as lists (as JSON reads them back)."""
+    values = dataclasses.asdict(config)
+    for key in volatile:
+        values.pop(key)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def require_same_settings(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from ..data.cifar import find_cifar
 from ..methods import CMIMConfig, Recipe, get_recipe
+from .checkpoint import result_settings
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
 
@@ -50,10 +51,7 @@ class PretrainConfig:
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
-        values = dataclasses.asdict(self)
-        for key in ("progress_bar", "resume", "workers", "out", "init_from"):
-            values.pop(key)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return result_settings(self, ("progress_bar", "resume", "workers", "out", "init_from"))
 
 
 def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:

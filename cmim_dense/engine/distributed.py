@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from ..registry import UnknownNameError
+
+T = TypeVar("T")
+# what a user can cause and fix (a bad name, file, setting or a diverging run): one line, no traceback
+USER_ERRORS = (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 @dataclass(frozen=True)
@@ -46,3 +54,19 @@ def setup_distributed() -> DistributedContext:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_command(job: Callable[[], T]) -> tuple[int, T | None]:
+    """Run a command line's (possibly torchrun-launched) job: (exit status, what to report).
+
+    A user error becomes one line on stderr and status 2; the process group is torn down
+    either way; only rank 0 gets the result back to print (the others get None, status 0).
+    """
+    try:
+        result = job()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2, None
+    finally:
+        cleanup_distributed()
+    return 0, result if os.environ.get("RANK", "0") == "0" else None

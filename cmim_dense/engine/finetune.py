@@ -30,6 +30,7 @@ from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
 from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
+                         resumable_state,
                          save_atomic, write_atomic)
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
@@ -282,11 +283,9 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     """Train the head (resuming from ``out/last.pt`` with ``--resume``), evaluate, write ``metrics.json``."""
     context = setup_distributed()
     run = build_finetune_run(config, context)
-    last = run.out / "last.pt"
-    if last.exists():
-        if not config.resume:
-            raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
-        run.restore(load_checkpoint(last))
+    resumed = resumable_state(run.out, config.resume)
+    if resumed is not None:
+        run.restore(resumed)
     context.barrier()
     if context.is_main:
         run.out.mkdir(parents=True, exist_ok=True)

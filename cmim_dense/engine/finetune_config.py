@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from .checkpoint import result_settings
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
@@ -57,10 +58,7 @@ class FinetuneConfig:
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
-        values = dataclasses.asdict(self)
-        for key in ("progress_bar", "resume", "workers", "out", "save_every"):
-            values.pop(key)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return result_settings(self, ("progress_bar", "resume", "workers", "out", "save_every"))
 
 
 def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:

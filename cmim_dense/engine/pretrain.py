@@ -25,6 +25,7 @@ from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
 from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
+                         resumable_state,
                          save_atomic)
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
@@ -330,11 +331,9 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         return run_pretraining(dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt")))
     context = setup_distributed()
     run = build_run(config, context)
-    last = run.out / "last.pt"
-    if last.exists():
-        if not config.resume:
-            raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
-        run.restore(load_checkpoint(last))
+    resumed = resumable_state(run.out, config.resume)
+    if resumed is not None:
+        run.restore(resumed)
     context.barrier()  # every rank has read last.pt before rank 0 may replace it
     main = context.is_main
     if main:
@@ -353,7 +352,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         if not main:
             continue
         state = run.state(metrics)
-        save_atomic(state, last)
+        save_atomic(state, run.out / "last.pt")
         if is_best:
             save_atomic(state, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
