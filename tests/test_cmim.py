@@ -196,3 +196,20 @@ def test_shared_negatives_leave_out_the_anchor_itself() -> None:
         bank.values[0, :2] = own_row
         losses.append(loss_fn(taps, torch.tensor([0])).total)
     assert torch.isfinite(losses[0]) and torch.equal(losses[0], losses[1])
+
+
+def test_per_anchor_negatives_score_each_anchor_against_its_own_draws() -> None:
+    # CRD's sampling (shared_negatives=False): with every bank row the same vector v, each anchor's
+    # n negatives all score a.v / tau, whatever was drawn
+    config = CMIMConfig(tau=0.5, n_nce=5, layers="stages")
+    latent = torch.randn(3, 2, 2, 2)
+    taps = {"s": Tap("s", latent, binary_sign(latent))}
+    loss_fn = CMIMLoss({"s": 2}, dataset_size=10, config=config, embed="none", site_dims={"s": 8},
+                       normalizer="none", shared_negatives=False)
+    row = torch.randn(8)
+    loss_fn.banks["s"].values = row.expand(10, 8).clone()
+    anchor, flat = binary_sign(latent).flatten(1), latent.flatten(1)
+    positive = (anchor * flat).sum(dim=1) / config.tau
+    scores = (anchor @ row / config.tau)[:, None].expand(3, config.n_nce)
+    expected = config.lam * nce_loss(positive, scores, config.n_nce / 10)
+    assert torch.allclose(loss_fn(taps, torch.tensor([0, 1, 2])).total, expected)

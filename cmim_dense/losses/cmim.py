@@ -176,9 +176,12 @@ class CMIMLoss(nn.Module):
 
     def _log_z(self, k: int, positive: Tensor, scores: Tensor) -> Tensor:
         """log Z: the first batch's estimate, then fixed ("crd") or a running mean ("running")."""
-        if torch.isnan(self.log_z[k]) or self.normalizer == "running":
+        old = self.log_z[k]
+        if self.normalizer == "running":  # decided on the device: no host synchronisation per step
             batch = crd_log_z(torch.cat([positive[:, None], scores], dim=1), self.dataset_size)
-            self.log_z[k] = batch if torch.isnan(self.log_z[k]) else running_log_mean(self.log_z[k], batch, self.z_momentum)
+            self.log_z[k] = torch.where(torch.isnan(old), batch, running_log_mean(old, batch, self.z_momentum))
+        elif torch.isnan(old):  # "crd": measured once (with a collective under DDP), then fixed
+            self.log_z[k] = crd_log_z(torch.cat([positive[:, None], scores], dim=1), self.dataset_size)
         return self.log_z[k]
 
     def bank_state(self) -> dict[str, dict[str, Tensor]]:
