@@ -13,6 +13,17 @@ from .weight import build_weight_binarizer
 PAD_VALUES = (0.0, 1.0, -1.0)
 
 
+def tensor_versions(tensors: list[Tensor]) -> list[tuple[Tensor, int]]:
+    """Each tensor with its in-place modification counter now, for :func:`unchanged`."""
+    return [(t, t._version) for t in tensors]
+
+
+def unchanged(held: list[tuple[Tensor, int]], tensors: list[Tensor]) -> bool:
+    """Whether ``tensors`` are the very tensors recorded by :func:`tensor_versions` (by identity:
+    a replaced parameter or loaded state counts as a change) and none was modified in place since."""
+    return len(held) == len(tensors) and all(h is t and v == t._version for (h, v), t in zip(held, tensors))
+
+
 class BinaryConv2d(nn.Conv2d):
     """A convolution declared by its quantizers, in the manner of larq's ``QuantConv2d``.
 
@@ -84,10 +95,8 @@ class BinaryConv2d(nn.Conv2d):
             self._weight_cache = None
             return self.effective_weight()
         cache = self._weight_cache
-        fresh = cache is not None and len(cache[0]) == len(sources) and all(
-            held is t and version == t._version for (held, version), t in zip(cache[0], sources))
-        if not fresh:
-            self._weight_cache = cache = ([(t, t._version) for t in sources], self.effective_weight().detach())
+        if cache is None or not unchanged(cache[0], sources):
+            self._weight_cache = cache = (tensor_versions(sources), self.effective_weight().detach())
         return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:

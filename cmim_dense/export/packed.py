@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..binary import BinaryConv2d, binary_sign
+from ..binary.conv import tensor_versions, unchanged
 from .pack import BYTE_COUNT_SUMS, byte_counts_, bytes_to_words, pack_bits, packed_length, signs_from_bits, sum_bytes_
 
 # Block of the XNOR-popcount GEMM: 256K outputs, i.e. three int64 scratch buffers of 2 MiB.
@@ -189,8 +190,8 @@ class PackedBinaryConv2d(BinaryConv2d):
         """Tensors derived from ``weight_bits``/``weight_scale``; emptied when either is replaced or modified."""
         sources = [self.weight_bits, self.weight_scale]
         held, cache = self._derived
-        if len(held) != len(sources) or any(t is not s or v != s._version for (t, v), s in zip(held, sources)):
-            self._derived = held, cache = [(s, s._version) for s in sources], {}
+        if not unchanged(held, sources):
+            self._derived = held, cache = tensor_versions(sources), {}
         return cache
 
     def forward(self, x: Tensor) -> Tensor:
