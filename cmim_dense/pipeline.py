@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .engine.checkpoint import load_checkpoint
+from .methods import base_method
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
 # One protocol for every method on the built-in data, sized so that the main job takes minutes on
@@ -119,7 +120,7 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
     pretrain = pretrain_settings(quick, teacher)
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for method in methods:
-        base = method.split("+")[0]
+        base = base_method(method)
         runs[base] = (base, {})
         if kind == "methods":
             runs[f"{base}+cmim"] = (f"{base}+cmim", {})

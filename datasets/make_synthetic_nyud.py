@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.data.synthetic_nyud import make_synthetic_nyud  # noqa: E402
 
 
@@ -23,14 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the .mat and splits.mat")
     parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--test", type=int, default=60)
-    parser.add_argument("--size", default="96x128", help="HEIGHTxWIDTH of every frame")
+    parser.add_argument("--size", type=image_size, default="96x128", help="HEIGHTxWIDTH of every frame")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        height, width = (int(side) for side in args.size.lower().split("x"))
-    except ValueError:
-        print(f"error: --size takes HEIGHTxWIDTH, e.g. 96x128, got {args.size!r}", file=sys.stderr)
-        return 2
+    height, width = args.size
     mat, splits = make_synthetic_nyud(args.out, args.train, args.test, height, width, args.seed)
     print(f"wrote {mat} and {splits}")
     return 0

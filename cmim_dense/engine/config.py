@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from ..data.cifar import find_cifar
-from ..methods import CMIMConfig, Recipe, get_recipe
+from ..methods import CMIMConfig, Recipe, get_recipe, has_cmim
 from .checkpoint import result_settings
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
@@ -63,7 +63,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     data = given.get("data", "synthetic")
-    recipe = get_recipe(method, cmim_config(given, data) if "+cmim" in method.lower() else None)
+    recipe = get_recipe(method, cmim_config(given, data) if has_cmim(method) else None)
     train = recipe.training
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
         "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 32 if find_cifar(data) else 224

@@ -23,6 +23,16 @@ def register(recipe: Recipe) -> Recipe:
     return RECIPES.add(recipe.name, recipe)
 
 
+def base_method(method: str) -> str:
+    """``rbnn+cmim`` -> ``rbnn`` (the method without the CMIM loss)."""
+    return method.lower().split("+", 1)[0]
+
+
+def has_cmim(method: str) -> bool:
+    """Whether a method name asks for the CMIM loss (``NAME+cmim``)."""
+    return "+cmim" in method.lower()
+
+
 def get_recipe(method: str, cmim: CMIMConfig | None = None) -> Recipe:
     """The recipe for ``NAME`` or ``NAME+cmim``; ``cmim`` overrides the default CMIM settings."""
     base_name, *suffixes = method.strip().lower().split("+")
@@ -61,4 +71,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["CMIMConfig", "RECIPES", "Recipe", "TrainingDefaults", "get_recipe", "list_recipes", "register"]
+__all__ = ["CMIMConfig", "RECIPES", "Recipe", "TrainingDefaults", "base_method", "get_recipe", "has_cmim",
+           "list_recipes", "register"]

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from torch import Tensor
 
+from ..methods import base_method
 from .activations import Activations, class_sorted_correlation, extract_activations
-from .common import Skipped, base_method, method_colours, new_figure, save_figure
+from .common import Skipped, method_colours, new_figure, save_figure
 from .sweep import SWEEP_PARAMS, SweepRun, load_sweep, varying_settings
 from .tsne import tsne
 

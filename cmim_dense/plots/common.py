@@ -12,7 +12,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..methods import list_recipes
+from ..methods import base_method, list_recipes
 
 FIGURE_FORMATS = ("png", "svg")
 FULL_PRECISION_COLOUR = "#222222"
@@ -66,15 +66,6 @@ def _walk_for(folder: Path, filename: str) -> list[Path]:
             hits.append(Path(current) / filename)
             subfolders.clear()
     return hits
-
-
-def base_method(method: str) -> str:
-    """``rbnn+cmim`` -> ``rbnn`` (the method without the CMIM loss)."""
-    return method.lower().split("+", 1)[0]
-
-
-def has_cmim(method: str) -> bool:
-    return "+cmim" in method.lower()
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, str]:

@@ -21,8 +21,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .common import (Skipped, base_method, discover_files, distinct_tails, has_cmim, method_colours, new_figure,
-                     save_figure)
+from ..methods import base_method, has_cmim
+from .common import Skipped, discover_files, distinct_tails, method_colours, new_figure, save_figure
 from .labels import place_labels
 
 METRICS_FILE = "metrics.json"
