@@ -11,14 +11,13 @@ binary backbone and the full-precision head separately: the head dominates.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from .accounting import Accounting, Totals, count_model
 from .arguments import image_size
-from .engine.checkpoint import load_checkpoint, write_atomic
+from .engine.checkpoint import load_checkpoint, write_json
 from .models import create_model, list_archs, model_from_checkpoint
 from .models.resnet import BinaryResNet
 from .registry import UnknownNameError
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{size[0]}x{size[1]}, {args.classes} outputs")
         print(format_parts(parts))
         if args.json:
-            text = json.dumps({name: t.to_dict() for name, t in parts.items()}, indent=2)
-            write_atomic(args.json, lambda handle: handle.write(text.encode()))
+            write_json(args.json, {name: t.to_dict() for name, t in parts.items()})
         return 0
     args.image_size = args.image_size or (224, 224)
     try:
@@ -170,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_totals(summary))
     if args.json:
-        text = json.dumps(summary.to_dict(), indent=2)
-        write_atomic(args.json, lambda handle: handle.write(text.encode()))
+        write_json(args.json, summary.to_dict())
         print(f"\nwrote {args.json}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +34,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, record: Any) -> None:
+    """``record`` as indented JSON at ``path``, written atomically (:func:`write_atomic`)."""
+    text = json.dumps(record, indent=2) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def read_weights(path: str | Path) -> Any:

@@ -7,7 +7,6 @@ whole test split at full resolution -> ``metrics.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
 from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
-                         resumable_state,
-                         save_atomic, write_atomic)
+                         resumable_state, save_atomic, write_json)
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
 from .optim import backward_step
@@ -273,12 +271,6 @@ def metrics_record(config: FinetuneConfig, meta: dict[str, Any], results: dict[s
     return record
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """``record`` as JSON at ``path``, written atomically."""
-    text = json.dumps(record, indent=1) + "\n"
-    write_atomic(path, lambda handle: handle.write(text.encode()))
-
-
 def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     """Train the head (resuming from ``out/last.pt`` with ``--resume``), evaluate, write ``metrics.json``."""
     context = setup_distributed()
@@ -288,8 +280,7 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
         run.restore(resumed)
     context.barrier()
     if context.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+        write_json(run.out / "config.json", config.settings())
     writer = SummaryWriter(str(run.out / "tensorboard")) if context.is_main else None
     start = time.perf_counter()
     if run.iteration < config.iters:

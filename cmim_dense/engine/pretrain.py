@@ -25,11 +25,11 @@ from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
 from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
-                         resumable_state,
-                         save_atomic)
+                         resumable_state, save_atomic, write_atomic, write_json)
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
+from .pretrained import checkpoint_with_data
 from .rng import rng_state, seed_everything, set_rng_state
 
 
@@ -62,13 +62,8 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
 
 def evaluate_checkpoint(path: str, data: str | None = None, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint on the validation split of ``data`` (default: the data it was trained on)."""
-    checkpoint = load_checkpoint(path)
+    checkpoint, dataset = checkpoint_with_data(path, data)
     meta = checkpoint["meta"]
-    settings = meta["config"]
-    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"],
-                                        settings.get("synthetic_samples", 2000))
-    if dataset.num_classes != meta["num_classes"]:
-        raise ValueError(f"{path} predicts {meta['num_classes']} classes but {dataset.description} has {dataset.num_classes}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_checkpoint(checkpoint, str(path)).to(device)
     metrics = evaluate(model, dataset.val, batch_size, device, workers)
@@ -312,9 +307,8 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, one line per finished epoch, rewritten whole (so a resumed run never duplicates)."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-    tmp.replace(path)
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
@@ -337,8 +331,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     context.barrier()  # every rank has read last.pt before rank 0 may replace it
     main = context.is_main
     if main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+        write_json(run.out / "config.json", config.settings())
     writer = SummaryWriter(str(run.out / "tensorboard")) if main else None
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from ..data import build_classification_data
-from ..engine.checkpoint import load_checkpoint
+from ..engine.pretrained import checkpoint_with_data
 from ..models import collect_taps, model_from_checkpoint, select_sites
 from ..models.resnet import BinaryResNet
 
@@ -52,19 +51,9 @@ def extract_activations(checkpoint_path: str, site: str = "layer4", samples: int
     images, others are sub-sampled evenly) and return the activations at ``site``."""
     if samples < 2:
         raise ValueError(f"samples must be >= 2, got {samples}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    meta = checkpoint["meta"]
-    missing = [key for key in ("method", "arch", "num_classes", "image_size", "config") if key not in meta]
-    if missing:
-        raise ValueError(f"{checkpoint_path} meta lacks {', '.join(missing)} (not written by pretrain/run.py?)")
+    checkpoint, dataset = checkpoint_with_data(checkpoint_path, data, 4 * samples)
     model = model_from_checkpoint(checkpoint, str(checkpoint_path)).eval()
     name = resolve_site(model, site)
-    settings = meta["config"]
-    source = data or settings["data"]
-    dataset = build_classification_data(source, meta["image_size"], settings["seed"], 4 * samples)
-    if dataset.num_classes != meta["num_classes"]:
-        raise ValueError(f"{checkpoint_path} predicts {meta['num_classes']} classes but "
-                         f"{dataset.description} has {dataset.num_classes}")
     count = min(samples, len(dataset.val))
     indices = torch.linspace(0, len(dataset.val) - 1, count).round().long().unique().tolist()
     loader = DataLoader(Subset(dataset.val, indices), batch_size=batch_size)
@@ -79,6 +68,7 @@ def extract_activations(checkpoint_path: str, site: str = "layer4", samples: int
         labels.append(targets)
     names = tuple(getattr(dataset.val, "classes", None) or (str(k) for k in range(dataset.num_classes)))
     label = "pooled features" if name == POOLED else site if site == name else f"{site} ({name})"
+    meta = checkpoint["meta"]
     return Activations(torch.cat(features), torch.cat(labels), names, label, meta["method"], str(checkpoint_path),
                        meta.get("top1"))
 

@@ -1,0 +1,30 @@
+"""A pretraining checkpoint together with the classification data to run it on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import ClassificationData, build_classification_data
+from .checkpoint import load_checkpoint
+
+REQUIRED_META = ("method", "arch", "num_classes", "image_size", "config")
+
+
+def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_samples: int | None = None
+                         ) -> tuple[dict[str, Any], ClassificationData]:
+    """A checkpoint of pretrain/run.py and its data: ``data``, or the data it was trained on, at
+    its image size and seed (``synthetic_samples`` sizes the built-in set; default: as trained).
+    A checkpoint from elsewhere, or data with another number of classes, is refused in one line."""
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint["meta"]
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise ValueError(f"{path} meta lacks {', '.join(missing)} (not written by pretrain/run.py?)")
+    settings = meta["config"]
+    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"],
+                                        synthetic_samples or settings.get("synthetic_samples", 2000))
+    if dataset.num_classes != meta["num_classes"]:
+        raise ValueError(f"{path} predicts {meta['num_classes']} classes but {dataset.description} has "
+                         f"{dataset.num_classes}")
+    return checkpoint, dataset
