@@ -55,13 +55,16 @@ def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root,
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     checkpoint = load_checkpoint(out / "best.pt")
+    assert set(checkpoint) == {"model", "meta"}  # resume state lives in last.pt only
     meta = checkpoint["meta"]
     assert {"method", "arch", "num_classes", "epoch", "top1", "top5", "data", "recipe", "config"} <= set(meta)
     assert meta["top1"] == max(r["val_top1"] for r in records)
     assert meta["top1"] > 0.2  # 10 balanced classes: chance is 0.1
     model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"])
     model.load_state_dict(checkpoint["model"])
-    last = load_checkpoint(out / "last.pt")["meta"]
+    last_checkpoint = load_checkpoint(out / "last.pt")
+    assert {"optimizer", "scheduler", "progress", "rng"} <= set(last_checkpoint)
+    last = last_checkpoint["meta"]
     assert last["epoch"] == 3
     evaluated = run(python, root, "--evaluate", str(out / "last.pt"))
     assert evaluated.returncode == 0, evaluated.stderr

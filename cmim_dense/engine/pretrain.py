@@ -312,7 +312,8 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
-    """Train, evaluate after every epoch, and write ``last.pt``, ``best.pt`` and ``metrics.jsonl``.
+    """Train, evaluate after every epoch, and write ``last.pt`` (everything ``--resume`` needs),
+    ``best.pt`` (model and meta of the best epoch) and ``metrics.jsonl``.
 
     With ``config.resume`` a run continues from ``out/last.pt`` (model, optimizer, scheduler,
     schedules, CMIM heads and memory banks, RNG and data order) and ends with the same weights
@@ -346,8 +347,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
             continue
         state = run.state(metrics)
         save_atomic(state, run.out / "last.pt")
-        if is_best:
-            save_atomic(state, run.out / "best.pt")
+        if is_best:  # the backbone alone: what later stages read, a third of last.pt's size
+            save_atomic({"model": state["model"], "meta": state["meta"]}, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
         for key, value in record.items():
             if key != "epoch":
