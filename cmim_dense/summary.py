@@ -17,10 +17,11 @@ from typing import Any
 
 from .accounting import Accounting, Totals, count_model
 from .arguments import image_size
+from .cli import report_user_errors
 from .engine.checkpoint import load_checkpoint, write_json
 from .models import create_model, list_archs, model_from_checkpoint
+from .models.loading import require_meta
 from .models.resnet import BinaryResNet
-from .registry import UnknownNameError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,40 +138,36 @@ def format_parts(parts: dict[str, Totals]) -> str:
     return _align(rows, left=1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.head is not None:
-        try:
-            meta = load_checkpoint(args.checkpoint)["meta"] if args.checkpoint else {"method": args.method,
-                                                                                        "arch": args.arch}
-            size = args.image_size or (480, 640)
-            parts = dense_parts(meta["method"], meta["arch"], args.head, args.output_stride or 8, size, args.classes)
-        except (KeyError, UnknownNameError, ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        print(f"{args.head} over {meta['arch']} {meta['method']}, output stride {args.output_stride or 8}, "
-              f"{size[0]}x{size[1]}, {args.classes} outputs")
-        print(format_parts(parts))
-        if args.json:
-            write_json(args.json, {name: t.to_dict() for name, t in parts.items()})
-        return 0
-    args.image_size = args.image_size or (224, 224)
-    try:
-        model = build_model(args)
-        summary = summarize(model, args.image_size)
-    except KeyError as error:
-        print(f"error: {args.checkpoint}: checkpoint meta lacks {error}", file=sys.stderr)
-        return 2
-    except (UnknownNameError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def report_dense(args: argparse.Namespace) -> None:
+    """``--head``: the DeepLab model's backbone and head counted apart (default 480x640, OS 8)."""
+    if args.checkpoint:
+        meta = require_meta(load_checkpoint(args.checkpoint)["meta"], ("method", "arch"), args.checkpoint)
+    else:
+        meta = {"method": args.method, "arch": args.arch}
+    size = args.image_size or (480, 640)
+    parts = dense_parts(meta["method"], meta["arch"], args.head, args.output_stride or 8, size, args.classes)
+    print(f"{args.head} over {meta['arch']} {meta['method']}, output stride {args.output_stride or 8}, "
+          f"{size[0]}x{size[1]}, {args.classes} outputs")
+    print(format_parts(parts))
+    if args.json:
+        write_json(args.json, {name: t.to_dict() for name, t in parts.items()})
+
+
+def report_backbone(args: argparse.Namespace) -> None:
+    """The backbone's per-layer table and its totals against the full-precision twin (default 224)."""
+    summary = summarize(build_model(args), args.image_size or (224, 224))
     print(format_table(summary.accounting))
     print()
     print(format_totals(summary))
     if args.json:
         write_json(args.json, summary.to_dict())
         print(f"\nwrote {args.json}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    status, _ = report_user_errors(lambda: (report_dense if args.head is not None else report_backbone)(args))
+    return status
 
 
 if __name__ == "__main__":

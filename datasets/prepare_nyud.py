@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmim_dense.cli import report_user_errors  # noqa: E402
 from cmim_dense.data.nyud_prepare import prepare_nyud  # noqa: E402
 
 
@@ -26,11 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
-    try:
-        out = prepare_nyud(args.mat, args.out, args.splits, force=args.force, progress=args.progress)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    status, out = report_user_errors(
+        lambda: prepare_nyud(args.mat, args.out, args.splits, force=args.force, progress=args.progress))
+    if out is None:
+        return status
     print(f"prepared NYUD-v2 in {out}")
     return 0
 

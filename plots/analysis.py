@@ -49,19 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cmim_dense.plots.analysis import correlation_chart, sweep_chart, tsne_chart
+    from cmim_dense.cli import report_user_errors
+    from cmim_dense.plots.analysis import ChartResult, correlation_chart, sweep_chart, tsne_chart
 
-    try:
+    def chart() -> ChartResult:
         if args.command == "tsne":
-            result = tsne_chart(args.checkpoints, args.out, args.site, args.samples, args.perplexity,
-                                args.iterations, args.seed, args.data)
-        elif args.command == "correlation":
-            result = correlation_chart(args.checkpoints, args.out, args.site, args.samples, args.kind, args.data)
-        else:
-            result = sweep_chart(args.runs, args.out, args.param, args.xscale)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            return tsne_chart(args.checkpoints, args.out, args.site, args.samples, args.perplexity,
+                              args.iterations, args.seed, args.data)
+        if args.command == "correlation":
+            return correlation_chart(args.checkpoints, args.out, args.site, args.samples, args.kind, args.data)
+        return sweep_chart(args.runs, args.out, args.param, args.xscale)
+
+    status, result = report_user_errors(chart)
+    if result is None:
+        return status
     for skipped in result.skipped:
         print(f"warning: skipped {skipped}", file=sys.stderr)
     for note in result.notes:

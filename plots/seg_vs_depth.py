@@ -26,13 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cmim_dense.cli import report_user_errors
     from cmim_dense.plots.seg_depth import seg_depth_chart
 
-    try:
-        result = seg_depth_chart(args.runs, args.out, args.classes, args.title)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    status, result = report_user_errors(lambda: seg_depth_chart(args.runs, args.out, args.classes, args.title))
+    if result is None:
+        return status
     for skipped in result.skipped:
         print(f"warning: skipped {skipped}", file=sys.stderr)
     count = len(result.points)

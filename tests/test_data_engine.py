@@ -56,7 +56,7 @@ def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
         load_checkpoint(corrupt)
     unsafe = tmp_path / "unsafe.pt"
     with open(unsafe, "wb") as handle:
-        pickle.dump({"model": NotAllowed(), "meta": {}}, handle)
+        pickle.dump({"model": NotAllowed(), "meta": {}}, handle, protocol=2)  # torch.load's own protocol
     with pytest.raises(ValueError, match="not a readable cmim-dense checkpoint"):
         load_checkpoint(unsafe)
     plain = tmp_path / "plain.pt"

@@ -170,7 +170,7 @@ def test_generic_module_with_binary_padding(tmp_path: Path) -> None:
     assert isinstance(rebuilt[0], PackedBinaryConv2d) and type(rebuilt[3]) is BinaryConv2d
     x = torch.randn(2, 3, 5, 6)
     assert torch.equal(rebuilt(x), model(x))
-    with pytest.raises(ValueError, match="does not describe a backbone"):
+    with pytest.raises(ValueError, match="meta lacks arch, method, num_classes .not a backbone: pass the model skeleton"):
         load_exported(path)
     with pytest.raises(ValueError, match="does not fit"):
         load_exported(path, nn.Sequential(BinaryConv2d(3, 8, 3, input_binarizer=SIGN, weight_binarizer=WSIGN)))
@@ -217,6 +217,9 @@ def test_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([str(junk), "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.strip().count("\n") == 0
+    save_atomic({"model": {}, "meta": {"arch": "resnet18"}}, junk)
+    assert main([str(junk), "--out", out]) == 2
+    assert capsys.readouterr().err == f"error: {junk} meta lacks method, num_classes (not written by pretrain/run.py?)\n"
     with pytest.raises(ValueError, match="not a safetensors file"):
         read_export(junk)
     plain = tmp_path / "plain.safetensors"

@@ -11,7 +11,7 @@ import torch
 from cmim_dense.data import NYUDv2
 from cmim_dense.data.nyud import JointTransform
 from cmim_dense.data.nyud_mat import LabeledMat, write_labeled_mat
-from cmim_dense.data.nyud_meta import derive_meta, nyud_meta
+from cmim_dense.data.nyud_meta import derive_meta, nyud_meta, read_split_file
 from cmim_dense.data.nyud_prepare import is_prepared, prepare_nyud
 from cmim_dense.data.synthetic_nyud import ensure_synthetic_nyud, raw_ids
 
@@ -33,6 +33,24 @@ def test_shipped_meta_follows_the_official_conventions() -> None:
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the official meta-data files are not beside the project")
 def test_shipped_meta_equals_the_official_files() -> None:
     assert derive_meta(SHARED) == nyud_meta()
+
+
+def test_split_file_errors_name_the_problem(tmp_path) -> None:
+    import scipy.io
+
+    with pytest.raises(FileNotFoundError, match="expected the official splits.mat"):
+        read_split_file(tmp_path / "absent.mat")
+    (tmp_path / "torn.mat").write_bytes(b"not matlab")
+    with pytest.raises(ValueError, match="not a readable MATLAB file"):
+        read_split_file(tmp_path / "torn.mat")
+    scipy.io.savemat(tmp_path / "half.mat", {"trainNdxs": np.arange(1, 4)[:, None]})
+    with pytest.raises(ValueError, match="lacks testNdxs"):
+        read_split_file(tmp_path / "half.mat")
+    scipy.io.savemat(tmp_path / "overlap.mat", {"trainNdxs": np.array([[1], [2]]), "testNdxs": np.array([[2], [3]])})
+    with pytest.raises(ValueError, match="share 1 frames"):
+        read_split_file(tmp_path / "overlap.mat")
+    scipy.io.savemat(tmp_path / "ok.mat", {"trainNdxs": np.array([[1], [4]]), "testNdxs": np.array([[2], [3]])})
+    assert read_split_file(tmp_path / "ok.mat") == ((1, 4), (2, 3))
 
 
 def _frames(n: int, h: int = 8, w: int = 12) -> dict[str, np.ndarray]:

@@ -230,12 +230,15 @@ def test_sweep_reader_and_chart(tmp_path: Path) -> None:
     save_checkpoint(root / "rbnn_cmim_1.6", "rbnn+cmim", 0.62, cmim_settings(1.6, 256))
     (root / "torn").mkdir()
     (root / "torn" / "best.pt").write_bytes(b"not a checkpoint")
+    (root / "partial").mkdir()
+    torch.save({"model": {}, "meta": {"method": "irnet"}}, root / "partial" / "best.pt")
     runs, skipped = load_sweep([root], "lambda")
     points = {(r.method, r.value): round(r.top1, 6) for r in runs}
     assert points == {("irnet", None): 58.03, ("irnet+cmim", 0.2): 59.29, ("irnet+cmim", 0.8): 61.22,
                       ("irnet+cmim", 3.2): 61.02, ("rbnn+cmim", 0.8): 62.5, ("rbnn+cmim", 1.6): 62.0}
     reasons = {Path(s.name).parent.name: s.reason for s in skipped}
     assert "not a readable cmim-dense checkpoint" in reasons["torn"]
+    assert reasons["partial"].startswith("meta lacks top1, config")
     assert "repeats irnet+cmim with lambda 0.8" in reasons["zz_repeat"]
     assert varying_settings(runs, "lambda") == ["rbnn+cmim: runs also differ in cmim.n_nce, seed"]
     by_n, _ = load_sweep([root / "rbnn_cmim_0.8", root / "rbnn_cmim_1.6"], "n_nce")

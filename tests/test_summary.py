@@ -128,6 +128,11 @@ def test_cli_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     torch.save({"weights": torch.zeros(1)}, junk)
     assert main([str(junk)]) == 2
     assert "not a cmim-dense checkpoint" in capsys.readouterr().err
+    torch.save({"model": {}, "meta": {"method": "bnn"}}, junk)
+    for head in ([], ["--head", "deeplabv3"]):
+        assert main([str(junk), *head]) == 2
+        assert capsys.readouterr().err == f"error: {junk} meta lacks arch{', num_classes' * (not head)} " \
+                                          "(not written by pretrain/run.py?)\n"
     assert main(["--method", "nosuch"]) == 2
     assert "unknown method" in capsys.readouterr().err
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +15,7 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from .nyud_meta import IGNORE_INDEX  # noqa: E402
-from .nyud_prepare import is_prepared  # noqa: E402
+from .nyud_prepare import prepared_meta  # noqa: E402
 
 DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
 
@@ -34,7 +33,8 @@ class NYUDv2(Dataset):
     def __init__(self, root: str | Path, split: str = "train", classes: int = 40,
                  transform: Callable[[dict[str, Any]], Any] | None = None, depth: str = "depths") -> None:
         self.root = Path(root)
-        if not is_prepared(self.root):
+        meta = prepared_meta(self.root)
+        if meta is None:
             raise FileNotFoundError(f"{self.root} is not a prepared NYUD-v2 layout; run "
                                     "python datasets/prepare_nyud.py --mat nyu_depth_v2_labeled.mat --out DIR")
         if split not in ("train", "test"):
@@ -43,7 +43,7 @@ class NYUDv2(Dataset):
             raise ValueError(f"NYUD-v2 classes must be 40 or 13, got {classes}")
         if depth not in DEPTH_KINDS:
             raise ValueError(f"NYUD-v2 depth must be one of {', '.join(DEPTH_KINDS)}, got {depth!r}")
-        self.meta = json.loads((self.root / "meta.json").read_text())
+        self.meta = meta
         if depth == "rawDepths" and not self.meta["raw_depths"]:
             raise ValueError(f"{self.root} was prepared from a file without rawDepths")
         self.split, self.classes, self.transform, self.depth_kind = split, classes, transform, depth

@@ -54,20 +54,26 @@ def _mat_strings(cells: np.ndarray) -> tuple[str, ...]:
     return tuple(str(cell[0]) for cell in cells.ravel())
 
 
-def read_split_file(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``trainNdxs`` and ``testNdxs`` (1-based) of a split file laid out like the official ``splits.mat``."""
+def _mat_variables(path: Path, names: tuple[str, ...], layout: str) -> dict[str, np.ndarray]:
+    """The variables ``names`` of a MATLAB (v5) file laid out like the official ``layout``; one-line errors."""
     import scipy.io
 
-    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist (expected the official {layout})")
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as error:
-        raise ValueError(f"{path} is not a readable MATLAB split file ({type(error).__name__}: {error})") from None
-    missing = [name for name in ("trainNdxs", "testNdxs") if name not in mat]
+        raise ValueError(f"{path} is not a readable MATLAB file ({type(error).__name__}: {error})") from None
+    missing = [name for name in names if name not in mat]
     if missing:
-        raise ValueError(f"split file {path} lacks {', '.join(missing)} (expected the layout of the official splits.mat)")
+        raise ValueError(f"{path} lacks {', '.join(missing)} (expected the layout of the official {layout})")
+    return {name: mat[name] for name in names}
+
+
+def read_split_file(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``trainNdxs`` and ``testNdxs`` (1-based) of a split file laid out like the official ``splits.mat``."""
+    path = Path(path)
+    mat = _mat_variables(path, ("trainNdxs", "testNdxs"), "splits.mat")
     train, test = (tuple(int(i) for i in mat[name].ravel()) for name in ("trainNdxs", "testNdxs"))
     if set(train) & set(test):
         raise ValueError(f"split file {path}: train and test share {len(set(train) & set(test))} frames")
@@ -76,12 +82,12 @@ def read_split_file(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]
 
 def derive_meta(folder: str | Path) -> NYUDMeta:
     """Build the meta-data from the official ``splits.mat``, ``classMapping40.mat``, ``class13Mapping.mat``."""
-    import scipy.io
-
     folder = Path(folder)
     train, test = read_split_file(folder / "splits.mat")
-    mapping40 = scipy.io.loadmat(str(folder / "classMapping40.mat"))
-    mapping13 = scipy.io.loadmat(str(folder / "class13Mapping.mat"))["classMapping13"][0, 0]
+    mapping40 = _mat_variables(folder / "classMapping40.mat", ("mapClass", "className", "allClassName"),
+                               "classMapping40.mat")
+    mapping13 = _mat_variables(folder / "class13Mapping.mat", ("classMapping13",),
+                               "class13Mapping.mat")["classMapping13"][0, 0]
     return NYUDMeta(
         train=train,
         test=test,

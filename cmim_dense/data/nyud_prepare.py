@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -31,9 +32,19 @@ from .nyud_meta import nyud_meta, read_split_file
 FORMAT = "cmim-dense-nyud-v1"
 
 
+def prepared_meta(root: str | Path) -> dict[str, Any] | None:
+    """``root/meta.json`` of a finished layout of this format; None when ``root`` is not one
+    (no such file, unreadable JSON, another format)."""
+    path = Path(root) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
 def is_prepared(root: str | Path) -> bool:
-    meta = Path(root) / "meta.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+    return prepared_meta(root) is not None
 
 
 def _check_split(name: str, frames: tuple[int, ...], total: int, source: str) -> None:

@@ -47,8 +47,7 @@ class BinaryResNetEncoder(nn.Module, EncoderMixin):
         return super().train(mode and not self.frozen)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if self.frozen:
-            self.backbone.eval()
+        if self.frozen:  # train() keeps a frozen encoder in eval mode (BatchNorm statistics fixed)
             with torch.no_grad():
                 return [x, *self.backbone.forward_features(x)]
         return [x, *self.backbone.forward_features(x)]

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ..registry import UnknownNameError
+from ..cli import report_user_errors
 
 T = TypeVar("T")
-# what a user can cause and fix (a bad name, file, setting or a diverging run): one line, no traceback
-USER_ERRORS = (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,11 @@ def cleanup_distributed() -> None:
 def run_command(job: Callable[[], T]) -> tuple[int, T | None]:
     """Run a command line's (possibly torchrun-launched) job: (exit status, what to report).
 
-    A user error becomes one line on stderr and status 2; the process group is torn down
-    either way; only rank 0 gets the result back to print (the others get None, status 0).
+    A user error becomes one line on stderr and status 2 (:func:`cmim_dense.cli.report_user_errors`);
+    the process group is torn down either way; only rank 0 gets the result back to print.
     """
     try:
-        result = job()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2, None
+        status, result = report_user_errors(job)
     finally:
         cleanup_distributed()
-    return 0, result if os.environ.get("RANK", "0") == "0" else None
+    return status, result if os.environ.get("RANK", "0") == "0" else None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import ClassificationData, build_classification_data
+from ..models.loading import require_meta
 from .checkpoint import load_checkpoint
 
 REQUIRED_META = ("method", "arch", "num_classes", "image_size", "config")
@@ -17,10 +18,7 @@ def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_sa
     its image size and seed (``synthetic_samples`` sizes the built-in set; default: as trained).
     A checkpoint from elsewhere, or data with another number of classes, is refused in one line."""
     checkpoint = load_checkpoint(path)
-    meta = checkpoint["meta"]
-    missing = [key for key in REQUIRED_META if key not in meta]
-    if missing:
-        raise ValueError(f"{path} meta lacks {', '.join(missing)} (not written by pretrain/run.py?)")
+    meta = require_meta(checkpoint["meta"], REQUIRED_META, path)
     settings = meta["config"]
     dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"],
                                         synthetic_samples or settings.get("synthetic_samples", 2000))

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from ..cli import report_user_errors
 from ..engine.checkpoint import load_checkpoint
 from ..models import model_from_checkpoint
 from .export import export_model, load_exported
@@ -25,22 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        meta = dict(checkpoint["meta"])
-        if args.output_stride is not None:
-            meta["output_stride"] = args.output_stride
-        model = model_from_checkpoint(checkpoint, str(args.checkpoint), output_stride=args.output_stride).eval()
-        report = export_model(model, args.out, meta)
-        rebuilt, _ = load_exported(args.out)
-    except KeyError as error:
-        print(f"error: {args.checkpoint}: checkpoint meta lacks {error}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def export_and_verify(args: argparse.Namespace) -> bool:
+    """Export the checkpoint, print the sizes, and whether the file alone rebuilds identical outputs."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint, str(args.checkpoint), output_stride=args.output_stride).eval()
+    meta = dict(checkpoint["meta"])
+    if args.output_stride is not None:
+        meta["output_stride"] = args.output_stride
+    report = export_model(model, args.out, meta)
+    rebuilt, _ = load_exported(args.out)
     size = meta.get("image_size") or 64
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -51,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FP32 state dict: {report.float_bytes:,} bytes ({report.float_bytes / 2**20:.2f} MiB); "
           f"export is {report.ratio:.2f}x smaller")
     print(f"round trip at 1x3x{size}x{size}: outputs " + ("identical" if identical else "DIFFER"))
+    return identical
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    status, identical = report_user_errors(lambda: export_and_verify(args))
+    if identical is None:
+        return status
     return 0 if identical else 1
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..binary import BinaryConv2d
 from ..engine.checkpoint import write_atomic
 from ..models import create_model
+from ..models.loading import require_meta
 from .packed import PackedBinaryConv2d, packed_layer_info
 
 FORMAT = "cmim-dense-1bit"
@@ -142,10 +143,7 @@ def load_exported(path: str | Path, model: nn.Module | None = None,
     tensors, metadata = read_export(path)
     meta = metadata["meta"]
     if model is None:
-        missing = [key for key in ("arch", "method", "num_classes") if key not in meta]
-        if missing:
-            raise ValueError(f"{path} does not describe a backbone (meta lacks {', '.join(missing)}); "
-                             "pass the model skeleton")
+        require_meta(meta, ("arch", "method", "num_classes"), path, hint="not a backbone: pass the model skeleton")
         model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"],
                              output_stride=meta.get("output_stride"), real_weights=meta.get("real_weights", False))
     pack_model(model, pack=False)

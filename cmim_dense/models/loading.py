@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import Tensor
 
@@ -11,9 +11,21 @@ from . import create_model
 from .resnet import BinaryResNet
 
 
+def require_meta(meta: Any, keys: Sequence[str], source: str | Path,
+                 hint: str = "not written by pretrain/run.py?") -> dict[str, Any]:
+    """``meta`` when it is a dict holding every one of ``keys``; otherwise a one-line ValueError
+    naming what ``source`` lacks, so no reader meets a bare KeyError."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source} holds no meta dict ({hint})")
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        raise ValueError(f"{source} meta lacks {', '.join(missing)} ({hint})")
+    return meta
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint", **kwargs: Any) -> BinaryResNet:
     """The backbone a checkpoint's ``meta`` describes, with its weights (``kwargs`` go to create_model)."""
-    meta = checkpoint["meta"]
+    meta = require_meta(checkpoint["meta"], ("arch", "method", "num_classes"), source)
     kwargs.setdefault("real_weights", meta.get("real_weights", False))
     model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"], **kwargs)
     load_strict(model, checkpoint["model"], source)

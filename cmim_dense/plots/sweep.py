@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..engine.checkpoint import load_checkpoint
+from ..models.loading import require_meta
 from .common import Skipped, discover_files
 
 CHECKPOINT_FILE = "best.pt"
@@ -31,12 +32,7 @@ class SweepRun:
 
 def read_sweep_run(path: Path, param: str) -> SweepRun:
     """One run's point; a ValueError says in one line why the checkpoint does not fit."""
-    meta = load_checkpoint(path)["meta"]
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ValueError("meta holds no configuration (not written by pretrain/run.py?)")
-    missing = [key for key in ("method", "top1") if key not in meta]
-    if missing:
-        raise ValueError(f"meta lacks {', '.join(missing)}")
+    meta = require_meta(load_checkpoint(path)["meta"], ("method", "top1", "config"), path)
     cmim = meta["config"].get("cmim")
     key = SWEEP_PARAMS[param]
     if cmim is not None and key not in cmim:
