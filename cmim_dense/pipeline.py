@@ -37,7 +37,8 @@ class Stage:
 
 def pretraining_finished(out: Path, epochs: int) -> bool:
     last = out / "last.pt"
-    return last.is_file() and (out / "best.pt").is_file() and load_checkpoint(last)["meta"]["epoch"] >= epochs
+    return (last.is_file() and (out / "best.pt").is_file()
+            and load_checkpoint(last, mmap=True)["meta"]["epoch"] >= epochs)  # mapped: the meta is all it reads
 
 
 def pretrain_stage(name: str, method: str, out: Path, settings: dict[str, Any], progress: bool) -> Stage:

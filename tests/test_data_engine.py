@@ -52,8 +52,9 @@ def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable cmim-dense checkpoint"):
-        load_checkpoint(corrupt)
+    for mmap in (False, True):
+        with pytest.raises(ValueError, match="not a readable cmim-dense checkpoint"):
+            load_checkpoint(corrupt, mmap=mmap)
     unsafe = tmp_path / "unsafe.pt"
     with open(unsafe, "wb") as handle:
         pickle.dump({"model": NotAllowed(), "meta": {}}, handle, protocol=2)  # torch.load's own protocol
@@ -63,6 +64,10 @@ def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
     torch.save({"weights": torch.zeros(1)}, plain)
     with pytest.raises(ValueError, match="expected a dict with 'model' and 'meta'"):
         load_checkpoint(plain)
+    good = tmp_path / "good.pt"
+    save_atomic({"model": {"w": torch.arange(3.0)}, "meta": {"epoch": 2}}, good)
+    mapped = load_checkpoint(good, mmap=True)
+    assert mapped["meta"] == {"epoch": 2} and torch.equal(mapped["model"]["w"], torch.arange(3.0))
 
 
 def test_lr_factor_schedules() -> None:

@@ -42,22 +42,24 @@ def write_json(path: str | Path, record: Any) -> None:
     write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
-def read_weights(path: str | Path) -> Any:
+def read_weights(path: str | Path, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with one-line errors for missing,
-    corrupt or unsafe (arbitrary-pickle) files."""
+    corrupt or unsafe (arbitrary-pickle) files.  ``mmap=True`` maps the tensors instead of
+    reading them, for callers that only look at the meta of a large file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable cmim-dense checkpoint ({first_line})") from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A cmim-dense checkpoint (a dict with ``model`` and ``meta``), read without unpickling code."""
-    obj = read_weights(path)
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A cmim-dense checkpoint (a dict with ``model`` and ``meta``), read without unpickling code
+    (``mmap``: see :func:`read_weights`)."""
+    obj = read_weights(path, mmap)
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj
