@@ -1,7 +1,9 @@
 """Synthetic data, checkpoints and learning-rate schedules."""
 
 import math
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -41,6 +43,18 @@ def test_save_atomic_round_trip_and_no_leftovers(tmp_path) -> None:
     loaded = load_checkpoint(path)
     assert loaded["meta"] == {"method": "irnet"}
     create_model("resnet18", "irnet", num_classes=3).load_state_dict(loaded["model"])
+
+
+def test_atomic_files_get_the_umask_permissions_not_owner_only(tmp_path) -> None:
+    previous = os.umask(0o027)
+    try:
+        save_atomic({"model": {}, "meta": {}}, tmp_path / "a.pt")
+        assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o640
+        os.umask(0o002)
+        save_atomic({"model": {}, "meta": {}}, tmp_path / "a.pt")
+        assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o664
+    finally:
+        os.umask(previous)
 
 
 class NotAllowed:

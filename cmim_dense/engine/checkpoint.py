@@ -21,7 +21,11 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would (0666 less the umask), not
+    the owner-only ones of a temporary file, so checkpoints stay readable on shared machines.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,10 +34,18 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, record: Any) -> None:
