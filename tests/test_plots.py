@@ -232,6 +232,8 @@ def test_sweep_reader_and_chart(tmp_path: Path) -> None:
     (root / "torn" / "best.pt").write_bytes(b"not a checkpoint")
     (root / "partial").mkdir()
     torch.save({"model": {}, "meta": {"method": "irnet"}}, root / "partial" / "best.pt")
+    (root / "no_config").mkdir()
+    torch.save({"model": {}, "meta": {"method": "irnet", "top1": 0.5, "config": None}}, root / "no_config" / "best.pt")
     runs, skipped = load_sweep([root], "lambda")
     points = {(r.method, r.value): round(r.top1, 6) for r in runs}
     assert points == {("irnet", None): 58.03, ("irnet+cmim", 0.2): 59.29, ("irnet+cmim", 0.8): 61.22,
@@ -239,6 +241,7 @@ def test_sweep_reader_and_chart(tmp_path: Path) -> None:
     reasons = {Path(s.name).parent.name: s.reason for s in skipped}
     assert "not a readable cmim-dense checkpoint" in reasons["torn"]
     assert reasons["partial"].startswith("meta lacks top1, config")
+    assert reasons["no_config"] == "meta holds no configuration (not written by pretrain/run.py?)"
     assert "repeats irnet+cmim with lambda 0.8" in reasons["zz_repeat"]
     assert varying_settings(runs, "lambda") == ["rbnn+cmim: runs also differ in cmim.n_nce, seed"]
     by_n, _ = load_sweep([root / "rbnn_cmim_0.8", root / "rbnn_cmim_1.6"], "n_nce")

@@ -33,6 +33,8 @@ class SweepRun:
 def read_sweep_run(path: Path, param: str) -> SweepRun:
     """One run's point; a ValueError says in one line why the checkpoint does not fit."""
     meta = require_meta(load_checkpoint(path)["meta"], ("method", "top1", "config"), path)
+    if not isinstance(meta["config"], dict):
+        raise ValueError("meta holds no configuration (not written by pretrain/run.py?)")
     cmim = meta["config"].get("cmim")
     key = SWEEP_PARAMS[param]
     if cmim is not None and key not in cmim:
