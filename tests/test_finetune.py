@@ -107,6 +107,10 @@ def test_bad_input_gives_one_line_errors(python, root, cache, tmp_path) -> None:
     data = finetune(python, root, cache, "--task", "depth", "--backbone", str(good), "--data", str(tmp_path),
                     check=False)
     assert data.returncode == 2 and "is not a prepared NYUD-v2 layout" in data.stderr
+    backbone_as_head = finetune(python, root, cache, "--evaluate", str(good), check=False)  # a pretraining checkpoint
+    assert backbone_as_head.returncode == 2 and backbone_as_head.stderr == (
+        f"error: {good} meta lacks task, classes, out_channels, head, output_stride, decoder_channels, backbone_meta, "
+        "config (not a last.pt of finetune/nyud.py?)\n")
 
 
 def test_iteration_batches_resume_and_shard() -> None:

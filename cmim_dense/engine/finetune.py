@@ -28,6 +28,7 @@ from ..data.synthetic_nyud import ensure_synthetic_nyud
 from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
+from ..models.loading import require_meta
 from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
                          resumable_state, save_atomic, write_json)
 from .distributed import DistributedContext, setup_distributed
@@ -126,6 +127,10 @@ class FinetuneRun:
         self.iteration = state["meta"]["iteration"]
         self.history = list(state["history"])
         set_rng_state(state["rng"])
+
+
+# what load_head_checkpoint and the plots read from a fine-tuned model's meta (FinetuneRun.meta)
+HEAD_META = ("task", "classes", "out_channels", "head", "output_stride", "decoder_channels", "backbone_meta", "config")
 
 
 def _backbone_identity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +310,7 @@ def load_head_checkpoint(path: str | Path, data: str | None = None, out: str | N
                          ) -> tuple[nn.Module, dict[str, Any], FinetuneConfig]:
     """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), its meta and config."""
     checkpoint = load_checkpoint(path)
-    meta = checkpoint["meta"]
+    meta = require_meta(checkpoint["meta"], HEAD_META, path, hint="not a last.pt of finetune/nyud.py?")
     settings = dict(meta["config"])
     settings.update(out=out or str(Path(path).parent), data=data or settings["data"], progress_bar=False)
     config = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
