@@ -12,6 +12,13 @@ T = TypeVar("T")
 USER_ERRORS = (UnknownNameError, ValueError, OSError, FloatingPointError)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty),
+    for wrapping a library's multi-line error into one line of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def report_user_errors(job: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, job())``, or ``(2, None)`` after printing ``error: ...`` on stderr for a user error."""
     try:

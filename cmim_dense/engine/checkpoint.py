@@ -11,6 +11,8 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from ..cli import first_line
+
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it.
@@ -64,8 +66,7 @@ def read_weights(path: str | Path, mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a readable cmim-dense checkpoint ({first_line})") from None
+        raise ValueError(f"{path} is not a readable cmim-dense checkpoint ({first_line(error)})") from None
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:

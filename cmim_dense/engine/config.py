@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..cli import first_line
 from ..data.cifar import find_cifar
 from ..methods import CMIMConfig, Recipe, get_recipe, has_cmim
 from .checkpoint import result_settings
@@ -113,7 +114,7 @@ def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path} is not valid YAML ({first_line(error)})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of flag names to values")
     values = {str(key).replace("-", "_"): value for key, value in values.items()}

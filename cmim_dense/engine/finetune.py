@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ..cli import first_line
 from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
 from ..data.nyud import JointTransform, NYUDv2
 from ..data.synthetic_nyud import ensure_synthetic_nyud
@@ -320,7 +321,7 @@ def load_head_checkpoint(path: str | Path, data: str | None = None, out: str | N
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise ValueError(f"{path} does not fit its own description ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path} does not fit its own description ({first_line(error)})") from None
     model.freeze_encoder()
     return model.eval(), meta, config
 

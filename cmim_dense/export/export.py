@@ -22,6 +22,7 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from ..binary import BinaryConv2d
+from ..cli import first_line
 from ..engine.checkpoint import write_atomic
 from ..models import create_model
 from ..models.loading import require_meta
@@ -119,8 +120,7 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a safetensors file ({first_line})") from None
+        raise ValueError(f"{path} is not a safetensors file ({first_line(error)})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a cmim-dense 1-bit export (metadata format is {metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
