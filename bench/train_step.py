@@ -31,6 +31,7 @@ from cmim_dense import create_model  # noqa: E402
 from cmim_dense.engine.optim import backward_step  # noqa: E402
 from cmim_dense.engine.pretrain import build_cmim_loss  # noqa: E402
 from cmim_dense.engine.config import resolve_config  # noqa: E402
+from cmim_dense.methods import base_method, has_cmim  # noqa: E402
 from cmim_dense.models import collect_taps  # noqa: E402
 
 METHODS = ("fp", "bnn", "xnor", "bireal", "irnet", "rbnn", "reactnet", "dirnet")
@@ -46,7 +47,7 @@ def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.d
     labels = torch.randint(0, 1000, (batch,), device=device)
     cmim, sites = None, []
     trained = [model]
-    if "+cmim" in method:
+    if has_cmim(method):
         config = resolve_config(method, {"out": "/tmp/unused", "cmim_nce_n": 4096})
         dataset = torch.utils.data.TensorDataset(torch.zeros(8192, 1))  # only its length sizes the bank
         cmim, sites = build_cmim_loss(config, model, None, dataset, device)
@@ -125,8 +126,8 @@ def main() -> None:
         if args.memory else {}
     print(f"{'method':<12} {'step ms':>9} {'img/s':>8} {'vs fp':>7} {'vs base':>8} {'peak MB':>9}")
     for run in runs:
-        base = run.split("+")[0]
-        versus_base = f"{seconds[run] / seconds[base]:.2f}x" if "+cmim" in run else ""
+        base = base_method(run)
+        versus_base = f"{seconds[run] / seconds[base]:.2f}x" if has_cmim(run) else ""
         print(f"{run:<12} {1000 * seconds[run]:9.1f} {args.batch / seconds[run]:8.1f} "
               f"{seconds[run] / seconds['fp']:6.2f}x {versus_base:>8} {memory.get(run, float('nan')):9.0f}")
     banks = bank_megabytes(sites=4)

@@ -7,7 +7,7 @@ from torch import nn
 
 from cmim_dense import create_model, list_recipes
 from cmim_dense.binary import BinaryConv2d, binary_sign
-from cmim_dense.methods import get_recipe
+from cmim_dense.methods import base_method, get_recipe, has_cmim, split_method
 from cmim_dense.methods.recipe import Recipe
 from cmim_dense.models import collect_taps, select_sites
 
@@ -182,3 +182,13 @@ def test_relu_before_sign_is_rejected() -> None:
     fields = {f: getattr(base, f) for f in Recipe.__dataclass_fields__}
     with pytest.raises(ValueError, match="ReLU before a sign"):
         Recipe(**{**fields, "block_act": "relu"})
+
+
+def test_method_name_grammar_is_one() -> None:
+    assert split_method(" RBNN+CMIM ") == ("rbnn", ["cmim"])
+    assert split_method("fp") == ("fp", [])
+    assert base_method("IRNet+cmim") == "irnet" and has_cmim("IRNet+CMIM") and not has_cmim("irnet")
+    assert not has_cmim("irnet+cmimx")  # a suffix is a whole word; get_recipe refuses this name
+    assert get_recipe(" RBNN+CMIM ").name == "rbnn+cmim"
+    with pytest.raises(ValueError, match="unknown method suffix"):
+        get_recipe("irnet+cmimx")

@@ -23,19 +23,25 @@ def register(recipe: Recipe) -> Recipe:
     return RECIPES.add(recipe.name, recipe)
 
 
+def split_method(method: str) -> tuple[str, list[str]]:
+    """The method-name grammar ``NAME[+SUFFIX...]``, case-insensitive: ``"RBNN+cmim"`` -> ("rbnn", ["cmim"])."""
+    base_name, *suffixes = method.strip().lower().split("+")
+    return base_name, suffixes
+
+
 def base_method(method: str) -> str:
     """``rbnn+cmim`` -> ``rbnn`` (the method without the CMIM loss)."""
-    return method.lower().split("+", 1)[0]
+    return split_method(method)[0]
 
 
 def has_cmim(method: str) -> bool:
     """Whether a method name asks for the CMIM loss (``NAME+cmim``)."""
-    return "+cmim" in method.lower()
+    return "cmim" in split_method(method)[1]
 
 
 def get_recipe(method: str, cmim: CMIMConfig | None = None) -> Recipe:
     """The recipe for ``NAME`` or ``NAME+cmim``; ``cmim`` overrides the default CMIM settings."""
-    base_name, *suffixes = method.strip().lower().split("+")
+    base_name, suffixes = split_method(method)
     try:
         recipe = RECIPES.get(base_name)
     except UnknownNameError:
@@ -72,4 +78,4 @@ def _discover() -> None:
 _discover()
 
 __all__ = ["CMIMConfig", "RECIPES", "Recipe", "TrainingDefaults", "base_method", "get_recipe", "has_cmim",
-           "list_recipes", "register"]
+           "list_recipes", "register", "split_method"]
