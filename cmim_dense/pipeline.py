@@ -74,13 +74,10 @@ def chart_stage(root: Path, needs: list[str]) -> Stage:
 
 def qualitative_stage(root: Path, folders: list[str], needs: list[str], images: tuple[int, ...] = (0, 1)) -> Stage:
     """The qualitative grid (Fig. 5a) of every fine-tuned backbone on the first test images."""
-    from .plots.common import save_figure
-    from .plots.predictions import qualitative_rows
-    from .plots.qualitative import qualitative_grid
+    from .plots.predictions import qualitative_chart
 
     def run() -> Any:
-        rows, classes = qualitative_rows([root / "finetune" / folder for folder in folders], images)
-        return save_figure(qualitative_grid(rows, classes), root / "qualitative")
+        return qualitative_chart([root / "finetune" / folder for folder in folders], images, root / "qualitative")
 
     return Stage("qualitative grid", lambda: False, run, needs)
 

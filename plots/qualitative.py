@@ -24,16 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/plots/qualitative", help="output path without extension")
     args = parser.parse_args(argv)
     from cmim_dense.cli import report_user_errors
-    from cmim_dense.plots.common import save_figure
-    from cmim_dense.plots.predictions import qualitative_rows
-    from cmim_dense.plots.qualitative import qualitative_grid
+    from cmim_dense.plots.predictions import qualitative_chart
 
-    def grid() -> list[Path]:
-        indices = [int(i) for i in args.images.split(",")]
-        rows, classes = qualitative_rows(args.runs, indices)
-        return save_figure(qualitative_grid(rows, classes=classes), args.out)
-
-    status, files = report_user_errors(grid)
+    status, files = report_user_errors(
+        lambda: qualitative_chart(args.runs, [int(i) for i in args.images.split(",")], args.out))
     if files is None:
         return status
     print("wrote " + ", ".join(str(f) for f in files))

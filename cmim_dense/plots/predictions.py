@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from ..engine.finetune import load_head_checkpoint, test_split
-from .qualitative import QualitativeRow, QualitativeSample
+from .common import save_figure
+from .qualitative import QualitativeRow, QualitativeSample, qualitative_grid
 
 
 @torch.no_grad()
@@ -43,3 +44,9 @@ def qualitative_rows(runs: Sequence[str | Path], indices: Sequence[int]) -> tupl
     if len(classes) > 1:
         raise ValueError(f"the runs segment into different class sets ({sorted(classes)}); choose runs of one")
     return rows, classes.pop()
+
+
+def qualitative_chart(runs: Sequence[str | Path], indices: Sequence[int], out: str | Path) -> list[Path]:
+    """The qualitative grid (Fig. 5a) of ``runs`` on test images ``indices``, saved as ``out``.png/.svg."""
+    rows, classes = qualitative_rows(runs, indices)
+    return save_figure(qualitative_grid(rows, classes=classes), out)
