@@ -16,7 +16,8 @@ from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_
 from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
 from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, qualitative_grid
-from cmim_dense.plots.seg_depth import dot_areas, load_points, plot_seg_depth, seg_depth_chart
+from cmim_dense.plots.seg_depth import (MIN_DOT_AREA, dot_areas, load_points, plot_seg_depth, scaled_areas,
+                                       seg_depth_chart)
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
@@ -304,3 +305,5 @@ def test_a_backbone_at_zero_top1_is_plotted_and_visible(tmp_path: Path) -> None:
     assert not result.skipped and {p.method for p in result.points} == {"bnn", "fp"}
     areas = dot_areas(result.points)
     assert areas.min() > 0 and areas.max() == pytest.approx(500.0)
+    np.testing.assert_array_equal(scaled_areas(np.array([0.0, 0.25, np.nan]), 0.5), [MIN_DOT_AREA, 250.0, np.nan])
+    np.testing.assert_array_equal(scaled_areas(np.array([0.0, np.nan]), 0.0), [MIN_DOT_AREA, np.nan])  # all at 0

@@ -177,16 +177,17 @@ def _points(pairs: list[tuple[FinetuneRun, FinetuneRun]]) -> list[BackbonePoint]
     return sorted(points, key=lambda p: p.label)
 
 
-def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
-    """Scatter areas (points²) proportional to top-1; the best top-1 gets MAX_DOT_AREA, no top-1 NaN.
+def scaled_areas(top1: np.ndarray, best: float) -> np.ndarray:
+    """Areas (points²) proportional to ``top1``, ``best`` getting MAX_DOT_AREA, none below
+    MIN_DOT_AREA (a top-1 of 0, an untrained backbone, would be invisible); NaN stays NaN."""
+    scale = MAX_DOT_AREA / best if best > 0 else 0.0
+    return np.maximum(top1 * scale, MIN_DOT_AREA)
 
-    A top-1 of 0 (an untrained backbone) would be invisible: it gets MIN_DOT_AREA."""
+
+def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
+    """Scatter areas of the points (:func:`scaled_areas` against the best top-1); no top-1: NaN."""
     top1 = np.array([np.nan if p.top1 is None else p.top1 for p in points], dtype=float)
-    if not np.isfinite(top1).any():
-        return top1
-    best = np.nanmax(top1)
-    areas = top1 * (MAX_DOT_AREA / best) if best > 0 else np.where(np.isfinite(top1), MIN_DOT_AREA, np.nan)
-    return np.where(np.isfinite(areas), np.maximum(areas, MIN_DOT_AREA), np.nan)
+    return scaled_areas(top1, np.nanmax(top1)) if np.isfinite(top1).any() else top1
 
 
 def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) -> Figure:
@@ -303,10 +304,10 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
     top1 = np.array([p.top1 for p in points if p.top1 is not None], dtype=float)
     sizes = []
     if top1.size:
-        scale = MAX_DOT_AREA / top1.max() if top1.max() > 0 else 0.0
+        values = sorted({round(float(v), 3) for v in np.quantile(top1, [0.0, 0.5, 1.0])})
         sizes = [Line2D([], [], marker="o", linestyle="none", markerfacecolor="0.75", markeredgecolor="0.4",
-                        markersize=math.sqrt(max(value * scale, MIN_DOT_AREA)), label=f"{100 * value:.1f} %")
-                 for value in sorted({round(float(v), 3) for v in np.quantile(top1, [0.0, 0.5, 1.0])})]
+                        markersize=math.sqrt(area), label=f"{100 * value:.1f} %")
+                 for value, area in zip(values, scaled_areas(np.array(values), top1.max()))]
     return handles, sizes
 
 
