@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from cmim_dense.engine.checkpoint import write_json
 
 
 def timed_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -70,7 +71,6 @@ def machine() -> dict[str, object]:
 
 def write_record(path: str | Path, record: dict[str, object]) -> None:
     """Write ``record`` plus the machine's description as JSON to ``path`` and say so."""
-    path, described = Path(path), machine()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": described, **record}, indent=1) + "\n")
+    described = machine()
+    write_json(path, {"machine": described, **record})
     print(f"wrote {path} ({described['cpu']}, {described['threads']} threads, torch {described['torch']})")

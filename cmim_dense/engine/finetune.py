@@ -342,6 +342,5 @@ def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None
     train = NYUDv2(test.root, "train", config.classes, depth=config.depth_gt)
     baseline = trivial_baseline(train, test, config.task, depth_meter_for(config))
     record = metrics_record(config, meta, results, baseline, test, None)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(config.out) / "metrics.json", record)
+    write_json(Path(config.out) / "metrics.json", record)  # creates the folder
     return record
