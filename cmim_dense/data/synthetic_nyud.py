@@ -9,6 +9,10 @@ the shipped 894 -> 40 table for each class name) with some void (0) on object bo
 in the hand-labelled real frames; ``rawDepths`` adds Kinect-like holes (0 = missing).  Every
 class has its own colour, texture and noise, and surfaces are shaded by orientation and
 distance, so both tasks are learnable but not trivial.  Deterministic in the seed.
+
+The pieces (camera rays, room and box surfaces, wall decorations, textures, painting and
+shading) are functions of their own: the pretraining world of
+:mod:`cmim_dense.data.synthetic_objects` renders its object images with the same ones.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ CLASS_LOOK: dict[str, tuple[tuple[float, float, float], str]] = {
     "bookshelf": ((0.40, 0.25, 0.15), "stripes"),
     "otherprop": ((0.85, 0.55, 0.10), "noise"),
 }
+CLASSES = tuple(CLASS_LOOK)  # label maps hold indices into this tuple
 FURNITURE = {  # class: (width, height, depth) ranges in metres
     "bed": ((1.4, 2.0), (0.45, 0.65), (1.8, 2.1)),
     "table": ((0.8, 1.6), (0.70, 0.80), (0.6, 1.0)),
@@ -48,6 +53,13 @@ FURNITURE = {  # class: (width, height, depth) ranges in metres
     "bookshelf": ((0.8, 1.2), (1.6, 2.1), (0.3, 0.4)),
     "otherprop": ((0.2, 0.4), (0.2, 0.4), (0.2, 0.4)),
 }
+DECORATIONS = {  # wall rectangles: class: (width, height, height of the bottom edge above the floor) in metres
+    "door": (0.9, 2.0, 0.0),
+    "window": (1.2, 1.0, 0.9),
+    "picture": (0.8, 0.6, 1.3),
+}
+FOCAL_640 = 518.858  # NYU's Kinect focal length in pixels at 640 wide
+LIGHT = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])  # the rooms' light direction
 
 
 def raw_ids() -> dict[str, int]:
@@ -60,23 +72,40 @@ def raw_ids() -> dict[str, int]:
     return out
 
 
+def camera_rays(height: int, width: int, pitch: float = 0.0, yaw: float = 0.0) -> np.ndarray:
+    """(3, H, W) ray directions of a pinhole camera at the origin in room coordinates (x right,
+    y down, z forward), turned down by ``pitch`` and right by ``yaw`` (radians).  Every ray has
+    camera-frame z = 1, so the ray parameter of a hit is its z-depth, what a depth camera reads."""
+    focal = FOCAL_640 * width / 640.0
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    rays = np.stack([(u + 0.5 - width / 2) / focal, (v + 0.5 - height / 2) / focal, np.ones_like(u)])
+    cos_p, sin_p = np.cos(pitch), np.sin(pitch)
+    rays = np.stack([rays[0], cos_p * rays[1] + sin_p * rays[2], -sin_p * rays[1] + cos_p * rays[2]])
+    if yaw:
+        cos_y, sin_y = np.cos(yaw), np.sin(yaw)
+        rays = np.stack([cos_y * rays[0] + sin_y * rays[2], rays[1], -sin_y * rays[0] + cos_y * rays[2]])
+    return rays
+
+
 @dataclass
 class Surface:
-    """A surface hit: z-depth per pixel (inf where missed), unit normal, and class name."""
+    """A surface hit: ray parameter (= z-depth) per pixel (inf where missed), unit normal facing
+    the camera ((3,) for a plane, (3, H, W) for a box), and class name."""
 
     depth: np.ndarray
     normal: np.ndarray
     name: str
 
 
-def _plane(axis: int, offset: float, rays: np.ndarray, name: str, normal: tuple[float, float, float]) -> Surface:
+def plane(axis: int, offset: float, rays: np.ndarray, name: str, normal: tuple[float, float, float]) -> Surface:
+    """The plane ``coordinate[axis] == offset``, hit in front of the camera only."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t = offset / rays[axis]
     return Surface(np.where(t > 0, t, np.inf), np.array(normal), name)
 
 
-def _box(lo: np.ndarray, hi: np.ndarray, rays: np.ndarray, name: str) -> tuple[Surface, np.ndarray]:
-    """Slab-method ray/box intersection; also returns which axis the entry face is normal to."""
+def box(lo: np.ndarray, hi: np.ndarray, rays: np.ndarray, name: str) -> Surface:
+    """Slab-method ray/box intersection; the normal is that of the face each ray enters by."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = lo[:, None, None] / rays
         t2 = hi[:, None, None] / rays
@@ -85,10 +114,58 @@ def _box(lo: np.ndarray, hi: np.ndarray, rays: np.ndarray, name: str) -> tuple[S
     far = np.nan_to_num(far, nan=np.inf)
     enter, exit_ = near.max(axis=0), far.min(axis=0)
     hit = (enter <= exit_) & (enter > 0)
-    return Surface(np.where(hit, enter, np.inf), np.zeros(3), name), near.argmax(axis=0)
+    axis = near.argmax(axis=0)
+    normal = np.zeros(rays.shape)
+    np.put_along_axis(normal, axis[None], -np.sign(np.take_along_axis(rays, axis[None], 0)), 0)
+    return Surface(np.where(hit, enter, np.inf), normal, name)
 
 
-def _texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def furniture_box(size: np.ndarray, x: float, z: float, camera_height: float) -> tuple[np.ndarray, np.ndarray]:
+    """Corners (lo, hi) of a (width, height, depth) box standing on the floor, centred at x, z."""
+    lo = np.array([x - size[0] / 2, camera_height - size[1], z - size[2] / 2])
+    hi = np.array([x + size[0] / 2, camera_height, z + size[2] / 2])
+    return lo, hi
+
+
+def room(rays: np.ndarray, camera_height: float, room_height: float, left: float, right: float, back: float,
+         front: float | None = None) -> list[Surface]:
+    """The room's planes: floor, ceiling, back wall (z = back), left and right walls, and a front
+    wall behind the camera (z = front < 0) when given."""
+    walls = [
+        plane(1, camera_height, rays, "floor", (0, -1, 0)),
+        plane(1, camera_height - room_height, rays, "ceiling", (0, 1, 0)),
+        plane(2, back, rays, "wall", (0, 0, -1)),
+        plane(0, left, rays, "wall", (1, 0, 0)),
+        plane(0, right, rays, "wall", (-1, 0, 0)),
+    ]
+    if front is not None:
+        walls.append(plane(2, front, rays, "wall", (0, 0, 1)))
+    return walls
+
+
+def first_hit(surfaces: list[Surface], rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: index of the nearest surface, its z-depth, the hit point (3, H, W) and its normal (3, H, W)."""
+    stack = np.stack([s.depth for s in surfaces])
+    nearest = stack.argmin(axis=0)
+    depth = np.take_along_axis(stack, nearest[None], 0)[0]
+    normal = np.zeros(rays.shape)
+    for k, surface in enumerate(surfaces):
+        mask = nearest == k
+        normal[:, mask] = surface.normal[:, mask] if surface.normal.ndim == 3 else surface.normal[:, None]
+    return nearest, depth, rays * depth, normal
+
+
+def wall_rect(points: np.ndarray, on_wall: np.ndarray, axis: int, start: float, camera_height: float,
+              name: str) -> np.ndarray:
+    """Pixels of ``on_wall`` inside decoration ``name`` (a rectangle of DECORATIONS), which spans
+    its width from ``start`` along room axis ``axis`` (0 on the back wall, 2 on a side wall)."""
+    width, h, bottom = DECORATIONS[name]
+    top = camera_height - bottom - h
+    return on_wall & (points[axis] >= start) & (points[axis] <= start + width) & (points[1] >= top) \
+        & (points[1] <= camera_height - bottom)
+
+
+def texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A brightness pattern in [-1, 1] over surface coordinates (metres)."""
     if kind == "planks":
         return 0.5 * np.sign(np.sin(u * 12.0)) * (np.abs(np.sin(u * 12.0)) > 0.95)
@@ -103,85 +180,63 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
     return np.zeros_like(u)
 
 
+def paint(labels: np.ndarray, points: np.ndarray, rng: np.random.Generator, tint_spread: float = 0.05,
+          phase: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """(H, W, 3) albedo: each class of the label map (indices into CLASSES) in its colour, tinted
+    per image (normal, ``tint_spread``), times its texture over the hit points (u = x + z, v = y,
+    shifted by ``phase``)."""
+    image = np.zeros(labels.shape + (3,))
+    for index, (colour, kind) in enumerate(CLASS_LOOK.values()):
+        mask = labels == index
+        if not mask.any():
+            continue
+        tint = np.clip(np.array(colour) + rng.normal(0, tint_spread, 3), 0, 1)
+        pattern = texture(kind, points[0][mask] + points[2][mask] + phase[0], points[1][mask] + phase[1], rng)
+        image[mask] = tint * (1.0 + 0.15 * pattern)[:, None]
+    return image
+
+
+def shading(normal: np.ndarray, depth: np.ndarray, light: np.ndarray = LIGHT, ambient: float = 0.55,
+            diffuse: float = 0.35) -> np.ndarray:
+    """(H, W) brightness: Lambert-like by surface orientation, darker with distance."""
+    shade = ambient + diffuse * np.abs(np.einsum("c,chw->hw", light, normal))
+    shade *= np.clip(1.15 - 0.06 * depth, 0.5, 1.0)
+    return shade
+
+
+def expose(albedo: np.ndarray, shade: np.ndarray, rng: np.random.Generator, noise: float = 0.03) -> np.ndarray:
+    """The (H, W, 3) uint8 photograph: albedo times shading plus Gaussian sensor noise."""
+    image = albedo * shade[..., None]
+    image += rng.normal(0, noise, image.shape)
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
 def render_scene(height: int, width: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One frame: image (H, W, 3) uint8, depth (H, W) float32 m, raw_depth with holes, labels (H, W) raw ids."""
     ids = raw_ids()
-    focal = 518.858 * width / 640.0
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    rays = np.stack([(u + 0.5 - width / 2) / focal, (v + 0.5 - height / 2) / focal, np.ones_like(u)])
     # camera pitch: look slightly down, as a hand-held Kinect usually does
-    pitch = rng.uniform(0.0, 0.25)
-    cos_p, sin_p = np.cos(pitch), np.sin(pitch)
-    rays = np.stack([rays[0], cos_p * rays[1] + sin_p * rays[2], -sin_p * rays[1] + cos_p * rays[2]])
+    rays = camera_rays(height, width, pitch=rng.uniform(0.0, 0.25))
     camera_height, room_height = rng.uniform(1.2, 1.6), rng.uniform(2.5, 3.0)
     left, right, back = -rng.uniform(1.5, 3.0), rng.uniform(1.5, 3.0), rng.uniform(3.5, 7.0)
-    walls = [
-        _plane(1, camera_height, rays, "floor", (0, -1, 0)),
-        _plane(1, camera_height - room_height, rays, "ceiling", (0, 1, 0)),
-        _plane(2, back, rays, "wall", (0, 0, -1)),
-        _plane(0, left, rays, "wall", (1, 0, 0)),
-        _plane(0, right, rays, "wall", (-1, 0, 0)),
-    ]
-    surfaces = list(walls)
-    normals: list[np.ndarray] = []
+    surfaces = room(rays, camera_height, room_height, left, right, back)
     for _ in range(rng.integers(2, 6)):
         name = str(rng.choice(list(FURNITURE)))
         (w0, w1), (h0, h1), (d0, d1) = FURNITURE[name]
         size = np.array([rng.uniform(w0, w1), rng.uniform(h0, h1), rng.uniform(d0, d1)])
         x = rng.uniform(left + size[0] / 2, right - size[0] / 2) if right - left > size[0] else 0.0
         z = rng.uniform(1.5 + size[2] / 2, back - size[2] / 2) if back - 1.5 > size[2] else back - size[2] / 2
-        lo = np.array([x - size[0] / 2, camera_height - size[1], z - size[2] / 2])
-        hi = np.array([x + size[0] / 2, camera_height, z + size[2] / 2])
-        surface, axis = _box(lo, hi, rays, name)
-        surfaces.append(surface)
-        normals.append(axis)
-    stack = np.stack([s.depth for s in surfaces])
-    nearest = stack.argmin(axis=0)
-    # the ray parameter of the hit is the camera-frame z-depth: camera rays have z = 1 before the pitch
-    depth = np.take_along_axis(stack, nearest[None], 0)[0]
-    points = rays * depth  # hit points in room coordinates
-    names = [s.name for s in surfaces]
-    label_names = np.array(names, dtype=object)[nearest]
+        surfaces.append(box(*furniture_box(size, x, z, camera_height), rays, name))
+    nearest, depth, points, normal = first_hit(surfaces, rays)
+    labels = np.array([CLASSES.index(s.name) for s in surfaces])[nearest]
     # wall decorations: a door and a window on the back wall, a picture on a side wall
-    decorations = [("door", rng.uniform(left + 0.1, right - 1.0), 0.9, 2.0, 0.0),
-                   ("window", rng.uniform(left + 0.2, right - 1.4), 1.2, 1.0, 0.9)]
-    wall_pixels = (nearest == 2)
-    for name, x0, w, h, bottom in decorations:
-        top = camera_height - bottom - h
-        inside = wall_pixels & (points[0] >= x0) & (points[0] <= x0 + w) & (points[1] >= top) \
-            & (points[1] <= camera_height - bottom)
-        label_names[inside] = name
+    back_wall = nearest == 2
+    for name, x0 in (("door", rng.uniform(left + 0.1, right - 1.0)), ("window", rng.uniform(left + 0.2, right - 1.4))):
+        labels[wall_rect(points, back_wall, 0, x0, camera_height, name)] = CLASSES.index(name)
     side = 3 if rng.random() < 0.5 else 4
     z0 = rng.uniform(1.5, max(back - 1.0, 1.6))
-    picture = (nearest == side) & (points[2] >= z0) & (points[2] <= z0 + 0.8) \
-        & (points[1] >= camera_height - 1.9) & (points[1] <= camera_height - 1.3)
-    label_names[picture] = "picture"
-    # shading: Lambert-like by surface orientation, darker with distance, per-class texture
-    normal = np.zeros((3, height, width))
-    for k, surface in enumerate(surfaces):
-        mask = nearest == k
-        if k < len(walls):
-            normal[:, mask] = surface.normal[:, None]
-        else:
-            axis = normals[k - len(walls)][mask]
-            n = np.zeros((3, mask.sum()))
-            n[axis, np.arange(mask.sum())] = -np.sign(rays[axis, mask])
-            normal[:, mask] = n
-    light = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])
-    shade = 0.55 + 0.35 * np.abs(np.einsum("c,chw->hw", light, normal))
-    shade *= np.clip(1.15 - 0.06 * depth, 0.5, 1.0)
-    image = np.zeros((height, width, 3))
-    for name, (colour, texture) in CLASS_LOOK.items():
-        mask = label_names == name
-        if not mask.any():
-            continue
-        tint = np.clip(np.array(colour) + rng.normal(0, 0.05, 3), 0, 1)
-        pattern = _texture(texture, points[0][mask] + points[2][mask], points[1][mask], rng)
-        image[mask] = tint * (1.0 + 0.15 * pattern)[:, None]
-    image *= shade[..., None]
-    image += rng.normal(0, 0.03, image.shape)
-    image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    labels = np.vectorize(ids.__getitem__, otypes=[np.int64])(label_names)
+    labels[wall_rect(points, nearest == side, 2, z0, camera_height, "picture")] = CLASSES.index("picture")
+    image = expose(paint(labels, points, rng), shading(normal, depth), rng)
+    labels = np.array([ids[name] for name in CLASSES], dtype=np.int64)[labels]
     edges = np.zeros_like(labels, dtype=bool)
     edges[1:] |= labels[1:] != labels[:-1]
     edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
