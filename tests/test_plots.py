@@ -69,7 +69,8 @@ def test_seg_depth_chart_plots_the_inputs_and_reports_the_rest(finetune_runs: Pa
     assert "not valid JSON" in reported["broken"]
     assert "does not exist" in reported["missing_run"]
     assert "matches nothing" in reported["nothing*"]
-    assert sorted(path.suffix for path in result.files) == [".csv", ".md", ".png", ".svg"]
+    assert sorted(path.name for path in result.files) == ["chart.csv", "chart.md", "chart.png", "chart.svg",
+                                                          "chart_cmim_differences.csv"]  # irnet+cmim - irnet
 
     figure = plot_seg_depth(result.points)
     ax = figure.axes[0]

@@ -3,6 +3,12 @@
 One dot per backbone: x = -ln RMSE (m) of its depth run, y = mIoU (%) of its segmentation
 run, dot area proportional to the backbone's pretraining (ImageNet) top-1.  Colour = base method; a
 ``+cmim`` backbone is a filled dot with an arrow from its hollow base-method dot.
+
+Seeds: the backbones of one method whose paths differ only in a ``seed<k>`` folder (the layout
+of ``pipeline/run.py --seeds N``) are the seeds of one dot.  The dot sits at the means over the
+seeds, with error bars of the 95 % Student-t confidence interval of each mean; the tables give
+every metric as mean ± that half-width (:mod:`cmim_dense.stats`), and a second table the paired
+difference of each ``+cmim`` backbone and its base method, seed by seed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,14 +29,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..methods import base_method, has_cmim
+from ..stats import (LEVEL, Interval, PairedDifference, mean_interval, paired_difference, seed_names,
+                     sorted_seeds)
 from .common import Skipped, discover_files, distinct_tails, method_colours, new_figure, save_figure
 from .labels import place_labels
 
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"  # written next to metrics.json by the fine-tuning; holds its seed
 COMMON_KEYS = ("task", "backbone", "method", "top1")
 TASK_KEYS = {"seg": ("miou", "pixel_acc"), "depth": ("rmse", "neg_log_rmse", "delta1")}
-TABLE_COLUMNS = ("method", "top1", "miou", "neg_log_rmse", "rmse", "pixel_acc", "delta1", "backbone",
-                 "seg_run", "depth_run")
+REPORTED = ("top1", "miou", "neg_log_rmse", "rmse", "pixel_acc", "delta1")  # table order
+PERCENT = {"top1", "miou", "pixel_acc", "delta1"}  # fractions, shown in %
+TABLE_COLUMNS = ("method", *REPORTED, "backbone", "seg_run", "depth_run", "n_seeds", "seeds",
+                 *(f"{metric}_ci95" for metric in REPORTED))
+DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
+SEED_FOLDER = re.compile(r"seed(\d+)")
+ANY_SEED = "seed*"
 MAX_DOT_AREA = 500.0  # points², the dot of the best top-1
 MIN_DOT_AREA = 12.0  # points², so that a backbone at 0 % stays visible
 NO_TOP1_AREA = 100.0
@@ -45,34 +60,102 @@ class FinetuneRun:
     method: str
     top1: float | None
     metrics: dict[str, Any]
+    seed: int | None = None  # the fine-tuning seed: metrics.json's "seed", else that of config.json beside it
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One pretrained backbone, one seed of a dot: its segmentation and depth runs joined."""
+
+    seed: int | None
+    seg: FinetuneRun
+    depth: FinetuneRun
+
+    def value(self, metric: str) -> float | None:
+        """A REPORTED metric of this seed (``top1``: None when the backbone has none)."""
+        run = self.depth if metric in TASK_KEYS["depth"] else self.seg
+        value = run.top1 if metric == "top1" else run.metrics[metric]
+        return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
 class BackbonePoint:
-    """One backbone's dot: its segmentation and depth runs joined."""
+    """One dot: a method's backbone over its seeds, each metric's mean and 95 % interval over them."""
 
     label: str
     method: str
-    backbone: str
-    top1: float | None  # fraction, as in metrics.json
-    miou: float  # fraction
-    pixel_acc: float
-    neg_log_rmse: float
-    rmse: float  # metres
-    delta1: float
-    seg_run: Path
-    depth_run: Path
-    classes: Any = None
-    depth_gt: Any = None
+    backbone: str  # the backbone's path, its seed<k> folder (if any) written seed*
+    runs: tuple[SeedRun, ...]  # one per seed, in seed order
+    intervals: dict[str, Interval]  # per REPORTED metric; no "top1" when no seed has one
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> tuple[int | None, ...]:
+        return tuple(run.seed for run in self.runs)
+
+    def seed_values(self, metric: str) -> dict[int | None, float]:
+        """seed -> value of ``metric`` (seeds without it left out)."""
+        values = {run.seed: run.value(metric) for run in self.runs}
+        return {seed: value for seed, value in values.items() if value is not None}
+
+    def half_width(self, metric: str) -> float:
+        """The 95 % half-width of ``metric``'s mean; 0.0 with one seed (nothing to draw)."""
+        interval = self.intervals.get(metric)
+        return interval.half_width if interval is not None and interval.has_interval else 0.0
+
+    def _mean(self, metric: str) -> float:
+        return self.intervals[metric].mean
+
+    @property
+    def top1(self) -> float | None:  # fraction, as in metrics.json
+        return self.intervals["top1"].mean if "top1" in self.intervals else None
+
+    @property
+    def miou(self) -> float:  # fraction
+        return self._mean("miou")
+
+    @property
+    def pixel_acc(self) -> float:
+        return self._mean("pixel_acc")
+
+    @property
+    def neg_log_rmse(self) -> float:  # the mean of -ln RMSE over the seeds
+        return self._mean("neg_log_rmse")
+
+    @property
+    def rmse(self) -> float:  # metres
+        return self._mean("rmse")
+
+    @property
+    def delta1(self) -> float:
+        return self._mean("delta1")
+
+
+@dataclass(frozen=True)
+class CmimDifference:
+    """A ``+cmim`` dot minus its base method's dot, seed by seed, per REPORTED metric both have."""
+
+    twin: str  # labels
+    base: str
+    metrics: dict[str, PairedDifference]
+
+    @property
+    def seeds(self) -> tuple[int | None, ...]:
+        return self.metrics["miou"].seeds
 
 
 @dataclass
 class SegDepthResult:
-    """What :func:`seg_depth_chart` drew, skipped and wrote."""
+    """What :func:`seg_depth_chart` drew, skipped and wrote, and the paired CMIM differences."""
 
     points: list[BackbonePoint]
     skipped: list[Skipped]
     files: list[Path] = field(default_factory=list)
+    differences: list[CmimDifference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def read_run(path: Path) -> FinetuneRun:
@@ -108,17 +191,41 @@ def read_run(path: Path) -> FinetuneRun:
             raise ValueError(f"rmse {data['rmse']} is not positive")
         if not math.isclose(data["neg_log_rmse"], -math.log(data["rmse"]), abs_tol=1e-3):
             raise ValueError(f"neg_log_rmse {data['neg_log_rmse']} is not -ln(rmse {data['rmse']})")
+    seed = data["seed"] if "seed" in data else _config_seed(path)
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed {seed!r} is not a non-negative integer")
     return FinetuneRun(path, task, os.path.normpath(data["backbone"]), data["method"],
-                       None if data["top1"] is None else float(data["top1"]), data)
+                       None if data["top1"] is None else float(data["top1"]), data, seed)
+
+
+def _config_seed(metrics_path: Path) -> Any:
+    """The ``seed`` of the fine-tuning's config.json next to ``metrics_path`` (None without a readable one)."""
+    try:
+        config = json.loads((metrics_path.parent / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config.get("seed") if isinstance(config, dict) else None
 
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def seed_folder(backbone: str) -> tuple[int | None, str]:
+    """The seed that the last ``seed<k>`` folder of a backbone's path names, and the path with that
+    folder written ``seed*`` (what the seeds of one backbone share); ``(None, backbone)`` without one."""
+    parts = Path(backbone).parts
+    for index in range(len(parts) - 2, -1, -1):  # the folders, not the file name
+        match = SEED_FOLDER.fullmatch(parts[index])
+        if match:
+            return int(match.group(1)), str(Path(*parts[:index], ANY_SEED, *parts[index + 1:]))
+    return None, backbone
+
+
 def load_points(inputs: Sequence[str | Path], classes: int | None = None
                 ) -> tuple[list[BackbonePoint], list[Skipped]]:
-    """Read every run that ``inputs`` name and pair each backbone's seg and depth runs.
+    """Read every run that ``inputs`` name, pair each backbone's seg and depth runs, and gather the
+    seeds of a method's backbone (paths that differ only in a ``seed<k>`` folder) into one point.
 
     ``classes`` keeps only segmentation runs with that many classes.  Runs that cannot be
     read or paired are returned as :class:`Skipped` entries naming the file and the reason.
@@ -135,14 +242,19 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
             skipped.append(Skipped(str(path), f"{run.metrics.get('classes')} classes, the chart shows {classes}"))
             continue
         runs.setdefault(run.backbone, {"seg": [], "depth": []})[run.task].append(run)
-    pairs = []
+    groups: dict[tuple[str, str], list[SeedRun]] = {}
     for backbone, tasks in sorted(runs.items()):
+        folder_seed, group = seed_folder(backbone)
         problem = _pairing_problem(tasks)
+        seed = None
+        if problem is None:
+            seed, problem = _pair_seed(tasks["seg"][0], tasks["depth"][0], folder_seed)
         if problem:
             skipped.extend(Skipped(str(run.path), problem) for task in ("seg", "depth") for run in tasks[task])
         else:
-            pairs.append((tasks["seg"][0], tasks["depth"][0]))
-    return _points(pairs), skipped
+            groups.setdefault((tasks["seg"][0].method, group), []).append(
+                SeedRun(seed, tasks["seg"][0], tasks["depth"][0]))
+    return _points(groups), skipped
 
 
 def _pairing_problem(tasks: dict[str, list[FinetuneRun]]) -> str | None:
@@ -158,23 +270,82 @@ def _pairing_problem(tasks: dict[str, list[FinetuneRun]]) -> str | None:
     return None
 
 
-def _points(pairs: list[tuple[FinetuneRun, FinetuneRun]]) -> list[BackbonePoint]:
+def _pair_seed(seg: FinetuneRun, depth: FinetuneRun, folder_seed: int | None) -> tuple[int | None, str | None]:
+    """The seed of a backbone's seg and depth runs: its ``seed<k>`` folder's, else the recorded
+    fine-tuning seed; or the problem (the runs' seeds disagree with each other or with the folder)."""
+    recorded = {run.seed for run in (seg, depth)} - {None}
+    if len(recorded) > 1:
+        return None, f"its seg and depth runs were fine-tuned with different seeds ({seed_names(recorded)})"
+    if folder_seed is not None and recorded and recorded != {folder_seed}:
+        return None, f"fine-tuned with seed {recorded.pop()} on the backbone of seed{folder_seed}"
+    return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
+
+
+def _points(groups: dict[tuple[str, str], list[SeedRun]]) -> list[BackbonePoint]:
     """Dots labelled by method, with the backbone's distinct path tail where methods repeat."""
-    labels = [seg.method for seg, _ in pairs]
+    keys = list(groups)
+    labels = [method for method, _ in keys]
     for method in set(labels):
         indices = [i for i, label in enumerate(labels) if label == method]
         if len(indices) > 1:
-            tails = distinct_tails([pairs[i][0].backbone for i in indices])
+            tails = distinct_tails([keys[i][1] for i in indices])
             for i, tail in zip(indices, tails):
-                labels[i] = f"{method} ({tail})"
-    points = [
-        BackbonePoint(label, seg.method, seg.backbone, seg.top1, float(seg.metrics["miou"]),
-                      float(seg.metrics["pixel_acc"]), float(depth.metrics["neg_log_rmse"]),
-                      float(depth.metrics["rmse"]), float(depth.metrics["delta1"]), seg.path, depth.path,
-                      seg.metrics.get("classes"), depth.metrics.get("depth_gt"))
-        for label, (seg, depth) in zip(labels, pairs)
-    ]
+                labels[i] = f"{method} ({tail.removesuffix('/' + ANY_SEED)})"
+    points = []
+    for label, key in zip(labels, keys):
+        by_seed = {run.seed: run for run in groups[key]}  # seeds are distinct: the paths differ in them only
+        runs = tuple(by_seed[seed] for seed in sorted_seeds(by_seed))
+        intervals = {}
+        for metric in REPORTED:
+            values = [value for run in runs if (value := run.value(metric)) is not None]
+            if values:
+                intervals[metric] = mean_interval(values)
+        points.append(BackbonePoint(label, key[0], key[1], runs, intervals))
     return sorted(points, key=lambda p: p.label)
+
+
+def cmim_differences(points: Sequence[BackbonePoint]) -> tuple[list[CmimDifference], list[str]]:
+    """Each ``+cmim`` dot minus its base method's dot (where that method has exactly one), seed by
+    seed, per metric, with the 95 % interval of the mean difference; and notes on twins without a
+    partner and seeds that only one side has (left out)."""
+    by_method: dict[str, list[BackbonePoint]] = {}
+    for p in points:
+        by_method.setdefault(p.method.lower(), []).append(p)
+    differences, notes = [], []
+    for twin in points:
+        if not has_cmim(twin.method):
+            continue
+        base_name = base_method(twin.method)
+        bases = by_method.get(base_name, [])
+        if len(bases) != 1:
+            notes.append(f"{twin.label}: no paired difference, {len(bases)} {base_name} backbones to pair it with")
+            continue
+        base = bases[0]
+        if not set(base.seeds) & set(twin.seeds):
+            notes.append(f"{twin.label} − {base.label}: no seed in common "
+                         f"({seed_names(twin.seeds)} vs {seed_names(base.seeds)})")
+            continue
+        metrics = {}
+        for metric in REPORTED:
+            base_values, twin_values = base.seed_values(metric), twin.seed_values(metric)
+            if set(base_values) & set(twin_values):
+                metrics[metric] = paired_difference(base_values, twin_values)
+        if metrics["miou"].unpaired:
+            notes.append(f"{twin.label} − {base.label}: seed(s) {seed_names(metrics['miou'].unpaired)} "
+                         "only on one side, left out")
+        differences.append(CmimDifference(twin.label, base.label, metrics))
+    return differences, notes
+
+
+def seed_note(points: Sequence[BackbonePoint]) -> str:
+    """What the error bars are, or ``1 seed: no error bars``."""
+    counts = sorted({p.n for p in points})
+    if counts == [1]:
+        return "1 seed: no error bars"
+    several = [count for count in counts if count > 1]
+    span = str(several[0]) if len(several) == 1 else f"{several[0]}–{several[-1]}"
+    text = f"error bars: {100 * LEVEL:g} % CI of the mean over {span} seeds (Student t)"
+    return text + ("; 1-seed dots have none" if counts[0] == 1 else "")
 
 
 def scaled_areas(top1: np.ndarray, best: float) -> np.ndarray:
@@ -191,8 +362,10 @@ def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
 
 
 def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) -> Figure:
-    """The chart: dots (collection gid ``backbones``; ``backbones-no-top1`` for dots without a
-    top-1, drawn as fixed-size crosses), base -> +cmim arrows, labels and a legend."""
+    """The chart: dots at the means over seeds (collection gid ``backbones``; ``backbones-no-top1``
+    for dots without a top-1, drawn as fixed-size crosses), their 95 % intervals as error bars
+    (gids ``seed-ci-x``, ``seed-ci-y``), base -> +cmim arrows, labels, a legend, and a title line
+    saying what the error bars are (``1 seed: no error bars``)."""
     if not points:
         raise ValueError("no backbone has both a segmentation and a depth run")
     figure = new_figure(9.5, 6.0)
@@ -200,6 +373,8 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     colours = method_colours([p.method for p in points])
     x = np.array([p.neg_log_rmse for p in points])
     y = np.array([100.0 * p.miou for p in points])
+    x_err = np.array([p.half_width("neg_log_rmse") for p in points])
+    y_err = np.array([100.0 * p.half_width("miou") for p in points])
     areas = dot_areas(points)
     sized = np.isfinite(areas)
     edge = np.array([to_rgba(colours[base_method(p.method)]) for p in points])
@@ -210,7 +385,8 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     if not sized.all():
         ax.scatter(x[~sized], y[~sized], s=NO_TOP1_AREA, marker="X", facecolors=edge[~sized],
                    edgecolors=edge[~sized], zorder=3, gid="backbones-no-top1")
-    _set_limits(ax, x, y)
+    bars = _error_bars(ax, points, colours, x, y, x_err, y_err)
+    _set_limits(ax, x, y, x_err, y_err)
     radii = np.sqrt(np.where(sized, areas, NO_TOP1_AREA) / math.pi)
     arrows = _cmim_arrows(ax, points, colours, radii)
     ax.set_xlabel("depth: −ln RMSE  (RMSE in metres; higher is better →)")
@@ -218,8 +394,8 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     top = ax.secondary_xaxis("top", functions=(_rmse_from_neg_log, _neg_log_from_rmse))
     top.set_xlabel("RMSE (m)")
     ax.grid(True, linestyle=":", linewidth=0.6, alpha=0.7)
-    ax.set_title(title or f"NYUD-v2, frozen backbones: segmentation vs depth\n{_protocol(points)}",
-                 fontsize=11, pad=10)
+    heading = title or f"NYUD-v2, frozen backbones: segmentation vs depth\n{_protocol(points)}"
+    ax.set_title(f"{heading}\n{seed_note(points)}", fontsize=11, pad=10)
     styles, sizes = _legend_handles(points, colours, areas, bool(arrows))
     if sizes:
         ax.add_artist(ax.legend(handles=sizes, loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=8,
@@ -228,14 +404,31 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     ax.legend(handles=styles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
               borderaxespad=0.0)
     figure.canvas.draw()
-    place_labels(ax, np.stack([x, y], axis=1), [p.label for p in points], radii, arrows)
+    place_labels(ax, np.stack([x, y], axis=1), [p.label for p in points], radii, arrows + bars)
     return figure
 
 
-def _set_limits(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
-    """Room around the dots for their labels."""
-    for values, setter, minimum in ((x, ax.set_xlim, 0.05), (y, ax.set_ylim, 2.0)):
-        low, high = float(values.min()), float(values.max())
+def _error_bars(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, str], x: np.ndarray, y: np.ndarray,
+                x_err: np.ndarray, y_err: np.ndarray) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The 95 % intervals of the dots with several seeds as error bars (x: −ln RMSE, y: mIoU %) in
+    their method's colour; returns the bars as data-space segments (for the labels to avoid)."""
+    segments = []
+    for i, p in enumerate(points):
+        if p.n < 2:
+            continue
+        container = ax.errorbar(x[i], y[i], xerr=x_err[i], yerr=y_err[i], fmt="none", elinewidth=1.2, capsize=3.0,
+                                ecolor=colours[base_method(p.method)], alpha=0.85, zorder=2.5)
+        for collection, gid in zip(container.lines[2], ("seed-ci-x", "seed-ci-y")):
+            collection.set_gid(gid)
+        segments += [((x[i] - x_err[i], y[i]), (x[i] + x_err[i], y[i])),
+                     ((x[i], y[i] - y_err[i]), (x[i], y[i] + y_err[i]))]
+    return segments
+
+
+def _set_limits(ax: Axes, x: np.ndarray, y: np.ndarray, x_err: np.ndarray, y_err: np.ndarray) -> None:
+    """Room around the dots and their error bars for the labels."""
+    for values, errors, setter, minimum in ((x, x_err, ax.set_xlim, 0.05), (y, y_err, ax.set_ylim, 2.0)):
+        low, high = float((values - errors).min()), float((values + errors).max())
         pad = max(0.25 * (high - low), minimum)
         setter(low - pad, high + pad)
 
@@ -272,8 +465,9 @@ def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, s
 
 def _protocol(points: Sequence[BackbonePoint]) -> str:
     """'40 classes, depth GT depths' (or the mix, flagged, when runs differ)."""
-    classes = sorted({"?" if p.classes is None else str(p.classes) for p in points})
-    depth = sorted({"?" if p.depth_gt is None else str(p.depth_gt) for p in points})
+    runs = [run for p in points for run in p.runs]
+    classes = sorted({"?" if r.seg.metrics.get("classes") is None else str(r.seg.metrics["classes"]) for r in runs})
+    depth = sorted({"?" if r.depth.metrics.get("depth_gt") is None else str(r.depth.metrics["depth_gt"]) for r in runs})
     text = f"{'/'.join(classes)} classes; depth ground truth: {'/'.join(depth)}"
     return text + " — MIXED PROTOCOLS" if len(classes) > 1 or len(depth) > 1 else text
 
@@ -311,8 +505,26 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
     return handles, sizes
 
 
-def write_tables(points: Sequence[BackbonePoint], stem: str | Path) -> list[Path]:
-    """``stem.csv`` (exact values: fractions, metres) and ``stem.md`` (rounded, in %)."""
+def _cell(interval: Interval | None, metric: str, signed: bool = False) -> str:
+    """A table cell: mean ± 95 % half-width (just the mean with one seed), in % for fractions."""
+    if interval is None:
+        return "–"
+    return interval.format(100.0, 2, signed) if metric in PERCENT else interval.format(1.0, 4, signed)
+
+
+def _exact(interval: Interval | None, half_width: bool = False) -> float | str:
+    """A CSV cell: the exact mean (or half-width; empty when there is none)."""
+    if interval is None or (half_width and not interval.has_interval):
+        return ""
+    return interval.half_width if half_width else interval.mean
+
+
+def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences: Sequence[CmimDifference] = (),
+                 notes: Sequence[str] = ()) -> list[Path]:
+    """``stem.csv`` (exact values: fractions, metres; the means over the seeds, then the seeds and
+    each mean's 95 % half-width), ``stem.md`` (rounded, in %: ``mean ± half-width`` with several
+    seeds; then the paired CMIM differences and ``notes``) and, with differences,
+    ``stem_cmim_differences.csv`` (one row per twin and metric, exact)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}.md"
@@ -320,21 +532,55 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path) -> list[Path
         writer = csv.writer(handle)
         writer.writerow(TABLE_COLUMNS)
         for p in points:
-            writer.writerow([p.label, "" if p.top1 is None else p.top1, p.miou, p.neg_log_rmse, p.rmse, p.pixel_acc,
-                             p.delta1, p.backbone, p.seg_run, p.depth_run])
-    lines = ["| method | top-1 (%) | mIoU (%) | −ln RMSE | RMSE (m) | pixel acc. (%) | δ<1.25 (%) | backbone |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+            writer.writerow([p.label, *(_exact(p.intervals.get(m)) for m in REPORTED), p.backbone,
+                             ";".join(str(r.seg.path) for r in p.runs), ";".join(str(r.depth.path) for r in p.runs),
+                             p.n, ";".join("" if s is None else str(s) for s in p.seeds),
+                             *(_exact(p.intervals.get(m), half_width=True) for m in REPORTED)])
+    seeded = any(p.n > 1 for p in points)
+    seeds_header, seeds_rule = (" seeds |", "---:|") if seeded else ("", "")
+    lines = [f"| method |{seeds_header} top-1 (%) | mIoU (%) | −ln RMSE | RMSE (m) | pixel acc. (%) | δ<1.25 (%) | "
+             "backbone |", f"|---|{seeds_rule}---:|---:|---:|---:|---:|---:|---|"]
     for p in points:
-        top1 = "–" if p.top1 is None else f"{100 * p.top1:.2f}"
-        lines.append(f"| {p.label} | {top1} | {100 * p.miou:.2f} | {p.neg_log_rmse:.4f} | {p.rmse:.4f} | "
-                     f"{100 * p.pixel_acc:.2f} | {100 * p.delta1:.2f} | `{p.backbone}` |")
+        seeds = f" {p.n} |" if seeded else ""
+        cells = " | ".join(_cell(p.intervals.get(metric), metric) for metric in REPORTED)
+        lines.append(f"| {p.label} |{seeds} {cells} | `{p.backbone}` |")
+    lines += ["", (f"Mean ± half-width of the {100 * LEVEL:g} % confidence interval of the mean over the seeds "
+                   "(Student t, n − 1 degrees of freedom); a backbone with 1 seed has no interval."
+                   if seeded else "1 seed per backbone: no confidence intervals (pipeline/run.py --seeds N runs N).")]
+    if differences:
+        lines += ["", "## Paired CMIM differences", "",
+                  f"Each +CMIM backbone minus its base method's, seed by seed (the backbones of the same seed); "
+                  f"mean ± half-width of the {100 * LEVEL:g} % confidence interval of the mean difference (Student t "
+                  "over the per-seed differences; 1 seed: no interval). Percentages in points.", "",
+                  "| +CMIM − base | seeds | top-1 (pp) | mIoU (pp) | −ln RMSE | RMSE (m) | pixel acc. (pp) | "
+                  "δ<1.25 (pp) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for d in differences:
+            cells = " | ".join(_cell(d.metrics[m].interval if m in d.metrics else None, m, signed=True)
+                               for m in REPORTED)
+            lines.append(f"| {d.twin} − {d.base} | {seed_names(d.seeds)} | {cells} |")
+    if notes:
+        lines += [""] + [f"Note: {note}." for note in notes]
     md_path.write_text("\n".join(lines) + "\n")
-    return [csv_path, md_path]
+    files = [csv_path, md_path]
+    if differences:
+        diff_path = stem.parent / f"{stem.name}_cmim_differences.csv"
+        with diff_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(DIFFERENCE_COLUMNS)
+            for d in differences:
+                for metric, paired in d.metrics.items():
+                    writer.writerow([d.twin, d.base, metric, paired.interval.n, paired.interval.mean,
+                                     _exact(paired.interval, half_width=True),
+                                     ";".join("" if s is None else str(s) for s in paired.seeds),
+                                     ";".join(repr(v) for v in paired.differences)])
+        files.append(diff_path)
+    return files
 
 
 def seg_depth_chart(inputs: Sequence[str | Path], out: str | Path, classes: int | None = None,
                     title: str | None = None) -> SegDepthResult:
-    """Read, pair, plot and tabulate: writes ``out.png``, ``out.svg``, ``out.csv`` and ``out.md``.
+    """Read, pair, gather seeds, plot and tabulate: writes ``out.png``, ``out.svg``, ``out.csv``,
+    ``out.md`` and, when a ``+cmim`` backbone has its base method, ``out_cmim_differences.csv``.
 
     Raises ValueError when no backbone has both runs (the skipped inputs are in the message).
     """
@@ -342,6 +588,7 @@ def seg_depth_chart(inputs: Sequence[str | Path], out: str | Path, classes: int 
     if not points:
         reasons = "; ".join(str(s) for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         raise ValueError(f"no backbone has both a segmentation and a depth run ({reasons or 'no inputs'})")
+    differences, notes = cmim_differences(points)
     figure = plot_seg_depth(points, title)
-    files = save_figure(figure, out) + write_tables(points, out)
-    return SegDepthResult(points, skipped, files)
+    files = save_figure(figure, out) + write_tables(points, out, differences, notes)
+    return SegDepthResult(points, skipped, files, differences, notes)
