@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from cmim_dense import create_model, list_recipes
-from cmim_dense.binary import BinaryConv2d, binary_sign
+from cmim_dense.binary import BinaryConv2d
 from cmim_dense.methods import base_method, get_recipe, has_cmim, split_method
 from cmim_dense.methods.recipe import Recipe
 from cmim_dense.models import collect_taps, select_sites
@@ -121,13 +121,32 @@ def test_fp_model_is_torchvision_resnet18() -> None:
 
 @pytest.mark.parametrize("method", BINARY)
 def test_taps_give_latent_and_its_sign(method: str) -> None:
+    """a_F and a_B of each tapped site, against the tapped conv's own input recorded by a
+    separate hook and transformed by hand: catches a tap on the wrong tensor (e.g. RBNN's
+    standardized value instead of the centred one, ReActNet's input without its threshold)."""
     model = create_model("resnet18", method, num_classes=4)
+    sites = ["layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
+    inputs = {}
+    modules = dict(model.named_modules())
+    handles = [modules[site].register_forward_pre_hook(
+        lambda module, args, site=site: inputs.__setitem__(site, args[0].detach().clone())) for site in sites]
     with collect_taps(model, "stages") as taps:
         model(torch.randn(2, 3, 64, 64))
-    assert list(taps) == ["layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
+    for handle in handles:
+        handle.remove()
+    assert list(taps) == sites
     assert [tap.latent.shape[-1] for tap in taps.values()] == [16, 8, 4, 2]
-    for tap in taps.values():
-        assert torch.equal(tap.binary, binary_sign(tap.latent))
+    for site, tap in taps.items():
+        x = inputs[site]
+        kind = get_recipe(method).input_binarizer.name
+        if kind == "rsign":
+            expected = x + modules[site].input_binarizer.pre.bias.detach()
+        elif kind == "standardized_sign":
+            expected = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        else:
+            expected = x
+        assert torch.allclose(tap.latent, expected, atol=1e-6)
+        assert torch.equal(tap.binary, torch.where(expected >= 0, 1.0, -1.0))
 
 
 def test_tap_groups_and_gradient_through_taps() -> None:

@@ -1,7 +1,8 @@
 """1-bit primitives: sign estimators, input and weight binarizers, the binary convolution."""
 
 from . import rotation  # noqa: F401  (registers the "rotation" weight binarizer)
-from .activation import INPUT_BINARIZERS, InputBinarizer, LearnableBias, PerSampleStandardize, RPReLU
+from .activation import (INPUT_BINARIZERS, InputBinarizer, LearnableBias, PerSampleCenter, PerSampleStandardize,
+                         RPReLU)
 from .conv import BinaryConv2d
 from .estimators import ESTIMATORS, Sign, SignEstimator, binary_sign, build_estimator
 from .progress import LogLinearSchedule, ProgressAware, set_progress
@@ -15,6 +16,7 @@ __all__ = [
     "InputBinarizer",
     "LearnableBias",
     "LogLinearSchedule",
+    "PerSampleCenter",
     "PerSampleStandardize",
     "ProgressAware",
     "RPReLU",

@@ -1,8 +1,10 @@
 """Input (activation) binarizers and ReActNet's learnable activation.
 
-An input binarizer is ``pre`` (an optional real-valued transform) followed by a
-:class:`~cmim_dense.binary.estimators.Sign`.  The output of ``pre`` is the latent
-activation a_F that CMIM contrasts with its binary counterpart a_B = sign(a_F).
+An input binarizer is ``pre`` (an optional real-valued shift), then ``rescale`` (an optional
+positive, per-sample rescaling that leaves every sign unchanged), then a
+:class:`~cmim_dense.binary.estimators.Sign`.  The output of ``pre`` is the latent activation
+a_F that CMIM contrasts with its binary counterpart a_B = sign(a_F): ``rescale`` only sets the
+scale at which the sign's backward estimator is evaluated, so sign(rescale(a_F)) = sign(a_F).
 """
 
 from __future__ import annotations
@@ -22,15 +24,32 @@ INPUT_BINARIZERS: Registry[InputBinarizerBuilder] = Registry("input binarizer")
 
 
 class InputBinarizer(nn.Module):
-    """a_B = sign(pre(x)); ``pre`` is identity for the plain binarizers."""
+    """a_B = sign(rescale(a_F)) with a_F = pre(x); ``pre`` and ``rescale`` are identities for
+    the plain binarizers.
 
-    def __init__(self, sign: Sign, pre: nn.Module | None = None) -> None:
+    Keeping the rescaling out of a_F matters for a loss on a_F (CMIM): a scale-invariant a_F
+    would pass that loss's gradient on multiplied by 1 / scale, which is 1e8 for RBNN at its
+    BatchNorm initialisation (gamma = 1e-8).
+    """
+
+    def __init__(self, sign: Sign, pre: nn.Module | None = None, rescale: nn.Module | None = None) -> None:
         super().__init__()
         self.pre = pre if pre is not None else nn.Identity()
+        self.rescale = rescale if rescale is not None else nn.Identity()
         self.sign = sign
 
+    @property
+    def rescales(self) -> bool:
+        return not isinstance(self.rescale, nn.Identity)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.sign(self.pre(x))
+        return self.sign(self.rescale(self.pre(x)))
+
+    def sign_past_rescale(self, latent: Tensor, rescaled: Tensor) -> Tensor:
+        """a_B = sign(rescale(a_F)) for a loss on a_B (CMIM's anchor), differentiated as the sign's
+        estimator at the rescaled value, but without ``rescale``'s Jacobian: the rescale only
+        chooses where the estimator is evaluated, so the loss's gradient reaches a_F at a_F's scale."""
+        return self.sign(latent + (rescaled - latent).detach())
 
 
 class LearnableBias(nn.Module):
@@ -44,11 +63,18 @@ class LearnableBias(nn.Module):
         return x + self.bias
 
 
-class PerSampleStandardize(nn.Module):
-    """RBNN's activation pre-processing: (a - mean) / std over (C, H, W) of each sample.
+class PerSampleCenter(nn.Module):
+    """a - mean(a) over (C, H, W) of each sample: RBNN's per-sample threshold of the sign."""
 
-    The mean acts as a per-sample threshold of the following sign; the std only changes
-    the scale at which the backward estimator is evaluated.
+    def forward(self, x: Tensor) -> Tensor:
+        return x - x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+class PerSampleStandardize(nn.Module):
+    """(a - mean) / std over (C, H, W) of each sample (RBNN's activation pre-processing).
+
+    Applied after :class:`PerSampleCenter` it only divides by the std, which changes the
+    scale at which the backward estimator is evaluated, not the sign.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,8 +112,11 @@ def _react_sign(channels: int, estimator: Spec) -> InputBinarizer:
 
 @INPUT_BINARIZERS.register("standardized_sign")
 def _rbnn_sign(channels: int, estimator: Spec) -> InputBinarizer:
-    """RBNN's activation binarizer: sign of the per-sample standardized input."""
-    return InputBinarizer(Sign.from_spec(estimator), PerSampleStandardize())
+    """RBNN's activation binarizer: sign of the per-sample standardized input.
+
+    a_F is the per-sample centred input; the division by its std is the ``rescale`` step.
+    """
+    return InputBinarizer(Sign.from_spec(estimator), PerSampleCenter(), PerSampleStandardize())
 
 
 def build_input_binarizer(spec: Spec, channels: int) -> InputBinarizer:
