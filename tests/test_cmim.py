@@ -32,7 +32,7 @@ def test_nce_loss_hand_computed_three_sample_batch() -> None:
 
 
 def test_layer_weights_favour_later_layers() -> None:
-    assert layer_weights(4, 2.0) == [0.125, 0.25, 0.5, 1.0]
+    assert layer_weights(4, 2.0) == [0.25, 0.5, 1.0, 2.0]
 
 
 def test_bank_negatives_exclude_the_anchor_and_respect_classes() -> None:
@@ -150,7 +150,8 @@ def test_running_normalizer_keeps_the_loss_bounded_when_the_bank_collapses() -> 
             value = loss_fn(tap, torch.arange(step * 16, step * 16 + 16)).total.item()
         losses[normalizer] = value
     # perfectly confusable negatives: h = 1/(N+1) each, loss = log(N+1) + N log(1 + 1/N) ~ log(N+1) + 1
-    assert losses["running"] / config.lam < math.log(config.n_nce + 1) + 1.5
+    # (one tapped site: Eq. 14 weighs it beta)
+    assert losses["running"] / (config.lam * config.beta) < math.log(config.n_nce + 1) + 1.5
     assert losses["crd"] > 5 * losses["running"]
 
 
@@ -211,5 +212,5 @@ def test_per_anchor_negatives_score_each_anchor_against_its_own_draws() -> None:
     anchor, flat = binary_sign(latent).flatten(1), latent.flatten(1)
     positive = (anchor * flat).sum(dim=1) / config.tau
     scores = (anchor @ row / config.tau)[:, None].expand(3, config.n_nce)
-    expected = config.lam * nce_loss(positive, scores, config.n_nce / 10)
+    expected = config.lam * layer_weights(1, config.beta)[0] * nce_loss(positive, scores, config.n_nce / 10)
     assert torch.allclose(loss_fn(taps, torch.tensor([0, 1, 2])).total, expected)

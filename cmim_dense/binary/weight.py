@@ -76,13 +76,19 @@ class ScaledSignWeight(nn.Module):
 class LearnedScaleWeight(nn.Module):
     """W_b = Gamma_i sign(W_i) with a learnable per-output-channel Gamma (XNOR++ Eq. 4, case 1).
 
-    Gamma starts at mean |W_i| of the weight the layer is built with.
+    Gamma starts at mean |W_i| of the weight the layer is built with; a model that
+    re-initialises its weights afterwards calls :meth:`reset_scale`.
     """
 
     def __init__(self, weight: Tensor, estimator: Spec) -> None:
         super().__init__()
         self.sign = Sign.from_spec(estimator)
         self.scale = nn.Parameter(channel_mean_abs(weight.detach()).clone())
+
+    @torch.no_grad()
+    def reset_scale(self, weight: Tensor) -> None:
+        """Gamma_i <- mean |W_i| of ``weight``."""
+        self.scale.copy_(channel_mean_abs(weight))
 
     def forward(self, w: Tensor) -> Tensor:
         return self.sign(w) * self.scale

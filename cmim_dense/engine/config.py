@@ -33,6 +33,8 @@ class PretrainConfig:
     optimizer: str
     weight_decay: float
     binary_weight_decay: float | None
+    decay_scope: str
+    second_stage_weight_decay: float | None
     schedule: str
     warmup_epochs: float
     milestones: tuple[float, ...]
@@ -84,6 +86,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         optimizer=given.get("optimizer", train.optimizer),
         weight_decay=float(given.get("weight_decay", train.weight_decay)),
         binary_weight_decay=train.binary_weight_decay if "weight_decay" not in given else None,
+        decay_scope=train.decay_scope if "weight_decay" not in given else "all",
+        second_stage_weight_decay=train.second_stage_weight_decay if "weight_decay" not in given else None,
         schedule=given.get("schedule", train.schedule),
         warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
         milestones=tuple(m * budget for m in train.milestones),

@@ -10,19 +10,31 @@ from torch import nn
 from ..binary import BinaryConv2d
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, binary_weight_decay: float | None) -> list[dict]:
-    """Two groups: latent binary weights (``binary_weight_decay``, e.g. 0 for Bi-Real and
-    ReActNet, whose decay would flip signs) and everything else (``weight_decay``)."""
+def parameter_groups(model: nn.Module, weight_decay: float, binary_weight_decay: float | None,
+                     decay_scope: str = "all") -> list[dict]:
+    """Parameter groups with their weight decay.
+
+    Latent binary weights get ``binary_weight_decay`` (e.g. 0 for Bi-Real, whose decay would
+    flip signs; None: ``weight_decay``).  The other parameters get ``weight_decay`` when
+    ``decay_scope`` is ``all``; with ``conv`` only 4-D ones do (convolution kernels and
+    per-channel (1, C, 1, 1) shifts: ReActNet's rule), BatchNorm, PReLU slopes, linear
+    layers and biases get none.  Empty groups are left out.
+    """
+    if decay_scope not in ("all", "conv"):
+        raise ValueError(f"unknown weight-decay scope {decay_scope!r}; valid: all, conv")
     binary_ids = {
         id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d) and m.binary_weights
     }
-    binary = [p for p in model.parameters() if id(p) in binary_ids and p.requires_grad]
-    other = [p for p in model.parameters() if id(p) not in binary_ids and p.requires_grad]
-    decay = weight_decay if binary_weight_decay is None else binary_weight_decay
-    return [
-        {"params": binary, "weight_decay": decay},
-        {"params": other, "weight_decay": weight_decay},
+    trained = [p for p in model.parameters() if p.requires_grad]
+    binary = [p for p in trained if id(p) in binary_ids]
+    decayed = [p for p in trained if id(p) not in binary_ids and (decay_scope == "all" or p.dim() == 4)]
+    undecayed = [p for p in trained if id(p) not in binary_ids and not (decay_scope == "all" or p.dim() == 4)]
+    groups = [
+        {"params": binary, "weight_decay": weight_decay if binary_weight_decay is None else binary_weight_decay},
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": undecayed, "weight_decay": 0.0},
     ]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(
@@ -33,8 +45,9 @@ def build_optimizer(
     binary_weight_decay: float | None = None,
     momentum: float = 0.9,
     nesterov: bool = False,
+    decay_scope: str = "all",
 ) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay, binary_weight_decay)
+    groups = parameter_groups(model, weight_decay, binary_weight_decay, decay_scope)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adam":

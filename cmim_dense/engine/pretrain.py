@@ -189,7 +189,8 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
     cmim, sites = build_cmim_loss(config, model, teacher, data.train, device) if config.cmim else (None, [])
     trained = nn.ModuleList([model] + ([cmim] if cmim is not None else []))
     optimizer = build_optimizer(trained, config.optimizer, config.lr, config.weight_decay,
-                                config.binary_weight_decay, recipe.training.momentum, recipe.training.nesterov)
+                                config.binary_weight_decay, recipe.training.momentum, recipe.training.nesterov,
+                                config.decay_scope)
     steps_per_epoch = len(data.train) // config.batch_size  # global batches per epoch
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(data.train)} training samples")
@@ -243,14 +244,18 @@ def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> S
     return StepOutputs(loss, logits, features, teacher_features)
 
 
-def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs, indices: torch.Tensor) -> torch.Tensor:
-    """The CMIM term: the paper's over the taps, or the official code's over penultimate features."""
+def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs,
+              indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The CMIM term and its per-site diagnostics (``cmim/SITE/loss|positive|negative|log_z``):
+    the paper's over the taps, or the official code's over penultimate features (no diagnostics)."""
     if isinstance(run.cmim, OfficialCMIMLoss):
         assert run.teacher is not None and outputs.teacher_features is not None
         student = run.model.penultimate(outputs.features[-1])
         teacher = run.teacher.penultimate(outputs.teacher_features[-1])
-        return run.cmim_network(student, teacher, indices)
-    return run.cmim_network(taps, indices).total
+        return run.cmim_network(student, teacher, indices), {}
+    out = run.cmim_network(taps, indices)
+    diagnostics = {f"cmim/{site}/{key}": value for site, stats in out.per_layer.items() for key, value in stats.items()}
+    return out.total, diagnostics
 
 
 def train_one_epoch(run: PretrainRun) -> dict[str, float]:
@@ -265,8 +270,9 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                         num_workers=config.workers, drop_last=True, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed * 100_019 + run.epoch))
     clip = run.model.recipe.training.clip_latent_weights
-    seen = correct = 0
+    seen = correct = steps = 0
     loss_sum = cmim_sum = 0.0
+    diagnostic_sums: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"{config.method} epoch {run.epoch + 1}/{config.epochs}", leave=False,
                disable=None if config.progress_bar and run.dist.is_main else True, mininterval=1.0)
@@ -279,9 +285,11 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                 outputs = objective(run, images, labels)
             loss, logits = outputs.loss, outputs.logits
             if run.cmim is not None:
-                cmim_term = cmim_step(run, taps, outputs, indices.to(device))
+                cmim_term, diagnostics = cmim_step(run, taps, outputs, indices.to(device))
                 cmim_sum += cmim_term.item() * labels.numel()
                 loss = loss + cmim_term
+                for key, value in diagnostics.items():  # summed on the device: read once per epoch
+                    diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + value
         loss_value = loss.item()
         if not np.isfinite(loss_value):
             raise FloatingPointError(
@@ -293,6 +301,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
         if clip is not None:
             clip_latent_weights(model, clip)
         run.step += 1
+        steps += 1
         seen += labels.numel()
         correct += (logits.argmax(1) == labels).sum().item()
         loss_sum += loss_value * labels.numel()
@@ -301,14 +310,28 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
         if run.step >= run.total_steps:
             break
     elapsed = time.perf_counter() - start
+    diagnostics = {key: float(total) / steps for key, total in diagnostic_sums.items()}
     return {"train_loss": loss_sum / seen, "train_cmim": cmim_sum / seen, "train_top1": correct / seen,
-            "images_per_s": seen * run.dist.world_size / elapsed, "epoch_time_s": elapsed}
+            "images_per_s": seen * run.dist.world_size / elapsed, "epoch_time_s": elapsed, **diagnostics}
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, one line per finished epoch, rewritten whole (so a resumed run never duplicates)."""
     text = "".join(json.dumps(record) + "\n" for record in history)
     write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def stage_configs(config: PretrainConfig) -> list[PretrainConfig]:
+    """The runs ``config`` stands for: itself, or for a two-stage recipe its first stage (real
+    weights, in ``out/stage1``) and its second (binary weights from the first stage's
+    ``last.pt``, with the recipe's second-stage weight decay)."""
+    if not get_recipe(config.method).training.two_stage or config.stage != 0:
+        return [config]
+    first = dataclasses.replace(config, stage=1, out=str(Path(config.out) / "stage1"))
+    second = dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt"))
+    if config.second_stage_weight_decay is not None:
+        second = dataclasses.replace(second, weight_decay=config.second_stage_weight_decay, binary_weight_decay=None)
+    return [first, second]
 
 
 def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
@@ -318,12 +341,11 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     With ``config.resume`` a run continues from ``out/last.pt`` (model, optimizer, scheduler,
     schedules, CMIM heads and memory banks, RNG and data order) and ends with the same weights
     as an uninterrupted run; without it an existing ``last.pt`` is never overwritten.
-    A two-stage recipe first trains with real-valued weights in ``out/stage1``.
+    A two-stage recipe runs both of its :func:`stage_configs`, the result is the second's.
     """
-    if get_recipe(config.method).training.two_stage and config.stage == 0:
-        first = dataclasses.replace(config, stage=1, out=str(Path(config.out) / "stage1"))
-        run_pretraining(first)
-        return run_pretraining(dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt")))
+    stages = stage_configs(config)
+    if len(stages) > 1:
+        return [run_pretraining(stage) for stage in stages][-1]
     context = setup_distributed()
     run = build_run(config, context)
     resumed = resumable_state(run.out, config.resume)
@@ -339,7 +361,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers)
         run.epoch += 1
         record.update(step=run.step, val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"],
-                      lr=run.optimizer.param_groups[1]["lr"])
+                      lr=run.optimizer.param_groups[0]["lr"])
         run.history.append(record)
         is_best = metrics["top1"] >= run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
@@ -355,7 +377,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
                 writer.add_scalar(f"pretrain/{key}", value, run.epoch)
         writer.flush()
         stage = f" stage {config.stage}" if config.stage else ""
-        print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
+        cmim = f" (CMIM {record['train_cmim']:.3f})" if run.cmim is not None else ""
+        print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}{cmim}  "
               f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
               f"{record['images_per_s']:.0f} img/s", flush=True)
     if writer is not None:

@@ -50,9 +50,15 @@ def running_log_mean(log_old: Tensor, log_new: Tensor, momentum: float) -> Tenso
     return torch.logaddexp(log_old + math.log(momentum), log_new + math.log1p(-momentum)) if momentum > 0 else log_new
 
 
+def critic(scores: Tensor, noise: float) -> Tensor:
+    """Eq. 10's h(s) = e^s / (e^s + N/M) for critic exponents ``scores`` (``noise`` = N/M)."""
+    return torch.sigmoid(scores - math.log(noise))
+
+
 def layer_weights(num_layers: int, beta: float) -> list[float]:
-    """1 / beta^(K-1-k) for k = 0..K-1 (Eq. 14): the deepest tapped layer weighs 1."""
-    return [beta ** -(num_layers - 1 - k) for k in range(num_layers)]
+    """Eq. 14's weights 1 / beta^(K-1-k) for the tapped layers k = 1..K, shallowest first: the
+    deepest layer (k = K) weighs beta, the one before it 1 (K = 4, beta = 2: 1/4, 1/2, 1, 2)."""
+    return [beta ** -(num_layers - 1 - k) for k in range(1, num_layers + 1)]
 
 
 class EmbeddingHead(nn.Module):
@@ -68,12 +74,16 @@ class EmbeddingHead(nn.Module):
 
 @dataclass
 class CMIMOutput:
+    """The weighted total (Eq. 14) and, per tapped site, detached diagnostics: ``loss``
+    (L_NCE^k before weighting), ``positive`` and ``negative`` (mean critic h of the positive
+    pairs and of the negatives, Eq. 10) and ``log_z`` (the normaliser, 0 without one)."""
+
     total: Tensor
-    per_layer: dict[str, Tensor]
+    per_layer: dict[str, dict[str, Tensor]]
 
 
 class CMIMLoss(nn.Module):
-    """lambda * sum_k L_NCE^k / beta^(K-1-k) over the tapped sites (Eq. 13-14).
+    """lambda * sum_{k=1..K} L_NCE^k / beta^(K-1-k) over the K tapped sites (Eq. 13-14).
 
     For each site the anchor is the binary activation a_B^i, the positive the latent a_F^i of
     the same sample, and the negatives ``n_nce`` latents of other samples drawn from a
@@ -153,7 +163,7 @@ class CMIMLoss(nn.Module):
 
     def forward(self, taps: dict[str, Tap], indices: Tensor) -> CMIMOutput:
         total = None
-        per_layer: dict[str, Tensor] = {}
+        per_layer: dict[str, dict[str, Tensor]] = {}
         for k, (site, weight) in enumerate(zip(self.sites, self.weights)):
             anchor, latent = self.represent(site, taps[site])
             bank = self.banks[site]
@@ -164,12 +174,18 @@ class CMIMLoss(nn.Module):
             else:
                 negatives = bank.sample(indices, self.config.n_nce)
                 scores = torch.einsum("bd,bnd->bn", anchor.float(), negatives) / self.config.tau
+            log_z = positive.new_zeros(())
             if self.normalizer != "none":
                 log_z = self._log_z(k, positive, scores)
                 positive, scores = positive - log_z, scores - log_z
             loss = nce_loss(positive, scores, self.noise)
             bank.update(indices, latent)
-            per_layer[site] = loss.detach()
+            with torch.no_grad():
+                negative_h = critic(scores, self.noise)
+                if self.shared_negatives:  # the anchors' own draws are left out of the mean
+                    negative_h = negative_h.masked_select(~own)
+                per_layer[site] = {"loss": loss.detach(), "positive": critic(positive, self.noise).mean(),
+                                   "negative": negative_h.mean(), "log_z": log_z.detach().clone()}
             total = weight * loss if total is None else total + weight * loss
         assert total is not None
         return CMIMOutput(self.config.lam * total, per_layer)

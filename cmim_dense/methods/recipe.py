@@ -11,7 +11,7 @@ from ..binary.spec import Spec
 BlockStyle = Literal["basic", "bireal"]
 Activation = Literal["relu", "hardtanh", "identity", "rprelu"]
 Downsample = Literal["conv", "avgpool_conv", "binary_conv"]
-Init = Literal["kaiming_fan_out", "rbnn", "uniform_small"]
+Init = Literal["kaiming_fan_out", "rbnn", "uniform_small", "pytorch"]
 Teacher = Literal["none", "optional", "required"]
 
 
@@ -27,7 +27,11 @@ class TrainingDefaults:
     ``ce+rbd`` (DIR-Net's cross-entropy plus representation distillation), with
     ``distill_temperature`` (KD/GDC) and ``distill_weight`` (RBD).  ``two_stage`` trains
     ``epochs`` with real-valued weights, then ``epochs`` more with binary weights initialised
-    from the first stage (ReActNet).
+    from the first stage (ReActNet).  ``weight_decay`` applies to every parameter
+    (``decay_scope="all"``) or to 4-D ones only (``"conv"``: ReActNet's code);
+    ``binary_weight_decay`` (None: ``weight_decay``) to latent binary weights, and
+    ``second_stage_weight_decay`` (None: ``weight_decay``) replaces both in a two-stage
+    recipe's second stage.
     """
 
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -36,6 +40,8 @@ class TrainingDefaults:
     nesterov: bool = False
     weight_decay: float = 1e-4
     binary_weight_decay: float | None = None
+    decay_scope: Literal["all", "conv"] = "all"
+    second_stage_weight_decay: float | None = None
     epochs: int = 100
     batch_size: int = 256
     schedule: Literal["cos", "step", "linear"] = "cos"
@@ -95,7 +101,8 @@ class Recipe:
       average pool then real 1x1 conv (``avgpool_conv``), or binary 1x1 conv (``binary_conv``).
     - ``head_norm``: BatchNorm1d before the classifier (IR-Net/RBNN code).
     - ``init``: ``kaiming_fan_out`` (torchvision, IR-Net), ``rbnn`` (kaiming, every BN gamma
-      1e-8) or ``uniform_small`` (binary latent weights U(0, 1e-3): Bi-Real/ReActNet code).
+      1e-8), ``uniform_small`` (binary latent weights U(0, 1e-3): Bi-Real/ReActNet code) or
+      ``pytorch`` (PyTorch's layer defaults).
     - ``pad_value``, ``input_scale``: see :class:`~cmim_dense.binary.BinaryConv2d`.
     - ``arch_overrides``: per-architecture replacements of the fields above, e.g. the CIFAR
       layout of a method whose CIFAR code differs from its ImageNet code.
