@@ -3,6 +3,12 @@
 Every stage writes into its own folder under the root and is skipped when its result already
 exists, so re-running a command continues where it stopped.  A stage that fails is named, the
 stages that need it are skipped, and the others still run.
+
+Seeds: with ``seeds=N`` every pretraining and fine-tuning runs N times, seed k = 0..N-1 (the
+fine-tunes of seed k on the backbone pretrained with seed k), in ``pretrain/RUN/seed<k>`` and
+``finetune/RUN/seed<k>/TASK``; one seed keeps ``pretrain/RUN`` and ``finetune/RUN/TASK``.  The
+chart and table then give each metric's mean over the seeds with its 95 % confidence interval,
+and the paired +cmim differences (:mod:`cmim_dense.plots.seg_depth`).
 """
 
 from __future__ import annotations
@@ -61,12 +67,21 @@ def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: di
 
 
 def chart_stage(root: Path, needs: list[str]) -> Stage:
+    """The seg-vs-depth chart and tables of every run under ``root/finetune`` (seeds gathered into one
+    dot each); prints what it skipped, its notes and the paired +cmim differences of mIoU and −ln RMSE."""
     from .plots.seg_depth import seg_depth_chart
+    from .stats import seed_names
 
     def run() -> Any:
         result = seg_depth_chart([root / "finetune"], root / "seg_vs_depth")
         for skipped in result.skipped:
             print(f"  chart skipped {skipped}")
+        for note in result.notes:
+            print(f"  note: {note}")
+        for difference in result.differences:
+            miou, depth = difference.metrics["miou"].interval, difference.metrics["neg_log_rmse"].interval
+            print(f"  {difference.twin} − {difference.base} (seeds {seed_names(difference.seeds)}): "
+                  f"mIoU {miou.format(100.0, 2, signed=True)} pp, −ln RMSE {depth.format(1.0, 4, signed=True)}")
         return result
 
     return Stage("chart", lambda: False, run, needs)
@@ -82,16 +97,34 @@ def qualitative_stage(root: Path, folders: list[str], needs: list[str], images: 
     return Stage("qualitative grid", lambda: False, run, needs)
 
 
+def check_seeds(seeds: int) -> int:
+    """``seeds`` if it is a usable number of seeds (a positive integer); else a one-line ValueError."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    return seeds
+
+
+def run_folder(folder: str, seed: int, seeds: int) -> str:
+    """Where seed ``seed`` of run ``folder`` lives under ``pretrain/`` and ``finetune/``: the folder itself
+    when the job has one seed, ``FOLDER/seed<k>`` when it has several."""
+    return folder if seeds == 1 else f"{folder}/seed{seed}"
+
+
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
-                  finetune: dict[str, Any], progress: bool) -> list[Stage]:
-    """For each run folder name -> (method, extra pretraining settings): pretrain, then seg and depth fine-tunes."""
+                  finetune: dict[str, Any], progress: bool, seeds: int = 1) -> list[Stage]:
+    """For each run folder name -> (method, extra pretraining settings) and each seed k < ``seeds``:
+    pretrain with seed k, then seg and depth fine-tunes (seed k) of that backbone (see :func:`run_folder`)."""
     stages = []
     for folder, (method, extra) in runs.items():
-        out = root / "pretrain" / folder
-        stages.append(pretrain_stage(f"pretrain {folder}", method, out, {**pretrain, **extra}, progress))
-        for task in ("seg", "depth"):
-            stages.append(finetune_stage(f"{task} {folder}", task, out / "best.pt", root / "finetune" / folder / task,
-                                         finetune, progress, [f"pretrain {folder}"]))
+        for seed in range(check_seeds(seeds)):
+            run = run_folder(folder, seed, seeds)
+            name = folder if seeds == 1 else f"{folder} seed{seed}"
+            out = root / "pretrain" / run
+            stages.append(pretrain_stage(f"pretrain {name}", method, out, {**pretrain, **extra, "seed": seed},
+                                         progress))
+            for task in ("seg", "depth"):
+                stages.append(finetune_stage(f"{task} {name}", task, out / "best.pt", root / "finetune" / run / task,
+                                             {**finetune, "seed": seed}, progress, [f"pretrain {name}"]))
     return stages
 
 
@@ -100,21 +133,24 @@ def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
 
 
 def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
-                    progress: bool = True, teacher: str | None = None) -> list[Stage]:
-    """The main job: every method pretrained, fine-tuned for seg and depth, then the chart and table."""
+                    progress: bool = True, teacher: str | None = None, seeds: int = 1) -> list[Stage]:
+    """The main job: every method pretrained, fine-tuned for seg and depth (``seeds`` times, seeds
+    0..N-1), then the chart and table (mean ± 95 % CI over the seeds) and the qualitative grid (seed 0)."""
     pretrain = pretrain_settings(quick, teacher)
     finetune = QUICK_FINETUNE if quick else {}
-    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress)
+    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress, seeds)
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
-    return stages + [chart_stage(root, finetunes), qualitative_stage(root, list(methods), finetunes)]
+    return stages + [chart_stage(root, finetunes),
+                     qualitative_stage(root, [run_folder(m, 0, seeds) for m in methods], finetunes)]
 
 
 def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
-                 quick: bool = False, progress: bool = True, teacher: str | None = None) -> list[Stage]:
+                 quick: bool = False, progress: bool = True, teacher: str | None = None,
+                 seeds: int = 1) -> list[Stage]:
     """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
-    of each ``methods`` entry (plus the method without CMIM); then the sweep and seg-vs-depth charts."""
-    from .plots.analysis import sweep_chart
-
+    of each ``methods`` entry (plus the method without CMIM), each run ``seeds`` times; then the
+    seg-vs-depth chart (mean ± 95 % CI over the seeds) and the top-1 sweep chart (of seed 0)."""
+    check_seeds(seeds)
     pretrain = pretrain_settings(quick, teacher)
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for method in methods:
@@ -128,14 +164,28 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
         key, defaults = SWEEPS[kind]
         for value in values or defaults:
             runs[f"{base}+cmim_{key}{value:g}"] = (f"{base}+cmim", {f"cmim_{'lambda' if key == 'lam' else 'nce_n'}": value})
-    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress)
+    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds)
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
     stages.append(chart_stage(root, finetunes))
     if kind in SWEEPS:
         pretrains = [s.name for s in stages if s.name.startswith("pretrain")]
-        stages.append(Stage(f"{kind} chart", lambda: False,
-                            lambda: sweep_chart([root / "pretrain"], root / f"sweep_{kind}", param=kind), pretrains))
+        seed_zero = [root / "pretrain" / run_folder(folder, 0, seeds) for folder in runs] if seeds > 1 else None
+        stages.append(sweep_chart_stage(kind, root, seed_zero, pretrains))
     return stages
+
+
+def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs: list[str]) -> Stage:
+    """The top-1 sweep chart of every run under ``root/pretrain``; with several seeds, of the
+    ``seed_zero`` runs only (said so: the sweep chart plots one run per swept value)."""
+    from .plots.analysis import sweep_chart
+
+    def run() -> Any:
+        if seed_zero is not None:
+            print("  note: the sweep chart shows seed 0 of each run (the seeds' statistics are in the "
+                  "seg-vs-depth table)")
+        return sweep_chart(seed_zero or [root / "pretrain"], root / f"sweep_{kind}", param=kind)
+
+    return Stage(f"{kind} chart", lambda: False, run, needs)
 
 
 def run_stages(stages: list[Stage]) -> list[str]:

@@ -5,6 +5,16 @@
     python pipeline/run.py --sweep lambda --methods irnet,rbnn    # CMIM lambda grid (Table 3)
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
+    python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
+
+--seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
+use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
+ROOT/finetune/RUN/seed<k>/{seg,depth} (one seed: ROOT/pretrain/RUN, ROOT/finetune/RUN/{seg,depth}).
+The chart then draws each backbone at its means with 95 % confidence intervals (Student t over
+the seeds) as error bars, the table gives every metric as mean ± half-width, and a second table
+the paired difference of each method+cmim and its method, seed by seed.  Raising N later reuses
+the finished seeds; going from 1 seed to several starts over in seed<k> folders (use a new --root:
+the single-seed runs would be charted as backbones of their own).
 
 Re-running continues: finished stages are skipped.  Thin entry point over cmim_dense.pipeline.
 """
@@ -27,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
+    parser.add_argument("--seeds", default="1", metavar="N",
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
@@ -37,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root or ("runs/main" if args.sweep is None else f"runs/sweep_{args.sweep}"))
     try:
         values = tuple(float(v) for v in args.values.split(",")) if args.values else None
+        seeds = int(args.seeds) if args.seeds.strip().isdigit() else args.seeds  # check_seeds names a bad one
         if args.sweep is None:
-            stages = main_job_stages(root, methods, args.quick, args.progress, args.teacher)
+            stages = main_job_stages(root, methods, args.quick, args.progress, args.teacher, seeds)
         else:
-            stages = sweep_stages(args.sweep, methods, root, values, args.quick, args.progress, args.teacher)
-    except ValueError as error:  # unknown method, bad values
+            stages = sweep_stages(args.sweep, methods, root, values, args.quick, args.progress, args.teacher, seeds)
+    except ValueError as error:  # unknown method, bad values or seeds
         print(f"error: {error}", file=sys.stderr)
         return 2
     failed = run_stages(stages)
@@ -49,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)
         return 1
-    print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv)"
+    print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv"
+          + (", mean ± 95 % CI over the seeds" if seeds > 1 else "") + ")"
           + (f"; qualitative grid: {root / 'qualitative.png'}" if args.sweep is None else ""))
     return 0
 
