@@ -4,6 +4,12 @@ Thin entry point: parses flags and calls :func:`cmim_dense.plots.seg_depth.seg_d
 Inputs are fine-tuning run folders (each with metrics.json), metrics.json files, folders of
 run folders, or globs.  Writes OUT.png, OUT.svg, OUT.csv and OUT.md; runs that cannot be
 paired are listed on stderr and skipped.
+
+Seeds: the backbones of one method whose paths differ only in a ``seed<k>`` folder (as
+``pipeline/run.py --seeds N`` lays them out) make one dot at their means, with the 95 %
+confidence intervals (Student t over the seeds) as error bars; the table gives mean ± half-width,
+and a second table (and OUT_cmim_differences.csv) the paired difference of each method+cmim and
+its method, seed by seed.  A chart of single runs says "1 seed: no error bars".
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return status
     for skipped in result.skipped:
         print(f"warning: skipped {skipped}", file=sys.stderr)
-    count = len(result.points)
-    print(f"{count} backbone{'s' * (count != 1)} ({len(result.skipped)} inputs skipped); wrote "
-          + ", ".join(str(path) for path in result.files))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    count, runs = len(result.points), sum(point.n for point in result.points)
+    print(f"{count} backbone{'s' * (count != 1)} from {runs} seed run{'s' * (runs != 1)} ({len(result.skipped)} "
+          "inputs skipped); wrote " + ", ".join(str(path) for path in result.files))
     return 0
 
 

@@ -17,7 +17,7 @@ from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
 from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, qualitative_grid
 from cmim_dense.plots.seg_depth import (MIN_DOT_AREA, dot_areas, load_points, plot_seg_depth, scaled_areas,
-                                       seg_depth_chart)
+                                       seg_depth_chart, seed_folder)
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
@@ -29,9 +29,9 @@ BACKBONES = {"irnet": (0.580, 0.25, 0.78), "irnet+cmim": (0.612, 0.27, 0.74), "r
 
 
 def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: float, backbone: str | None = None,
-              drop: str | None = None) -> Path:
+              drop: str | None = None, seed: int | None = None) -> Path:
     metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
-               "method": method, "top1": top1}
+               "method": method, "top1": top1, **({} if seed is None else {"seed": seed})}
     if task == "seg":
         metrics.update(miou=miou, pixel_acc=miou + 0.3, mean_acc=miou + 0.1, per_class_iou={"wall": 0.6})
     else:
@@ -113,6 +113,124 @@ def test_seg_depth_two_seg_runs_of_one_backbone_are_reported(tmp_path: Path) -> 
     points, skipped = load_points([tmp_path])
     assert not points
     assert len(skipped) == 3 and all("2 segmentation and 1 depth runs" in s.reason for s in skipped)
+
+
+def write_seed(root: Path, method: str, seed: int, top1: float, miou: float, neg_log_rmse: float,
+               recorded_seed: int | None = None) -> None:
+    """Seed ``seed`` of ``method`` as pipeline/run.py --seeds lays it out: a seg and a depth run of the
+    backbone ``/runs/pretrain/METHOD/seed<k>/best.pt``, each recording its fine-tuning seed."""
+    for task in ("seg", "depth"):
+        write_run(root / method / f"seed{seed}" / task, task, method, top1, miou, math.exp(-neg_log_rmse),
+                  backbone=f"/runs/pretrain/{method}/seed{seed}/best.pt",
+                  seed=seed if recorded_seed is None else recorded_seed)
+
+
+def bar_extents(ax, gid: str) -> list[tuple[float, float, float, float]]:
+    """Every error bar of the collections ``gid`` as (x0, y0, x1, y1), sorted."""
+    segments = [segment for c in ax.collections if c.get_gid() == gid for segment in c.get_segments()]
+    return sorted(tuple(float(v) for v in np.asarray(segment).ravel()) for segment in segments)
+
+
+def test_seeded_runs_are_one_dot_with_95_percent_error_bars(tmp_path: Path, capsys) -> None:
+    """Three seeds of irnet and of irnet+cmim are two dots at their means; the error bars span the
+    Student-t 95 % interval: irnet mIoU 20, 22, 24 % -> 22 ± 4.968275423500662 (s = 2 pp, t_{0.975,2}
+    = 4.302652729749464), -ln RMSE 0.1, 0.2, 0.3 -> 0.2 ± 0.2484137711750331; irnet+cmim mIoU 25, 26,
+    30 % -> 27 ± 6.572410607728432 (s = sqrt(7) pp), -ln RMSE 0.15, 0.35, 0.4 -> 0.3 ± 0.3286205303864215
+    (s = sqrt(0.0175)).  fp (one run)
+    gets no bar; the table gives mean ± half-width.
+
+    Catches: seeds drawn as separate dots, bars of one standard deviation or of the normal 1.96,
+    x and y half-widths swapped, bars on a single-seed dot, a table without the intervals, the plots
+    command not gathering seeds."""
+    root = tmp_path / "finetune"
+    for seed, (miou, nlr) in enumerate(((0.20, 0.1), (0.22, 0.2), (0.24, 0.3))):
+        write_seed(root, "irnet", seed, 0.5, miou, nlr)
+    for seed, (miou, nlr) in enumerate(((0.25, 0.15), (0.26, 0.35), (0.30, 0.4))):
+        write_seed(root, "irnet+cmim", seed, 0.6, miou, nlr)
+    write_run(root / "fp" / "seg", "seg", "fp", 0.7, 0.4, 0.6)
+    write_run(root / "fp" / "depth", "depth", "fp", 0.7, 0.4, 0.6)
+
+    script = load_script("seg_vs_depth")
+    assert script.main([str(root), "--out", str(tmp_path / "chart")]) == 0
+    assert "3 backbones from 7 seed runs (0 inputs skipped)" in capsys.readouterr().out
+    markdown = (tmp_path / "chart.md").read_text()
+    assert "| irnet | 3 | 50.00 ± 0.00 | 22.00 ± 4.97 | 0.2000 ± 0.2484 |" in markdown
+    assert "| irnet+cmim | 3 | 60.00 ± 0.00 | 27.00 ± 6.57 | 0.3000 ± 0.3286 |" in markdown
+    assert "| fp | 1 | 70.00 | 40.00 | 0.5108 | 0.6000 |" in markdown  # one seed: the value, no '±'
+    with (tmp_path / "chart.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert float(rows["irnet"]["miou_ci95"]) == pytest.approx(0.04968275423500662, rel=1e-9)
+    assert rows["irnet"]["seeds"] == "0;1;2" and rows["fp"]["miou_ci95"] == ""
+
+    points, skipped = load_points([root])
+    assert not skipped and [(p.label, p.n) for p in points] == [("fp", 1), ("irnet", 3), ("irnet+cmim", 3)]
+    ax = plot_seg_depth(points).axes[0]
+    x_bars = [(0.2 - 0.2484137711750331, 22.0, 0.2 + 0.2484137711750331, 22.0),
+              (0.3 - 0.3286205303864215, 27.0, 0.3 + 0.3286205303864215, 27.0)]
+    y_bars = [(0.2, 22.0 - 4.968275423500662, 0.2, 22.0 + 4.968275423500662),
+              (0.3, 27.0 - 6.572410607728432, 0.3, 27.0 + 6.572410607728432)]
+    np.testing.assert_allclose(bar_extents(ax, "seed-ci-x"), x_bars, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(bar_extents(ax, "seed-ci-y"), y_bars, rtol=1e-7, atol=1e-9)
+    dots = next(c for c in ax.collections if c.get_gid() == "backbones")
+    np.testing.assert_allclose(dots.get_offsets(), [[-math.log(0.6), 40.0], [0.2, 22.0], [0.3, 27.0]], atol=1e-9)
+    assert "error bars: 95 % CI of the mean over 3 seeds (Student t); 1-seed dots have none" in ax.get_title()
+    low, high = ax.get_ylim()
+    assert low < 22.0 - 4.968 and high > 40.0  # the bars fit in the axes
+
+
+def test_paired_cmim_differences_pair_by_seed(tmp_path: Path) -> None:
+    """irnet seeds 0-3 and irnet+cmim seeds 1-4 pair on seeds 1, 2, 3: mIoU differences 5, 4, 6 pp ->
+    +5.00 ± 2.48 (s = 1, t_{0.975,2} / sqrt(3) = 2.484137711750331); -ln RMSE differences 0.05, 0.15,
+    0.10 -> +0.1000 ± 0.1242 (s = 0.05); top-1 +10 pp ± 0.  Seeds 0 and 4 are named as unpaired.  A
+    fine-tune whose recorded seed (0) is not its backbone's folder (seed1) is skipped.
+
+    Catches: base minus twin, the difference of the two means (irnet 24.0 %, irnet+cmim 42.75 %:
+    +18.75), pairing by position, unpaired seeds kept, a mis-seeded run averaged in."""
+    root = tmp_path / "finetune"
+    for seed, (miou, nlr) in enumerate(((0.30, 0.5), (0.20, 0.1), (0.22, 0.2), (0.24, 0.3))):
+        write_seed(root, "irnet", seed, 0.5, miou, nlr)
+    for seed, (miou, nlr) in zip((4, 3, 2, 1), ((0.90, 0.9), (0.30, 0.40), (0.26, 0.35), (0.25, 0.15))):
+        write_seed(root, "irnet+cmim", seed, 0.6, miou, nlr)
+    write_seed(root, "rbnn", 1, 0.5, 0.2, 0.2, recorded_seed=0)
+    result = seg_depth_chart([root], tmp_path / "chart")
+
+    assert {Path(s.name).parent.name for s in result.skipped} == {"seg", "depth"}
+    assert all(s.reason == "fine-tuned with seed 0 on the backbone of seed1" for s in result.skipped)
+    [difference] = result.differences
+    assert (difference.twin, difference.base, difference.seeds) == ("irnet+cmim", "irnet", (1, 2, 3))
+    miou = difference.metrics["miou"].interval
+    assert miou.mean == pytest.approx(0.05, abs=1e-12)
+    assert miou.half_width == pytest.approx(0.02484137711750331, rel=1e-7)
+    depth = difference.metrics["neg_log_rmse"].interval
+    assert (depth.mean, depth.half_width) == pytest.approx((0.1, 0.12420688558751655), rel=1e-7)
+    assert result.notes == ["irnet+cmim − irnet: seed(s) 0, 4 only on one side, left out"]
+    markdown = (tmp_path / "chart.md").read_text()
+    assert "## Paired CMIM differences" in markdown
+    assert "| irnet+cmim − irnet | 1, 2, 3 | +10.00 ± 0.00 | +5.00 ± 2.48 | +0.1000 ± 0.1242 |" in markdown
+    with (tmp_path / "chart_cmim_differences.csv").open() as handle:
+        rows = {row["metric"]: row for row in csv.DictReader(handle)}
+    assert rows["miou"]["seeds"] == "1;2;3" and rows["miou"]["n_seeds"] == "3"
+    assert float(rows["miou"]["ci95"]) == pytest.approx(0.02484137711750331, rel=1e-7)
+
+
+def test_a_single_seed_chart_says_it_has_no_error_bars(finetune_runs: Path, tmp_path: Path) -> None:
+    """Runs without seeds: the title says "1 seed: no error bars", no bar is drawn, the table has no
+    '±' and says there are no intervals; a seed folder is only a whole path part ``seed<k>``.
+
+    Catches: a single-seed chart that looks like a seeded one (or draws zero-width bars), a '± nan'
+    in the table, backbones such as rbnn_seed0 or seed01 taken for seeds of one dot."""
+    result = seg_depth_chart([finetune_runs], tmp_path / "chart")
+    ax = plot_seg_depth(result.points).axes[0]
+    assert ax.get_title().endswith("\n1 seed: no error bars")
+    assert not [c for c in ax.collections if str(c.get_gid()).startswith("seed-ci")]
+    markdown = (tmp_path / "chart.md").read_text()
+    assert "±" not in markdown.split("## Paired")[0] and "nan" not in markdown
+    assert "1 seed per backbone: no confidence intervals" in markdown
+    assert "| irnet+cmim − irnet | ? | +3.20 | +2.00 |" in markdown  # one unseeded pair: the difference alone
+    assert seed_folder("/r/pretrain/irnet/seed12/best.pt") == (12, "/r/pretrain/irnet/seed*/best.pt")
+    assert seed_folder("/r/pretrain/rbnn_seed0/best.pt") == (None, "/r/pretrain/rbnn_seed0/best.pt")
+    assert seed_folder("/r/seed01/best.pt") == (None, "/r/seed01/best.pt")
+    assert seed_folder("/r/pretrain/seed3") == (None, "/r/pretrain/seed3")  # a file name is no folder
 
 
 def load_script(name: str):

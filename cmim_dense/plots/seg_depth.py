@@ -43,7 +43,7 @@ PERCENT = {"top1", "miou", "pixel_acc", "delta1"}  # fractions, shown in %
 TABLE_COLUMNS = ("method", *REPORTED, "backbone", "seg_run", "depth_run", "n_seeds", "seeds",
                  *(f"{metric}_ci95" for metric in REPORTED))
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
-SEED_FOLDER = re.compile(r"seed(\d+)")
+SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed01 is no seed folder (it would repeat seed1)
 ANY_SEED = "seed*"
 MAX_DOT_AREA = 500.0  # points², the dot of the best top-1
 MIN_DOT_AREA = 12.0  # points², so that a backbone at 0 % stays visible
