@@ -1,0 +1,86 @@
+"""The CMIM evidence study's report, from fixture run folders written here (hand-computed values)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cmim_dense.plots.cmim_study import cmim_study_report, read_study
+
+SITES = ("layer1.1.conv2", "layer4.1.conv2")
+
+
+def write_run(root: Path, folder: str, method: str, seed: int, lam: float | None, val: list[float],
+              train: list[float], miou: float, neg_log_rmse: float) -> None:
+    out = root / "pretrain" / folder / f"seed{seed}"
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"method": method, "seed": seed,
+                                                 "cmim": None if lam is None else {"lam": lam}}))
+    lines = []
+    for epoch, (v, t) in enumerate(zip(val, train), start=1):
+        record = {"epoch": epoch, "val_top1": v, "train_top1": t, "train_cmim": 0.0 if lam is None else 2.0 * lam}
+        if lam is not None:
+            for site in SITES:
+                record.update({f"cmim/{site}/positive": 0.5, f"cmim/{site}/negative": 0.01,
+                               f"cmim/{site}/loss": 1.0, f"cmim/{site}/log_z": 3.0})
+        lines.append(json.dumps(record))
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    for task, metrics in (("seg", {"miou": miou}), ("depth", {"neg_log_rmse": neg_log_rmse})):
+        target = root / "finetune" / folder / f"seed{seed}" / task
+        target.mkdir(parents=True)
+        (target / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    base_val, twin_val = [0.50, 0.60, 0.70], [0.55, 0.70, 0.70]
+    for seed in range(3):
+        write_run(tmp_path, "irnet", "irnet", seed, None, [0.3, base_val[seed]], [0.5, 1.0],
+                  0.20 + 0.01 * seed, -0.10)
+        write_run(tmp_path, "irnet+cmim_lam0.8", "irnet+cmim", seed, 0.8, [0.3, twin_val[seed]], [0.5, 0.9],
+                  0.22 + 0.01 * seed, -0.05 - 0.01 * seed)
+    return tmp_path
+
+
+def test_runs_are_grouped_by_method_lambda_and_seed_with_their_transfer(study: Path) -> None:
+    """Catches a study that reads lambda from the wrong place or pairs a backbone with another's fine-tune."""
+    runs = read_study(study)
+    assert [(r.method, r.lam, r.seed) for r in runs] == [("irnet", 0.0, s) for s in range(3)] + [
+        ("irnet", 0.8, s) for s in range(3)]
+    assert runs[4].transfer == {"miou": pytest.approx(0.23), "neg_log_rmse": pytest.approx(-0.06)}
+
+
+def test_table_gives_final_top1_as_mean_and_t_interval_and_the_paired_gain(study: Path) -> None:
+    """Hand-computed: final val top-1 of lambda 0 = 50, 60, 70 % -> 60.0 ± 4.3027 x 10 / sqrt(3) = 24.8;
+    paired gains 5, 10, 0 pp -> +5.0 ± 4.3027 x 5 / sqrt(3) = 12.4; mIoU gains are 2 pp each seed
+    (an interval of 0); -ln RMSE gains 0.05, 0.04, 0.03 -> +0.040 ± 0.025. Catches unpaired differences (which would not be exactly 2 pp ± 0) and a
+    report of the best epoch instead of the final one."""
+    rows, written = cmim_study_report(study)
+    table = (study / "cmim_study.md").read_text()
+    assert "| irnet | 0 | 3 | 100.0 ± 0.0 | 60.0 ± 24.8 | 21.0 ± 2.5 | -0.100 ± 0.000 |" in table
+    assert "| irnet | 0.8 | +5.0 ± 12.4 | +2.0 ± 0.0 | +0.040 ± 0.025 |" in table
+    gain = next(row for row in rows if row.lam == 0.8).gain
+    assert gain["val_top1"].mean == pytest.approx(0.05) and gain["val_top1"].half_width == pytest.approx(0.124207, 1e-4)
+    assert {path.suffix for path in written} == {".png", ".svg", ".md"}
+
+
+def test_figure_draws_train_and_val_curves_per_lambda(study: Path) -> None:
+    """The curves figure has one top-1 panel per method with a train and a val curve per lambda,
+    and the CMIM panels only for lambda > 0 (the baseline has no CMIM term)."""
+    from cmim_dense.plots.cmim_study import study_figure
+
+    figure = study_figure(read_study(study))
+    top1, term, critic = figure.axes[:3]
+    assert len(top1.get_lines()) == 4  # (train, val) x (lambda 0, lambda 0.8)
+    val_curve = top1.get_lines()[1].get_ydata()
+    assert list(val_curve) == pytest.approx([30.0, 60.0])
+    assert len(term.get_lines()) == 1 and list(term.get_lines()[0].get_ydata()) == pytest.approx([2.0, 2.0])
+    assert len(critic.get_lines()) == 2
+
+
+def test_empty_study_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "pretrain").mkdir()
+    with pytest.raises(ValueError, match="no finished pretraining"):
+        cmim_study_report(tmp_path)
