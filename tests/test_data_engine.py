@@ -1,4 +1,4 @@
-"""Synthetic data, checkpoints and learning-rate schedules."""
+"""Data folders, checkpoints and learning-rate schedules."""
 
 import math
 import os
@@ -10,24 +10,9 @@ import pytest
 import torch
 
 from cmim_dense import create_model
-from cmim_dense.data import SyntheticShapes, build_classification_data, image_folder_data
+from cmim_dense.data import build_classification_data, image_folder_data
 from cmim_dense.engine import load_checkpoint, save_atomic
 from cmim_dense.engine.optim import build_optimizer, clip_latent_weights, lr_factor
-
-
-def test_synthetic_is_deterministic_balanced_and_split() -> None:
-    a = SyntheticShapes(20, num_classes=10, image_size=24, seed=3)
-    b = SyntheticShapes(20, num_classes=10, image_size=24, seed=3)
-    image, label = a[7]
-    assert image.shape == (3, 24, 24) and label == 7
-    assert torch.equal(image, b[7][0])
-    assert not torch.equal(image, SyntheticShapes(20, 10, 24, seed=4)[7][0])
-    assert not torch.equal(image, SyntheticShapes(20, 10, 24, seed=3, split="val")[7][0])
-    assert sorted(a[i][1] for i in range(20)) == sorted(list(range(10)) * 2)
-    with pytest.raises(IndexError):
-        a[20]
-    with pytest.raises(ValueError, match="num_classes"):
-        SyntheticShapes(10, num_classes=11)
 
 
 def test_image_folder_requires_train_and_val(tmp_path) -> None:

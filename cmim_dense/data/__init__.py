@@ -1,4 +1,4 @@
-"""Data sets: the built-in synthetic sets and loaders of the real on-disk formats."""
+"""Data sets: the built-in synthetic world (object photographs and rooms) and loaders of the real on-disk formats."""
 
 from typing import Any
 
@@ -9,12 +9,12 @@ from .classification import (
     image_folder_data,
     synthetic_data,
 )
-from .synthetic import SyntheticShapes
+from .synthetic_objects import SyntheticObjects
 
 __all__ = [
     "ClassificationData",
     "NYUDv2",
-    "SyntheticShapes",
+    "SyntheticObjects",
     "WithIndex",
     "build_classification_data",
     "image_folder_data",

@@ -1,4 +1,4 @@
-"""Classification data for pretraining: the built-in synthetic set or an ImageNet-style folder."""
+"""Classification data for pretraining: the built-in synthetic world, CIFAR or an ImageNet-style folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from .cifar import CIFAR, CIFAR_MEAN, CIFAR_STD, find_cifar
-from .synthetic import SyntheticShapes
+from .synthetic_objects import SyntheticObjects
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,16 +41,17 @@ class ClassificationData:
 
 
 def synthetic_data(
-    image_size: int = 32, num_classes: int = 10, train_size: int = 2000, val_size: int = 500, seed: int = 0
+    image_size: int = 32, num_classes: int = 13, train_size: int = 2000, val_size: int = 500, seed: int = 0
 ) -> ClassificationData:
-    """The built-in synthetic shapes set (see :mod:`cmim_dense.data.synthetic`)."""
+    """The built-in pretraining world: object photographs of the built-in NYUD-v2 rooms' 13 classes
+    (see :mod:`cmim_dense.data.synthetic_objects`)."""
     return ClassificationData(
-        SyntheticShapes(train_size, num_classes, image_size, seed, "train"),
-        SyntheticShapes(val_size, num_classes, image_size, seed, "val"),
+        SyntheticObjects(train_size, num_classes, image_size, seed, "train"),
+        SyntheticObjects(val_size, num_classes, image_size, seed, "val"),
         num_classes,
-        f"synthetic(shapes, {num_classes} classes, {train_size}/{val_size}, {image_size}px, seed {seed})",
-        (SyntheticShapes.mean,) * 3,
-        (SyntheticShapes.std,) * 3,
+        f"synthetic(objects, {num_classes} classes, {train_size}/{val_size}, {image_size}px, seed {seed})",
+        SyntheticObjects.mean,
+        SyntheticObjects.std,
     )
 
 
@@ -90,12 +91,13 @@ def image_folder_data(root: str | Path, image_size: int = 224) -> Classification
 
 
 def build_classification_data(
-    data: str, image_size: int, seed: int = 0, synthetic_samples: int = 2000
+    data: str, image_size: int, seed: int = 0, synthetic_samples: int = 2000, synthetic_val_samples: int | None = None
 ) -> ClassificationData:
-    """``data`` is ``synthetic`` (``synthetic_samples`` training images, a quarter as many for
-    validation), a CIFAR-10/100 python folder, or an ImageNet-style folder."""
+    """``data`` is ``synthetic`` (``synthetic_samples`` training images, ``synthetic_val_samples``
+    for validation, default a quarter as many), a CIFAR-10/100 python folder, or an ImageNet-style folder."""
     if data == "synthetic":
-        return synthetic_data(image_size, train_size=synthetic_samples, val_size=synthetic_samples // 4, seed=seed)
+        val_size = synthetic_samples // 4 if synthetic_val_samples is None else synthetic_val_samples
+        return synthetic_data(image_size, train_size=synthetic_samples, val_size=val_size, seed=seed)
     cifar = find_cifar(data)
     if cifar is not None:
         if image_size != 32:
