@@ -31,6 +31,15 @@ QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "synthetic_samples": 64, "image_s
                                   "optimizer": "adam", "lr": 1e-3}
 QUICK_FINETUNE: dict[str, Any] = {"iters": 4, "batch_size": 4, "decoder_channels": 16}
 SWEEPS = {"lambda": ("lam", (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)), "n_nce": ("n_nce", (16, 64, 256, 1024))}
+# The CMIM evidence study: the paper claims CMIM mitigates over-fitting and helps most where data
+# is scarce, so its pretraining is a regime where the binary networks over-fit: few training
+# images of the built-in world, many epochs, a validation split large enough to measure the gap.
+STUDY_METHODS = ("irnet", "rbnn")
+STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of Table 3's grid
+STUDY_SEEDS = 3
+STUDY_PRETRAIN: dict[str, Any] = {"epochs": 40, "synthetic_samples": 390, "synthetic_val_samples": 650,
+                                  "image_size": 32, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}
+QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "synthetic_val_samples": 32}
 
 
 @dataclass
@@ -144,14 +153,10 @@ def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: 
                      qualitative_stage(root, [run_folder(m, 0, seeds) for m in methods], finetunes)]
 
 
-def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
-                 quick: bool = False, progress: bool = True, teacher: str | None = None,
-                 seeds: int = 1) -> list[Stage]:
-    """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
-    of each ``methods`` entry (plus the method without CMIM), each run ``seeds`` times; then the
-    seg-vs-depth chart (mean ± 95 % CI over the seeds) and the top-1 sweep chart (of seed 0)."""
-    check_seeds(seeds)
-    pretrain = pretrain_settings(quick, teacher)
+def sweep_runs(kind: str, methods: tuple[str, ...], values: tuple[float, ...] | None = None
+               ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Run folder -> (method, extra pretraining settings) of a grid: each method without CMIM, and
+    with CMIM (``methods``) or at each swept value of lambda / n_nce (``values`` or the defaults)."""
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for method in methods:
         base = base_method(method)
@@ -164,6 +169,18 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
         key, defaults = SWEEPS[kind]
         for value in values or defaults:
             runs[f"{base}+cmim_{key}{value:g}"] = (f"{base}+cmim", {f"cmim_{'lambda' if key == 'lam' else 'nce_n'}": value})
+    return runs
+
+
+def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
+                 quick: bool = False, progress: bool = True, teacher: str | None = None,
+                 seeds: int = 1) -> list[Stage]:
+    """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
+    of each ``methods`` entry (plus the method without CMIM), each run ``seeds`` times; then the
+    seg-vs-depth chart (mean ± 95 % CI over the seeds) and the top-1 sweep chart (of seed 0)."""
+    check_seeds(seeds)
+    pretrain = pretrain_settings(quick, teacher)
+    runs = sweep_runs(kind, methods, values)
     stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds)
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
     stages.append(chart_stage(root, finetunes))
@@ -172,6 +189,24 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
         seed_zero = [root / "pretrain" / run_folder(folder, 0, seeds) for folder in runs] if seeds > 1 else None
         stages.append(sweep_chart_stage(kind, root, seed_zero, pretrains))
     return stages
+
+
+def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, values: tuple[float, ...] | None = None,
+                      quick: bool = False, progress: bool = True, seeds: int = STUDY_SEEDS) -> list[Stage]:
+    """The CMIM evidence study: each method without CMIM and with CMIM at each lambda (``values``,
+    default Table 3's 0.8 and 3.2) pretrained ``seeds`` times in the over-fitting regime
+    :data:`STUDY_PRETRAIN`, each backbone fine-tuned on the built-in rooms (seg and depth); then
+    the report (curves, final top-1 and transfer as mean ± 95 % CI, paired CMIM gains) and the
+    seg-vs-depth chart."""
+    from .plots.cmim_study import cmim_study_report
+
+    check_seeds(seeds)
+    pretrain = QUICK_STUDY_PRETRAIN if quick else STUDY_PRETRAIN
+    runs = sweep_runs("lambda", methods, values or STUDY_LAMBDAS)
+    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds)
+    everything = [stage.name for stage in stages]
+    report = Stage("CMIM study report", lambda: False, lambda: cmim_study_report(root, root / "cmim_study"), everything)
+    return stages + [report, chart_stage(root, [s for s in everything if not s.startswith("pretrain")])]
 
 
 def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs: list[str]) -> Stage:

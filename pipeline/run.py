@@ -6,6 +6,7 @@
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
     python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
+    python pipeline/run.py --study cmim                           # the CMIM evidence study (3 seeds)
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
@@ -35,22 +36,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="output folder (default runs/main, or runs/sweep_KIND)")
     parser.add_argument("--methods", help="comma-separated methods (default: the main job's six)")
     parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
-    parser.add_argument("--values", help="comma-separated values of the swept CMIM setting")
+    parser.add_argument("--study", choices=["cmim"],
+                        help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
+                             "regime, 3 seeds, with transfer to the built-in rooms (about an hour on 2 CPU cores)")
+    parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
-    parser.add_argument("--seeds", default="1", metavar="N",
-                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1)")
+    parser.add_argument("--seeds", metavar="N",
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 3)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    from cmim_dense.pipeline import MAIN_METHODS, main_job_stages, run_stages, sweep_stages
+    from cmim_dense.pipeline import (MAIN_METHODS, STUDY_METHODS, STUDY_SEEDS, cmim_study_stages, main_job_stages,
+                                     run_stages, sweep_stages)
 
-    methods = tuple(args.methods.split(",")) if args.methods else MAIN_METHODS
-    root = Path(args.root or ("runs/main" if args.sweep is None else f"runs/sweep_{args.sweep}"))
+    if args.study and args.sweep:
+        print("error: --study and --sweep are separate jobs; give one", file=sys.stderr)
+        return 2
+    methods = tuple(args.methods.split(",")) if args.methods else (STUDY_METHODS if args.study else MAIN_METHODS)
+    kind = f"study_{args.study}" if args.study else f"sweep_{args.sweep}" if args.sweep else None
+    root = Path(args.root or (f"runs/{kind}" if kind else "runs/main"))
     try:
         values = tuple(float(v) for v in args.values.split(",")) if args.values else None
-        seeds = int(args.seeds) if args.seeds.strip().isdigit() else args.seeds  # check_seeds names a bad one
-        if args.sweep is None:
+        given = args.seeds if args.seeds is not None else str(STUDY_SEEDS if args.study else 1)
+        seeds = int(given) if given.strip().isdigit() else given  # check_seeds names a bad one
+        if args.study:
+            stages = cmim_study_stages(root, methods, values, args.quick, args.progress, seeds)
+        elif args.sweep is None:
             stages = main_job_stages(root, methods, args.quick, args.progress, args.teacher, seeds)
         else:
             stages = sweep_stages(args.sweep, methods, root, values, args.quick, args.progress, args.teacher, seeds)
@@ -62,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)
         return 1
+    if args.study:
+        print(f"study: {root / 'cmim_study.md'} (tables) and {root / 'cmim_study.png'} (curves)")
     print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv"
           + (", mean ± 95 % CI over the seeds" if seeds > 1 else "") + ")"
-          + (f"; qualitative grid: {root / 'qualitative.png'}" if args.sweep is None else ""))
+          + (f"; qualitative grid: {root / 'qualitative.png'}" if kind is None else ""))
     return 0
 
 

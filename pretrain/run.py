@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     parser.add_argument("--synthetic-samples", type=int, help="training images of the built-in set (default 2000)")
+    parser.add_argument("--synthetic-val-samples", type=int,
+                        help="validation images of the built-in set (default: a quarter of --synthetic-samples)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)

@@ -84,3 +84,31 @@ def test_empty_study_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "pretrain").mkdir()
     with pytest.raises(ValueError, match="no finished pretraining"):
         cmim_study_report(tmp_path)
+
+
+def test_study_stages_cover_every_method_lambda_and_seed(tmp_path: Path) -> None:
+    """The study pretrains each method at lambda 0 (the method itself) and each lambda, for every
+    seed, in the over-fitting regime with its own validation size, fine-tunes each backbone for seg
+    and depth, then reports; catches a lambda or seed left out, or the main job's budget used."""
+    from cmim_dense.pipeline import STUDY_PRETRAIN, cmim_study_stages
+
+    stages = cmim_study_stages(tmp_path, ("irnet", "rbnn"), (0.8, 3.2), seeds=3)
+    pretrains = [stage.name for stage in stages if stage.name.startswith("pretrain")]
+    assert len(pretrains) == 2 * 3 * 3 and "pretrain rbnn+cmim_lam3.2 seed2" in pretrains
+    assert sum(stage.name.startswith(("seg ", "depth ")) for stage in stages) == 2 * len(pretrains)
+    assert [stage.name for stage in stages[-2:]] == ["CMIM study report", "chart"]
+    assert STUDY_PRETRAIN["synthetic_val_samples"] > STUDY_PRETRAIN["synthetic_samples"]
+    assert stages[0].name == "pretrain irnet seed0"
+
+
+def test_validation_size_of_the_built_in_world_is_configurable(tmp_path: Path) -> None:
+    """--synthetic-val-samples sizes the validation split (default a quarter of the training one)."""
+    from cmim_dense.data import build_classification_data
+    from cmim_dense.engine import resolve_config
+
+    config = resolve_config("irnet", {"out": str(tmp_path), "synthetic_samples": 40, "synthetic_val_samples": 26})
+    data = build_classification_data(config.data, 16, 0, config.synthetic_samples, config.synthetic_val_samples)
+    assert (len(data.train), len(data.val)) == (40, 26)
+    assert len(build_classification_data("synthetic", 16, 0, 40).val) == 10
+    with pytest.raises(ValueError, match="synthetic-val-samples"):
+        resolve_config("irnet", {"out": str(tmp_path), "synthetic_val_samples": 2})

@@ -46,6 +46,7 @@ class PretrainConfig:
     amp: bool = False
     channels_last: bool = False
     synthetic_samples: int = 2000
+    synthetic_val_samples: int | None = None  # None: a quarter of synthetic_samples
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None
@@ -100,6 +101,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
         synthetic_samples=int(given.get("synthetic_samples", 2000)),
+        synthetic_val_samples=None if given.get("synthetic_val_samples") is None else int(given["synthetic_val_samples"]),
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
         max_steps=given.get("max_steps"),
@@ -152,6 +154,8 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
         (config.warmup_epochs >= 0, f"--warmup must be >= 0, got {config.warmup_epochs}"),
         (config.workers >= 0, f"--workers must be >= 0, got {config.workers}"),
         (config.synthetic_samples >= 20, f"--synthetic-samples must be >= 20, got {config.synthetic_samples}"),
+        (config.synthetic_val_samples is None or config.synthetic_val_samples >= 5,
+         f"--synthetic-val-samples must be >= 5, got {config.synthetic_val_samples}"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
         (config.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {config.optimizer!r}"),
         (config.schedule in ("cos", "step", "linear"), f"--schedule must be cos, step or linear, got {config.schedule!r}"),

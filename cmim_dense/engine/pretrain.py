@@ -172,7 +172,8 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
     if config.batch_size % context.world_size:
         raise ValueError(f"--batch-size {config.batch_size} (global) must divide by the {context.world_size} processes")
     device = context.device
-    data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples)
+    data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples,
+                                     config.synthetic_val_samples)
     model = create_model(config.arch, config.method, num_classes=data.num_classes,
                          real_weights=config.stage == 1).to(device)
     if config.channels_last:

@@ -15,13 +15,15 @@ REQUIRED_META = ("method", "arch", "num_classes", "image_size", "config")
 def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_samples: int | None = None
                          ) -> tuple[dict[str, Any], ClassificationData]:
     """A checkpoint of pretrain/run.py and its data: ``data``, or the data it was trained on, at
-    its image size and seed (``synthetic_samples`` sizes the built-in set; default: as trained).
+    its image size and seed (``synthetic_samples`` sizes the built-in set's training split, its
+    validation split then a quarter of it; default: both as trained).
     A checkpoint from elsewhere, or data with another number of classes, is refused in one line."""
     checkpoint = load_checkpoint(path)
     meta = require_meta(checkpoint["meta"], REQUIRED_META, path)
     settings = meta["config"]
-    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"],
-                                        synthetic_samples or settings.get("synthetic_samples", 2000))
+    sizes = ((synthetic_samples, None) if synthetic_samples is not None
+             else (settings.get("synthetic_samples", 2000), settings.get("synthetic_val_samples")))
+    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"], *sizes)
     if dataset.num_classes != meta["num_classes"]:
         raise ValueError(f"{path} predicts {meta['num_classes']} classes but {dataset.description} has "
                          f"{dataset.num_classes}")

@@ -135,14 +135,17 @@ def study_table(rows: Sequence[StudyRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _band(ax: Any, x: np.ndarray, curves: np.ndarray, colour: str, style: str, label: str | None) -> None:
-    """The mean curve over seeds and, with two or more seeds, its 95 % interval as a band."""
+def _band(ax: Any, x: np.ndarray, curves: np.ndarray, colour: str, style: str, label: str | None,
+          bounds: tuple[float, float] = (-np.inf, np.inf)) -> None:
+    """The mean curve over seeds and, with two or more seeds, its 95 % interval as a band (clipped
+    to the quantity's range ``bounds``)."""
     mean = np.nanmean(curves, axis=0)
     ax.plot(x, mean, style, color=colour, label=label, lw=1.5)
     if curves.shape[0] > 1:
         half = np.array([mean_interval(column).half_width if np.isfinite(column).all() else 0.0
                          for column in curves.T])
-        ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.15, lw=0)
+        ax.fill_between(x, np.clip(mean - half, *bounds), np.clip(mean + half, *bounds), color=colour, alpha=0.15,
+                        lw=0)
 
 
 def study_figure(runs: Sequence[StudyRun]) -> Any:
@@ -165,12 +168,12 @@ def study_figure(runs: Sequence[StudyRun]) -> Any:
             stack = lambda key, rs=members, n=length: np.stack([r.curve(key)[:n] for r in rs])  # noqa: E731
             critic = lambda stat, rs=members, n=length: np.stack([r.critic_curve(stat)[:n] for r in rs])  # noqa: E731
             label = f"lambda {lam:g}"
-            _band(axes[row, 0], x, 100 * stack("train_top1"), colours[lam], "--", None)
-            _band(axes[row, 0], x, 100 * stack("val_top1"), colours[lam], "-", label)
+            _band(axes[row, 0], x, 100 * stack("train_top1"), colours[lam], "--", None, (0.0, 100.0))
+            _band(axes[row, 0], x, 100 * stack("val_top1"), colours[lam], "-", label, (0.0, 100.0))
             if lam > 0:
-                _band(axes[row, 1], x, stack("train_cmim") / lam, colours[lam], "-", label)
-                _band(axes[row, 2], x, critic("positive"), colours[lam], "-", label)
-                _band(axes[row, 2], x, critic("negative"), colours[lam], ":", None)
+                _band(axes[row, 1], x, stack("train_cmim") / lam, colours[lam], "-", label, (0.0, np.inf))
+                _band(axes[row, 2], x, critic("positive"), colours[lam], "-", label, (1e-4, 1.0))
+                _band(axes[row, 2], x, critic("negative"), colours[lam], ":", None, (1e-4, 1.0))
         axes[row, 0].set(title=f"{method}: top-1 (dashed train, solid val)", xlabel="epoch", ylabel="top-1 (%)")
         axes[row, 1].set(title=f"{method}: CMIM term / lambda", xlabel="epoch", ylabel="sum_k w_k L_NCE^k")
         axes[row, 2].set(title=f"{method}: mean critic h (solid pos., dotted neg.)", xlabel="epoch",
