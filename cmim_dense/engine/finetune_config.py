@@ -13,9 +13,12 @@ PAPER_DEFAULTS: dict[str, Any] = {"iters": 30_000, "batch_size": 8, "crop": (480
                                   "lr_step": 10_000, "save_every": 1000}
 # The built-in synthetic NYUD-v2 (96x128 frames): the same schedule shape, sized for 2 CPU cores
 # (output stride 16 and a 64-wide head; a larger lr for the short schedule, lower for depth,
-# whose L1 gradients on the 64-wide head oscillate at 1e-2).
-SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 150, "batch_size": 8, "crop": (64, 96), "lr": 1e-2,
-                                      "lr_step": 100, "save_every": 50, "output_stride": 16, "decoder_channels": 64}
+# whose L1 gradients on the 64-wide head oscillate at 1e-2).  Measured on an FP backbone of the
+# built-in world (docs/nyud.md, "Fine-tuning budget on the built-in rooms"): segmentation at lr
+# 3e-2 reaches mIoU 0.39 / 0.44 / 0.49 / 0.50 after 100 / 200 / 300 / 400 iterations, against
+# 0.54 after 1,400 at lr 1e-2; depth RMSE is flat (0.88 m) from 100 iterations on.
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 300, "batch_size": 8, "crop": (64, 96), "lr": 3e-2,
+                                      "lr_step": 200, "save_every": 100, "output_stride": 16, "decoder_channels": 64}
 SYNTHETIC_DEPTH_LR = 3e-3
 TASKS = ("seg", "depth")
 # Random scale range of the training augmentation.  Depth: none (the BTS/AdaBins convention);
