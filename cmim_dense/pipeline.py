@@ -122,11 +122,11 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
 
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool, seeds: int = 1) -> list[Stage]:
-    """For each run folder name -> (method, extra pretraining settings) and each seed k < ``seeds``:
+    """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
     pretrain with seed k, then seg and depth fine-tunes (seed k) of that backbone (see :func:`run_folder`)."""
     stages = []
-    for folder, (method, extra) in runs.items():
-        for seed in range(check_seeds(seeds)):
+    for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
+        for folder, (method, extra) in runs.items():
             run = run_folder(folder, seed, seeds)
             name = folder if seeds == 1 else f"{folder} seed{seed}"
             out = root / "pretrain" / run
