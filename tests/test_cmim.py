@@ -35,21 +35,49 @@ def test_layer_weights_favour_later_layers() -> None:
     assert layer_weights(4, 2.0) == [0.25, 0.5, 1.0, 2.0]
 
 
-def test_bank_negatives_exclude_the_anchor_and_respect_classes() -> None:
-    bank = MemoryBank(size=5, dim=3, seed=1)
-    indices = torch.arange(5).repeat(40)
-    offsets = torch.randint(1, 5, (200, 16), generator=bank.generator)
-    negatives = (indices[:, None] + offsets) % 5
-    assert not (negatives == indices[:, None]).any()
-    samples = bank.sample(indices, 16)
-    assert samples.shape == (200, 16, 3)
-    bank.set_labels(torch.tensor([0, 0, 1, 1, 2]))
-    drawn = bank.sample(torch.tensor([0, 2, 4]), 50)
-    classes = torch.tensor([0, 0, 1, 1, 2])
-    rows = bank.values.float()
-    for anchor, row in zip([0, 2, 4], drawn):
-        matched = (row[:, None, :] == rows[None, :, :]).all(-1).float().argmax(-1)
-        assert not (classes[matched] == classes[anchor]).any()
+def indexed_bank(size: int, seed: int = 1) -> MemoryBank:
+    """A bank whose row i is (i, 0): a drawn negative's first coordinate names its row."""
+    bank = MemoryBank(size=size, dim=2, normalize=False, seed=seed)
+    bank.values = torch.stack([torch.arange(size, dtype=torch.float32), torch.zeros(size)], dim=1)
+    return bank
+
+
+def test_bank_negatives_exclude_the_anchor_and_cover_every_other_row() -> None:
+    """``MemoryBank.sample`` itself, on a bank whose rows name their index: 16 draws for each of 200
+    anchors (40 per row) never return the anchor's own row, and each of the 4 other rows gets about a
+    quarter of an anchor's 640 draws (160 expected, binomial sd 11; bounds 110..210 are 4.5 sd).
+
+    Catches: offsets drawn from 0 (the anchor is its own negative one time in 5), an off-by-one range
+    that never reaches row i - 1, offsets not taken modulo the bank size (IndexError), negatives drawn
+    for the wrong anchor, float16 negatives handed to the critic."""
+    bank = indexed_bank(5)
+    anchors = torch.arange(5).repeat(40)
+    drawn = bank.sample(anchors, 16)
+    assert drawn.shape == (200, 16, 2) and drawn.dtype == torch.float32
+    rows = drawn[..., 0].long()
+    assert not (rows == anchors[:, None]).any()
+    for anchor in range(5):
+        counts = torch.bincount(rows[anchors == anchor].flatten(), minlength=5)
+        others = counts[torch.arange(5) != anchor]
+        assert counts[anchor] == 0 and ((others > 110) & (others < 210)).all(), (anchor, counts.tolist())
+
+
+def test_class_aware_negatives_avoid_the_anchor_class() -> None:
+    """With labels set, 50 negatives each for anchors of classes 0, 1 and 2 never share the anchor's
+    class, while without labels the same bank does draw same-class rows (the test can see them).
+
+    Catches: labels ignored, the comparison made against the negative's own index instead of its
+    class, redrawn negatives not written back."""
+    bank = indexed_bank(6)
+    classes = torch.tensor([0, 0, 1, 1, 2, 2])
+    anchors = torch.tensor([0, 2, 4])
+    plain = bank.sample(anchors, 50)[..., 0].long()
+    assert (classes[plain] == classes[anchors][:, None]).any()
+    bank.set_labels(classes)
+    drawn = bank.sample(anchors, 50)[..., 0].long()
+    assert not (classes[drawn] == classes[anchors][:, None]).any()
+    with pytest.raises(ValueError, match="need 6 labels"):
+        bank.set_labels(torch.zeros(5, dtype=torch.long))
 
 
 def test_bank_update_is_a_normalised_momentum_average() -> None:
@@ -64,10 +92,26 @@ def test_bank_update_is_a_normalised_momentum_average() -> None:
     assert raw.values.tolist() == [[5.0, 5.0], [2.0, 2.0], [2.0, 2.0], [-1.0, 2.0]]
 
 
-def test_float16_bank_halves_memory() -> None:
-    assert MemoryBank(1000, 128, dtype=torch.float16).nbytes == 1000 * 128 * 2
-    # the default ImageNet bank: 1.28M samples x 128 dims in float16 is 328 MB per tapped layer
-    assert 1_281_167 * 128 * 2 / 1e6 == pytest.approx(328.0, abs=0.1)
+def test_float16_bank_stores_half_precision_and_hands_out_float32() -> None:
+    """A float16 bank stores its rows in float16 (half a float32 bank's bytes), hands the critic float32
+    negatives, and its momentum update equals the float32 bank's to float16 rounding; CMIMLoss passes
+    ``bank_dtype`` to every site's bank.
+
+    Catches: the dtype ignored (float32 storage, twice the memory on ImageNet), half-precision
+    negatives (a dtype clash in the critic's product), an update computed or stored in the wrong
+    precision, a CMIMLoss that drops ``bank_dtype``."""
+    half, full = MemoryBank(1000, 128, dtype=torch.float16, seed=2), MemoryBank(1000, 128, seed=2)
+    assert half.values.dtype == torch.float16 and half.nbytes == full.nbytes // 2 == 1000 * 128 * 2
+    assert torch.allclose(half.values.float(), full.values, atol=1e-3)
+    assert half.sample(torch.tensor([3, 7]), 4).dtype == torch.float32
+    new = torch.randn(2, 128)
+    for bank in (half, full):
+        bank.update(torch.tensor([3, 7]), new)
+    assert half.values.dtype == torch.float16
+    assert torch.allclose(half.values[[3, 7]].float(), full.values[[3, 7]], atol=2e-3)
+    assert not torch.allclose(full.values[3], MemoryBank(1000, 128, seed=2).values[3])  # the update did move it
+    loss_fn = CMIMLoss({"a": 8, "b": 16}, dataset_size=10, config=CMIMConfig(n_nce=4), bank_dtype=torch.float16)
+    assert {bank.values.dtype for bank in loss_fn.banks.values()} == {torch.float16}
 
 
 def test_bank_state_round_trip_gives_same_negatives() -> None:
