@@ -1,6 +1,7 @@
 """DeepLab heads over binary backbones: smp plug-in, output strides, freezing, loading from checkpoints."""
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from cmim_dense.binary import BinaryConv2d
@@ -17,19 +18,47 @@ def save_backbone(path, method: str = "bireal", arch: str = "resnet18", top1: fl
     return model
 
 
-@pytest.mark.parametrize("method", ["bireal", "reactnet", "fp"])
 @pytest.mark.parametrize("head,stride", [("deeplabv3", 8), ("deeplabv3", 16), ("deeplabv3plus", 16)])
-def test_heads_give_full_resolution_outputs_at_each_stride(method: str, head: str, stride: int) -> None:
-    model = create_dense_model("resnet18", method, 5, head, stride, decoder_channels=32).eval()
-    features = model.encoder(torch.randn(1, 3, 64, 96))
-    assert [f.shape[1] for f in features] == [3, 64, 64, 128, 256, 512]
-    assert features[-1].shape[-2:] == (64 // stride, 96 // stride)
-    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 5, 64, 96)
+def test_fp_dense_model_equals_smp_deeplab_over_a_torchvision_dilated_resnet18(head: str, stride: int) -> None:
+    """The fp dense model, output for output, against smp's own DeepLabV3/V3+ over its resnet18
+    encoder with the same weights, built with the DeepLab papers' ASPP rates written here by hand,
+    and re-dilated as torchvision does (smp dilates the first conv of a dilated stage too; ours keeps
+    the previous dilation there, which keeps the pretrained function: see test_models).
+
+    Catches: wrong ASPP rates at either stride, decoder_channels or classes not passed on, encoder
+    features in the wrong order or with the wrong channel list (the V3+ skip at stride 4), a dilation
+    on the wrong conv, an output not upsampled to the input's size."""
+    ours = create_dense_model("resnet18", "fp", 5, head, stride, decoder_channels=32).eval()
+    rates = {8: (12, 24, 36), 16: (6, 12, 18)}[stride]
+    reference = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}[head](
+        encoder_name="resnet18", encoder_weights=None, encoder_output_stride=stride, decoder_channels=32,
+        decoder_atrous_rates=rates, classes=5).eval()
+    for stage, dilation in ([("layer3", 1), ("layer4", 2)] if stride == 8 else [("layer4", 1)]):
+        conv = getattr(reference.encoder, stage)[0].conv1
+        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+    reference.load_state_dict({k.replace("encoder.backbone.", "encoder."): v for k, v in ours.state_dict().items()})
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out = ours(x)
+        assert out.shape == (2, 5, 64, 96)
+        assert torch.allclose(out, reference(x), atol=1e-5)
 
 
 def test_frozen_backbone_is_the_checkpoint_and_never_changes(tmp_path) -> None:
+    """Catches: a backbone that trains under the head (weights, BatchNorm statistics or RBNN's
+    rotations refitted in train mode), features that are not the checkpoint's.  RBNN's BatchNorm
+    starts at gamma = 1e-8, which would make every feature ~1e-8 and any comparison at atol 1e-5
+    vacuous: the checkpoint gets gammas in [0.5, 1.5]."""
     path = tmp_path / "backbone.pt"
-    backbone = save_backbone(path, "rbnn").eval()
+    save_backbone(path, "rbnn")
+    checkpoint = torch.load(path, weights_only=False)
+    for key, value in checkpoint["model"].items():
+        if key.endswith(".weight") and value.dim() == 1:  # BatchNorm gammas (rbnn has no other 1-D weight)
+            value.uniform_(0.5, 1.5)
+    save_atomic(checkpoint, path)
+    backbone = create_model("resnet18", "rbnn", num_classes=10)
+    backbone.load_state_dict(checkpoint["model"])
+    backbone.eval()
     model, meta = dense_model_from_backbone(str(path), 3, output_stride=16, decoder_channels=32)
     assert meta["method"] == "rbnn"
     x = torch.randn(2, 3, 64, 64)
@@ -49,9 +78,12 @@ def test_frozen_backbone_is_the_checkpoint_and_never_changes(tmp_path) -> None:
     after = model.encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
     features = model.encoder(x)
-    # the same weights: stem to layer3 equal the pretrained network's (layer4 is dilated at stride 16)
+    # the same weights: stem to layer3 equal the pretrained network's (layer4 is dilated at stride 16:
+    # test_models checks the dilated backbone against the undilated one)
+    assert [f.shape[1] for f in features] == [3, 64, 64, 128, 256, 512]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(features[1:5], expected[:4]))
     assert not features[-1].requires_grad  # ran under no_grad
+    assert model(x).shape == (2, 3, 64, 64)
     assert any(isinstance(m, BinaryConv2d) for m in model.encoder.modules())
 
 

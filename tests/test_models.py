@@ -81,29 +81,59 @@ def test_reactnet_first_step_has_real_weights() -> None:
     assert sum(isinstance(m, BinaryConv2d) and m.binary_inputs for m in model.modules()) == 16
 
 
-@pytest.mark.parametrize("method", ["fp", "bnn", "bireal", "irnet", "reactnet"])
-@pytest.mark.parametrize(
-    ("output_stride", "sizes"), [(32, [32, 16, 8, 4, 2]), (16, [32, 16, 8, 4, 4]), (8, [32, 16, 8, 8, 8])]
-)
-def test_output_stride_feature_sizes(method: str, output_stride: int, sizes: list[int]) -> None:
-    model = create_model("resnet18", method, num_classes=3, output_stride=output_stride)
-    features = model.forward_features(torch.randn(1, 3, 64, 64))
-    assert [f.shape[-1] for f in features] == sizes
-    assert [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
-    assert [info["reduction"] for info in model.feature_info] == [64 // s for s in sizes]
-    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+# Methods whose downsample is AvgPool(2, 2) + 1x1 conv: dilated, the pool becomes an identity
+AVGPOOL_SHORTCUT = {"xnorpp", "bireal", "reactnet", "s2bnn"}
 
 
-def test_dilation_follows_torchvision_convention() -> None:
-    model = create_model("resnet18", "irnet", output_stride=8)
-    assert model.layer3[0].conv1.dilation == (1, 1) and model.layer3[0].conv2.dilation == (2, 2)
-    assert model.layer4[0].conv1.dilation == (2, 2) and model.layer4[1].conv2.dilation == (4, 4)
-    assert model.layer4[0].conv1.stride == (1, 1)
+@pytest.mark.parametrize("method", ["fp", "bnn", "bireal", "irnet"])  # the four block/shortcut layouts
+def test_dilated_backbone_is_the_undilated_one_sampled_at_its_stride(method: str) -> None:
+    """Output stride 16 or 8 with the same weights: every feature map, sampled every
+    (its reduction at stride 32 / its reduction now) positions, equals the stride-32 network's
+    (the a trous identity: a stride-2 conv turned into stride 1 keeps its own dilation and every
+    later conv of the stage doubles its dilation and padding, as torchvision does).
+
+    The identity is exact for conv shortcuts.  A Bi-Real average-pool shortcut, de-strided, keeps
+    x[2i] instead of mean(x[2i], x[2i+1]), so for those methods the shortcut convs of the dilated
+    stages are zeroed in both networks (the identity then holds for the rest).  RBNN is left out:
+    its per-sample threshold is a mean over the whole feature map, which dilation enlarges.  In
+    float64: in float32 a batch of one takes another conv kernel whose 1e-6 rounding flips the sign
+    of a near-zero activation (seen with xnor), and one flipped sign changes everything after it.
+
+    Catches: a dilation on the wrong conv (torchvision's convention has the first conv of a dilated
+    stage keep the previous dilation), padding not scaled with the dilation, a stage left strided,
+    a shortcut still strided (shape clash), wrong feature_info reductions."""
+    reference = create_model("resnet18", method, num_classes=3).double().eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    for output_stride, sizes in ((16, [32, 16, 8, 4, 4]), (8, [32, 16, 8, 8, 8])):
+        model = create_model("resnet18", method, num_classes=3, output_stride=output_stride).double().eval()
+        state = reference.state_dict()
+        if method in AVGPOOL_SHORTCUT:
+            dilated = ["layer4"] if output_stride == 16 else ["layer3", "layer4"]
+            state = {k: v.clone().zero_() if k in [f"{stage}.0.downsample.1.weight" for stage in dilated] else v
+                     for k, v in state.items()}
+            reference.load_state_dict(state)
+        model.load_state_dict(state)
+        assert [info["reduction"] for info in model.feature_info] == [64 // s for s in sizes]
+        with torch.no_grad():
+            ours, natural = model.forward_features(x), reference.forward_features(x)
+        assert [f.shape[-1] for f in ours] == sizes and [f.shape[1] for f in ours] == [64, 64, 128, 256, 512]
+        for level, (a, b) in enumerate(zip(ours, natural)):
+            step = a.shape[-1] // b.shape[-1]
+            assert torch.allclose(a[..., ::step, ::step], b, rtol=1e-9, atol=1e-9), (output_stride, level)
 
 
-def test_cifar_and_bad_output_stride() -> None:
-    model = create_model("resnet18_cifar", "irnet", num_classes=10)
-    assert [f.shape[-1] for f in model.forward_features(torch.randn(1, 3, 32, 32))] == [32, 32, 16, 8, 4]
+def test_cifar_model_is_torchvision_resnet18_with_a_3x3_stem_and_bad_output_stride() -> None:
+    """The fp CIFAR layout against torchvision's resnet18 with the usual CIFAR stem (3x3/1 conv, no
+    max-pool), output for output.  Catches: a strided or 7x7 stem, a max-pool left in, a stage
+    stride wrong for 32 px inputs."""
+    ours = create_model("resnet18_cifar", "fp", num_classes=10).eval()
+    reference = torchvision.models.resnet18(num_classes=10)
+    reference.conv1, reference.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(ours(x), reference.eval()(x), atol=1e-5)
+    binary = create_model("resnet18_cifar", "irnet", num_classes=10)
+    assert [f.shape[-1] for f in binary.forward_features(torch.randn(1, 3, 32, 32))] == [32, 32, 16, 8, 4]
     with pytest.raises(ValueError, match="output_stride 2 not possible"):
         create_model("resnet18", "irnet", output_stride=2)
     with pytest.raises(ValueError, match="unknown architecture 'resnet50'"):
