@@ -56,8 +56,9 @@ def test_rbnn_cmim_batchnorm_stays_bounded_over_eight_sgd_steps(tmp_path) -> Non
                                           "synthetic_samples": 512, "image_size": 32, "progress_bar": False})
     assert config.optimizer == "sgd"
     run_pretraining(config)
-    model = create_model("resnet18", "rbnn+cmim", num_classes=10)
-    model.load_state_dict(load_checkpoint(tmp_path / "last.pt")["model"])
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    model = create_model("resnet18", "rbnn+cmim", num_classes=checkpoint["meta"]["num_classes"])
+    model.load_state_dict(checkpoint["model"])
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d))]
     largest = max(max(m.weight.abs().max().item(), m.bias.abs().max().item()) for m in norms)
     assert largest < 100
