@@ -83,6 +83,8 @@ def groups(runs: Sequence[StudyRun]) -> dict[tuple[str, float], list[StudyRun]]:
 
 @dataclass(frozen=True)
 class StudyRow:
+    """One (method, lambda) of the study: final-epoch top-1 and transfer metrics over its seeds."""
+
     method: str
     lam: float
     seeds: tuple[int, ...]
