@@ -70,7 +70,7 @@ def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbon
     ious = [v for v in seg["per_class_iou"].values() if v == v]  # NaN: a class in neither truth nor prediction
     assert len(seg["per_class_iou"]) == 40 and seg["miou"] == pytest.approx(sum(ious) / len(ious))
 
-    finetune(python, root, cache, "--task", "depth", "--backbone", str(backbone), "--iters", "120", "--lr", "1e-3",
+    finetune(python, root, cache, "--task", "depth", "--backbone", str(backbone), "--iters", "60", "--lr", "1e-3",
              "--out", str(tmp_path / "depth"), *FAST)
     depth = json.loads((tmp_path / "depth" / "metrics.json").read_text())
     baseline = depth["baseline"]
