@@ -2,18 +2,21 @@
 without +cmim) keeps its BatchNorm parameters bounded over its first optimizer steps.
 
 The learning tests run the library's own pretraining (``resolve_config`` + ``run_pretraining``) on
-the 13-class "objects" world (cmim_dense/data/synthetic_objects.py) at a reduced budget: 780
-training images (60 per class) of 32 px, 3 epochs of batch 32 (72 Adam steps at lr 1e-3, the
-recipe's schedule shape), validated on 130 independent images (10 per class).
+the 13-class "objects" world (cmim_dense/data/synthetic_objects.py) at a reduced budget: 520
+training images (40 per class) of 32 px, 2 epochs of batch 32 (32 Adam steps, lr 2e-3, cosine),
+validated on 130 independent images (10 per class).  About 5 s per run on 2 quiet cores.
 
 Threshold, derived from chance: the validation split is balanced, so a network that has learned
 nothing (a constant or input-independent prediction) scores exactly 1/13 = 7.7 %, and a random
 guesser scores Binomial(130, 1/13) / 130: mean 7.7 %, standard deviation sqrt(p (1 - p) / 130) =
 2.3 %.  The bar is 3 x chance = 3/13 = 23.1 %, 6.6 standard deviations above a guesser (a tail
-probability below 1e-8).  Measured at this budget (seeds 0, 1, 2): bnn 62 / 65 / 54 %, irnet
-44 / 38 / 42 %; fp (2 epochs) 94 %; the teacher-based family 78-84 % with one epoch per step.  A recipe
-that does not learn at all (a dead estimator, a sign whose gradient never reaches the latent
-weights, a teacher loss with the wrong sign) stays near 7.7 %.
+probability below 1e-8).  Measured at this budget: bnn 52 / 67 % (seeds 0, 1), bireal 54 / 59 %,
+reactnet (one epoch per step) 59 %; IR-Net, at the same budget, is test_synthetic_objects.py's
+learning test (42-51 %).  Known not to fit this budget: rbnn, whose BatchNorm statistics lag its
+rotating weights for the first ~100 steps (train top-1 60 %, validation 11-12 % after 2 epochs).
+A recipe that does not learn (a dead estimator, a sign whose gradient never reaches the latent
+weights, a teacher distribution paired with the wrong images) stays near 7.7 % (checked: a zeroed
+clipped-STE gives bnn 8.5 %, a teacher target rolled by one image gives reactnet 6.2 %).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from cmim_dense.methods import list_recipes
 
 CHANCE = 1 / 13
 THRESHOLD = 3 * CHANCE
-BUDGET = {"data": "synthetic", "epochs": 3, "batch_size": 32, "image_size": 32, "synthetic_samples": 780,
-          "synthetic_val_samples": 130, "optimizer": "adam", "lr": 1e-3, "progress_bar": False}
+BUDGET = {"data": "synthetic", "epochs": 2, "batch_size": 32, "image_size": 32, "synthetic_samples": 520,
+          "synthetic_val_samples": 130, "optimizer": "adam", "lr": 2e-3, "schedule": "cos", "progress_bar": False}
 
 
 def pretrain(method: str, out: Path, **overrides) -> list[dict]:
@@ -51,9 +54,9 @@ def assert_learned(history: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def fp_run(tmp_path_factory) -> tuple[list[dict], Path]:
-    """fp for 2 epochs: the full-precision reference and the teacher of the teacher-based family."""
+    """fp: the full-precision reference and the teacher of the teacher-based family."""
     out = tmp_path_factory.mktemp("fp")
-    return pretrain("fp", out, epochs=2), out / "best.pt"
+    return pretrain("fp", out), out / "best.pt"
 
 
 def test_fp_learns_the_built_in_world(fp_run) -> None:
@@ -64,10 +67,11 @@ def test_fp_learns_the_built_in_world(fp_run) -> None:
     assert history[-1]["val_top1"] > 6 * CHANCE  # fp has a wide margin: 46 % against ~90 % measured
 
 
-@pytest.mark.parametrize("method", ["bnn", "irnet"])  # Layout A (basic block); Layout B (Bi-Real block)
+@pytest.mark.parametrize("method", ["bnn", "bireal"])  # Layout A (basic block); Layout B (Bi-Real block)
 def test_binary_family_learns_the_built_in_world(method: str, tmp_path) -> None:
-    """bnn stands for the basic-block recipes with a binary or real 1x1 shortcut (bnn, xnor), irnet
-    for the Bi-Real-layout ones (bireal, irnet, rbnn, dirnet, xnorpp).
+    """bnn stands for the basic-block recipes with a binary or real 1x1 shortcut (bnn, xnor), bireal
+    for the Bi-Real-layout ones (bireal, xnorpp, irnet, rbnn, dirnet; irnet learns in
+    test_synthetic_objects.py).
 
     Catches: an estimator whose gradient vanishes or has the wrong sign, latent weights that never
     move (binary weights detached), a schedule that sets the learning rate to 0, a block wiring that
@@ -77,9 +81,10 @@ def test_binary_family_learns_the_built_in_world(method: str, tmp_path) -> None:
 
 def test_teacher_based_family_learns_from_an_fp_teacher(fp_run, tmp_path) -> None:
     """ReActNet, both of its steps (real weights, then binary weights from the first step's
-    checkpoint), each one epoch of the 780 images, trained by the distributional loss alone (no
-    labels) from the 2-epoch fp teacher; it stands for the teacher-based recipes (reactnet, s2bnn).
-    Measured: step 1 79 / 72 %, step 2 84 / 79 % (seeds 0, 1); s2bnn 66 % and 62 % (seed 0).
+    checkpoint), each one epoch of the 520 images, trained by the distributional loss alone (no
+    labels) from the fp run's checkpoint; it stands for the teacher-based recipes (reactnet, s2bnn).
+    Measured: step 1 51 %, step 2 59 % (with 780 images: 79 / 72 % and 84 / 79 %, seeds 0, 1;
+    s2bnn 66 / 62 %).
 
     Catches: a KD loss that ignores or inverts the teacher's distribution (the labels cannot rescue
     it: the loss never sees them), a second step that runs with real weights or cannot learn."""
