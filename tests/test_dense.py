@@ -37,10 +37,12 @@ def test_fp_dense_model_equals_smp_deeplab_over_a_torchvision_dilated_resnet18(h
         conv = getattr(reference.encoder, stage)[0].conv1
         conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
     reference.load_state_dict({k.replace("encoder.backbone.", "encoder."): v for k, v in ours.state_dict().items()})
-    x = torch.randn(2, 3, 64, 96)
+    # 128 x 160 px: the stride-16 map (8 x 10) is wider than the smallest rate, so every ASPP branch
+    # sees more than its centre tap (on a 4 x 6 map all rates >= 6 reduce to 1 x 1 convs and agree)
+    x = torch.randn(2, 3, 128, 160)
     with torch.no_grad():
         out = ours(x)
-        assert out.shape == (2, 5, 64, 96)
+        assert out.shape == (2, 5, 128, 160)
         assert torch.allclose(out, reference(x), atol=1e-5)
 
 
