@@ -16,7 +16,7 @@ learning test (42-51 %).  Known not to fit this budget: rbnn, whose BatchNorm st
 rotating weights for the first ~100 steps (train top-1 60 %, validation 11-12 % after 2 epochs).
 A recipe that does not learn (a dead estimator, a sign whose gradient never reaches the latent
 weights, a teacher distribution paired with the wrong images) stays near 7.7 % (checked: a zeroed
-clipped-STE gives bnn 8.5 %, a teacher target rolled by one image gives reactnet 6.2 %).
+clipped-STE gives bnn 6.2 %, a teacher target rolled by one image gives reactnet 6.9 %).
 """
 
 from __future__ import annotations
