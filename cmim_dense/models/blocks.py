@@ -22,7 +22,8 @@ class _TwoConvBlock(nn.Module):
         self.conv2 = layers.conv(cout, cout, 3, 1, dilation[1])
         self.bn2 = nn.BatchNorm2d(cout)
         self.act2 = layers.block_activation(cout)
-        self.downsample = layers.downsample(cin, cout, stride)
+        destrided_step = dilation[0] if dilation[1] != dilation[0] else 0
+        self.downsample = layers.downsample(cin, cout, stride, destrided_step)
 
     def main_convs(self) -> list[str]:
         """Names of the convolutions on the main path, in forward order."""
