@@ -15,7 +15,7 @@ def test_torchrun_two_processes_share_one_memory_bank(root, tmp_path) -> None:
         [str(torchrun), "--nproc_per_node", "2", str(root / "pretrain" / "run.py"), "--method", "irnet+cmim",
          "--epochs", "1", "--synthetic-samples", "64", "--batch-size", "16", "--image-size", "32",
          "--cmim-nce-n", "8", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=200,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("best top-1") == 1  # only rank 0 reports

@@ -25,11 +25,11 @@ def finished_epoch(path) -> int:
 
 def test_sigkill_then_resume_is_bit_exact(python, root, tmp_path) -> None:
     reference = tmp_path / "reference"
-    subprocess.run(command(python, root, reference), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(python, root, reference), check=True, capture_output=True, timeout=90)
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(python, root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    deadline = time.time() + 90
     while finished_epoch(killed / "last.pt") < 1 and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # now somewhere inside epoch 2
@@ -37,7 +37,7 @@ def test_sigkill_then_resume_is_bit_exact(python, root, tmp_path) -> None:
     process.wait()
     assert finished_epoch(killed / "last.pt") in (1, 2)
 
-    result = subprocess.run(command(python, root, killed, "--resume"), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command(python, root, killed, "--resume"), capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr
     a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3
@@ -52,7 +52,7 @@ def test_existing_run_is_never_overwritten(python, root, tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b"precious")
-    result = subprocess.run(command(python, root, out), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command(python, root, out), capture_output=True, text=True, timeout=90)
     assert result.returncode == 2 and "add --resume" in result.stderr
     assert (out / "last.pt").read_bytes() == b"precious"
 
@@ -65,6 +65,7 @@ def test_nan_loss_stops_with_a_one_line_message(tmp_path) -> None:
     config = resolve_config("fp", {"epochs": 1, "batch_size": 8, "image_size": 32, "synthetic_samples": 24,
                                    "optimizer": "sgd", "lr": 1e30, "out": str(tmp_path / "run"),
                                    "progress_bar": False})
-    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+ \(epoch 1\).*--resume"):
+    with pytest.raises(FloatingPointError,
+                       match=r"loss became (nan|inf) at step \d+ \(epoch 1\); nothing was saved before it"):
         run_pretraining(config)
     assert not (tmp_path / "run" / "last.pt").exists()
