@@ -19,10 +19,30 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def user_message(error: BaseException) -> str:
+    """The one line a user sees for ``error``:
+
+    - raised in a DataLoader worker, torch re-raises it as "Caught E in DataLoader worker
+      process N." followed by the worker's traceback: the original message is its last line;
+    - an OS error of the system's own (``[Errno 13] Permission denied: 'x'``) becomes the path,
+      the reason and what to check;
+    - anything else: its first line.
+    """
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        original = text.splitlines()[-1]
+        return original.split(": ", 1)[1] if ": " in original else original
+    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
+        return (f"cannot use {error.filename}: {error.strerror.lower()}; check that the path exists and that you "
+                "may read and write there")
+    return first_line(error)
+
+
 def report_user_errors(job: Callable[[], T]) -> tuple[int, T | None]:
-    """``(0, job())``, or ``(2, None)`` after printing ``error: ...`` on stderr for a user error."""
+    """``(0, job())``, or ``(2, None)`` after printing ``error: ...`` (:func:`user_message`) on
+    stderr for a user error."""
     try:
         return 0, job()
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2, None

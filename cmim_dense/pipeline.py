@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .engine.checkpoint import load_checkpoint
 from .methods import base_method
+from .run_folder import owned_folder
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
 # One protocol for every method on the built-in world, sized so that the main job takes minutes on
@@ -224,8 +225,14 @@ def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs
     return Stage(f"{kind} chart", lambda: False, run, needs)
 
 
-def run_stages(stages: list[Stage]) -> list[str]:
-    """Run (or skip) every stage in order; returns the names of the stages that failed."""
+def run_stages(stages: list[Stage], root: Path) -> list[str]:
+    """Run (or skip) every stage in order, holding ``root``'s lock (one job per root at a time,
+    :mod:`cmim_dense.run_folder`); returns the names of the stages that failed."""
+    with owned_folder(root):
+        return _run_in_order(stages)
+
+
+def _run_in_order(stages: list[Stage]) -> list[str]:
     failed: list[str] = []
     start = time.perf_counter()
     for number, stage in enumerate(stages, 1):

@@ -18,9 +18,8 @@ from typing import Any
 from .accounting import Accounting, Totals, count_model
 from .arguments import image_size
 from .cli import report_user_errors
-from .engine.checkpoint import load_checkpoint, write_json
+from .engine.checkpoint import load_checkpoint_as, write_json
 from .models import create_model, list_archs, model_from_checkpoint
-from .models.loading import require_meta
 from .models.resnet import BinaryResNet
 
 
@@ -44,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> BinaryResNet:
     if args.checkpoint is not None:
-        return model_from_checkpoint(load_checkpoint(args.checkpoint), str(args.checkpoint),
+        return model_from_checkpoint(load_checkpoint_as(args.checkpoint, "backbone"), str(args.checkpoint),
                                      output_stride=args.output_stride)
     return create_model(args.arch, args.method, num_classes=args.num_classes, output_stride=args.output_stride)
 
@@ -141,7 +140,7 @@ def format_parts(parts: dict[str, Totals]) -> str:
 def report_dense(args: argparse.Namespace) -> None:
     """``--head``: the DeepLab model's backbone and head counted apart (default 480x640, OS 8)."""
     if args.checkpoint:
-        meta = require_meta(load_checkpoint(args.checkpoint)["meta"], ("method", "arch"), args.checkpoint)
+        meta = load_checkpoint_as(args.checkpoint, "backbone")["meta"]
     else:
         meta = {"method": args.method, "arch": args.arch}
     size = args.image_size or (480, 640)

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cmim_dense.pipeline import (MAIN_METHODS, STUDY_METHODS, STUDY_SEEDS, cmim_study_stages, main_job_stages,
                                      run_stages, sweep_stages)
+    from cmim_dense.run_folder import FolderInUseError
 
     if args.study and args.sweep:
         print("error: --study and --sweep are separate jobs; give one", file=sys.stderr)
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # unknown method, bad values or seeds
         print(f"error: {error}", file=sys.stderr)
         return 2
-    failed = run_stages(stages)
+    try:
+        failed = run_stages(stages, root)
+    except FolderInUseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if failed:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-val-samples", type=int,
                         help="validation images of the built-in set (default: a quarter of --synthetic-samples)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start from the weights of this checkpoint (same architecture), e.g. the last.pt of a "
+                             "diverged run, with any other settings; optimizer and CMIM state start afresh")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)
 

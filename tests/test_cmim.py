@@ -152,8 +152,11 @@ def test_cmim_on_a_binary_resnet_trains_backbone_and_heads() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="beta must be > 1"):
+    with pytest.raises(ValueError, match="beta .* must be a finite number > 1"):
         CMIMConfig(beta=1.0)
+    for bad in ({"lam": float("nan")}, {"lam": float("inf")}, {"tau": float("nan")}, {"beta": float("inf")}):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            CMIMConfig(**bad)
     with pytest.raises(ValueError, match="embed"):
         CMIMLoss({"s": 4}, 10, CMIMConfig(), embed="linear")
 

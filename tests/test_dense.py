@@ -53,7 +53,7 @@ def test_frozen_backbone_is_the_checkpoint_and_never_changes(tmp_path) -> None:
     vacuous: the checkpoint gets gammas in [0.5, 1.5]."""
     path = tmp_path / "backbone.pt"
     save_backbone(path, "rbnn")
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = torch.load(path, weights_only=True)
     for key, value in checkpoint["model"].items():
         if key.endswith(".weight") and value.dim() == 1:  # BatchNorm gammas (rbnn has no other 1-D weight)
             value.uniform_(0.5, 1.5)

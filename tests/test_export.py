@@ -219,7 +219,8 @@ def test_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert err.startswith("error:") and err.strip().count("\n") == 0
     save_atomic({"model": {}, "meta": {"arch": "resnet18"}}, junk)
     assert main([str(junk), "--out", out]) == 2
-    assert capsys.readouterr().err == f"error: {junk} meta lacks method, num_classes (not written by pretrain/run.py?)\n"
+    assert capsys.readouterr().err == (f"error: {junk} meta lacks method, num_classes; expected a pretrained backbone "
+                                       "(best.pt or last.pt of pretrain/run.py) of this version\n")
     with pytest.raises(ValueError, match="not a safetensors file"):
         read_export(junk)
     plain = tmp_path / "plain.safetensors"

@@ -67,7 +67,7 @@ def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbon
     assert baseline["miou"] == pytest.approx(baseline["pixel_acc"] / present)
     assert seg["miou"] > 2 * baseline["miou"] and seg["pixel_acc"] > baseline["pixel_acc"] + 0.1
     assert seg["mean_acc"] > baseline["mean_acc"] + 0.05
-    ious = [v for v in seg["per_class_iou"].values() if v == v]  # NaN: a class in neither truth nor prediction
+    ious = [v for v in seg["per_class_iou"].values() if v is not None]  # null: in neither truth nor prediction
     assert len(seg["per_class_iou"]) == 40 and seg["miou"] == pytest.approx(sum(ious) / len(ious))
 
     finetune(python, root, cache, "--task", "depth", "--backbone", str(backbone), "--iters", "60", "--lr", "1e-3",
@@ -130,8 +130,11 @@ def test_bad_input_gives_one_line_errors(python, root, cache, tmp_path) -> None:
     assert data.returncode == 2 and "is not a prepared NYUD-v2 layout" in data.stderr
     backbone_as_head = finetune(python, root, cache, "--evaluate", str(good), check=False)  # a pretraining checkpoint
     assert backbone_as_head.returncode == 2 and backbone_as_head.stderr == (
-        f"error: {good} meta lacks task, classes, out_channels, head, output_stride, decoder_channels, backbone_meta, "
-        "config (not a last.pt of finetune/nyud.py?)\n")
+        f"error: {good} is a pretrained backbone (best.pt or last.pt of pretrain/run.py); expected a fine-tuned dense "
+        "model (last.pt of finetune/nyud.py)\n")
+    narrow = finetune(python, root, cache, "--task", "seg", "--backbone", str(good), "--decoder-channels", "0",
+                      check=False)
+    assert narrow.returncode == 2 and narrow.stderr == "error: --decoder-channels must be >= 1, got 0\n"
 
 
 def test_iteration_batches_resume_and_shard() -> None:

@@ -60,7 +60,7 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
         seg, depth = metrics(main / "finetune" / method / "seg"), metrics(main / "finetune" / method / "depth")
         assert seg["backbone"] == depth["backbone"] == row["backbone"] == str(backbone.resolve())
         assert seg["method"] == depth["method"] == method
-        top1 = torch.load(backbone, weights_only=False)["meta"]["top1"]
+        top1 = torch.load(backbone, weights_only=True)["meta"]["top1"]
         assert float(row["top1"]) == pytest.approx(top1) and seg["top1"] == depth["top1"] == top1
         for key, record in (("miou", seg), ("pixel_acc", seg), ("rmse", depth), ("delta1", depth)):
             assert float(row[key]) == pytest.approx(record[key], rel=1e-12), (method, key)
@@ -116,7 +116,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     for method in ("irnet", "irnet+cmim"):
         for seed in (0, 1):
             backbone = main / "pretrain" / method / f"seed{seed}" / "best.pt"
-            assert torch.load(backbone, weights_only=False)["meta"]["config"]["seed"] == seed
+            assert torch.load(backbone, weights_only=True)["meta"]["config"]["seed"] == seed
             for task in ("seg", "depth"):
                 run = main / "finetune" / method / f"seed{seed}" / task
                 assert json.loads((run / "config.json").read_text())["seed"] == seed

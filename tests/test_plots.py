@@ -353,14 +353,16 @@ def test_sweep_reader_and_chart(tmp_path: Path) -> None:
     (root / "partial").mkdir()
     torch.save({"model": {}, "meta": {"method": "irnet"}}, root / "partial" / "best.pt")
     (root / "no_config").mkdir()
-    torch.save({"model": {}, "meta": {"method": "irnet", "top1": 0.5, "config": None}}, root / "no_config" / "best.pt")
+    torch.save({"model": {}, "meta": {"method": "irnet", "arch": "resnet18", "num_classes": 10, "image_size": 32,
+                                      "top1": 0.5, "config": None}}, root / "no_config" / "best.pt")
     runs, skipped = load_sweep([root], "lambda")
     points = {(r.method, r.value): round(r.top1, 6) for r in runs}
     assert points == {("irnet", None): 58.03, ("irnet+cmim", 0.2): 59.29, ("irnet+cmim", 0.8): 61.22,
                       ("irnet+cmim", 3.2): 61.02, ("rbnn+cmim", 0.8): 62.5, ("rbnn+cmim", 1.6): 62.0}
     reasons = {Path(s.name).parent.name: s.reason for s in skipped}
-    assert "not a readable cmim-dense checkpoint" in reasons["torn"]
-    assert reasons["partial"].startswith("meta lacks top1, config")
+    assert "not a readable checkpoint" in reasons["torn"]
+    assert reasons["partial"].startswith("is a checkpoint whose meta names neither a task nor an arch; expected a "
+                                         "pretrained backbone")
     assert reasons["no_config"] == "meta holds no configuration (not written by pretrain/run.py?)"
     assert "repeats irnet+cmim with lambda 0.8" in reasons["zz_repeat"]
     assert varying_settings(runs, "lambda") == ["rbnn+cmim: runs also differ in cmim.n_nce, seed"]

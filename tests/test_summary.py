@@ -131,8 +131,9 @@ def test_cli_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     torch.save({"model": {}, "meta": {"method": "bnn"}}, junk)
     for head in ([], ["--head", "deeplabv3"]):
         assert main([str(junk), *head]) == 2
-        assert capsys.readouterr().err == f"error: {junk} meta lacks arch{', num_classes' * (not head)} " \
-                                          "(not written by pretrain/run.py?)\n"
+        assert capsys.readouterr().err == (f"error: {junk} is a checkpoint whose meta names neither a task nor an "
+                                           "arch; expected a pretrained backbone (best.pt or last.pt of "
+                                           "pretrain/run.py)\n")
     assert main(["--method", "nosuch"]) == 2
     assert "unknown method" in capsys.readouterr().err
 

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from ..cli import first_line
 from .cifar import CIFAR, CIFAR_MEAN, CIFAR_STD, find_cifar
 from .synthetic_objects import SyntheticObjects
 
@@ -55,6 +57,17 @@ def synthetic_data(
     )
 
 
+def read_image(path: str) -> Image.Image:
+    """The RGB image at ``path`` (ImageFolder's loader); a file PIL cannot decode is a one-line
+    ValueError naming it, in the main process or in a DataLoader worker."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path} cannot be decoded as an image ({first_line(error)}); replace or delete the "
+                         "file") from None
+
+
 def image_folder_data(root: str | Path, image_size: int = 224) -> ClassificationData:
     """ImageNet-style ``root/train/<class>/*`` and ``root/val/<class>/*`` read by torchvision.
 
@@ -81,8 +94,8 @@ def image_folder_data(root: str | Path, image_size: int = 224) -> Classification
         ]
     )
     try:
-        train = datasets.ImageFolder(str(root / "train"), train_tf)
-        val = datasets.ImageFolder(str(root / "val"), val_tf)
+        train = datasets.ImageFolder(str(root / "train"), train_tf, loader=read_image)
+        val = datasets.ImageFolder(str(root / "val"), val_tf, loader=read_image)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{root}: {error}; each split needs one sub-folder per class with images") from None
     if train.classes != val.classes:

@@ -16,6 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..cli import first_line
+
 REQUIRED = ("images", "depths", "labels")
 
 
@@ -74,19 +76,29 @@ class LabeledMat:
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as error:
-            raise ValueError(f"{self.path} cannot be opened, the file is truncated or corrupt ({error})") from None
+            raise ValueError(f"{self.path} cannot be opened, the file is truncated or corrupt ({first_line(error)}); "
+                             "download nyu_depth_v2_labeled.mat again") from None
+        try:
+            self._check_layout()
+        except (OSError, KeyError) as error:  # h5py's errors for a damaged object header or B-tree
+            self.close()
+            raise ValueError(f"{self.path} cannot be read, the file is truncated or corrupt ({first_line(error)}); "
+                             "download nyu_depth_v2_labeled.mat again") from None
+        except ValueError:
+            self.close()
+            raise
+
+    def _check_layout(self) -> None:
+        """The variables NYUD-v2 needs, with consistent shapes; sets ``frames``, ``width``, ``height``."""
         missing = [name for name in REQUIRED if name not in self.file]
         if missing:
-            self.close()
             raise ValueError(f"{self.path} lacks the variable(s) {', '.join(missing)}: not the NYUD-v2 labeled file")
         images, depths, labels = (self.file[name] for name in REQUIRED)
         if images.ndim != 4 or images.shape[1] != 3:
-            self.close()
             raise ValueError(f"{self.path}: images has shape {images.shape}, expected (N, 3, W, H) as h5py sees it")
         self.frames, _, self.width, self.height = images.shape
         for ds in (depths, labels, *([self.file["rawDepths"]] if "rawDepths" in self.file else [])):
             if ds.shape != (self.frames, self.width, self.height):
-                self.close()
                 raise ValueError(f"{self.path}: {ds.name[1:]} has shape {ds.shape}, expected "
                                  f"{(self.frames, self.width, self.height)} to match images")
 
@@ -98,7 +110,11 @@ class LabeledMat:
         """The 894 class names of the raw labels (``names`` cell), or None when the file has none."""
         if "names" not in self.file:
             return None
-        return tuple("".join(map(chr, self.file[ref][()].ravel())) for ref in self.file["names"][()].ravel())
+        try:
+            return tuple("".join(map(chr, self.file[ref][()].ravel())) for ref in self.file["names"][()].ravel())
+        except (OSError, KeyError, ValueError) as error:
+            raise ValueError(f"{self.path}: its class names cannot be read, the file is truncated or corrupt "
+                             f"({first_line(error)}); download nyu_depth_v2_labeled.mat again") from None
 
     def frame(self, index: int) -> dict[str, np.ndarray]:
         """Frame ``index`` (0-based) upright: image (H, W, 3) uint8, depth/raw_depth (H, W) float32 m, labels (H, W) uint16."""
@@ -112,7 +128,7 @@ class LabeledMat:
                 out["raw_depth"] = np.ascontiguousarray(self.file["rawDepths"][index].T, dtype=np.float32)
         except (OSError, KeyError) as error:
             raise ValueError(f"{self.path}: frame {index + 1} cannot be read, the file is truncated or corrupt "
-                             f"({error})") from None
+                             f"({first_line(error)}); download nyu_depth_v2_labeled.mat again") from None
         return out
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ Layout of ``out`` (documented in docs/nyud.md)::
         labels13.npy  (n, H, W) uint8       0-based 13-class ids, 255 = unlabeled
 
 Everything is written into a sibling ``out.partial-*`` folder and renamed to ``out`` only when
-complete, so an interrupted run never leaves a layout that looks finished.
+complete, so an interrupted run never leaves a layout that looks finished.  One prepare at a time
+writes ``out`` (a lock beside it, ``.OUT.lock``), and ``--force`` replaces only a prepared layout.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..run_folder import exclusive_lock
 from .nyud_mat import LabeledMat
 from .nyud_meta import nyud_meta, read_split_file
 
@@ -62,15 +64,25 @@ def prepare_nyud(mat: str | Path, out: str | Path, splits: str | Path | None = N
     795/654 split shipped with the project).
     """
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
+        return _prepare_locked(mat, out, splits, force, progress)
+
+
+def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force: bool, progress: bool) -> Path:
+    """:func:`prepare_nyud` once this process holds ``out``'s lock, so no other prepare is writing
+    beside it: the ``out.partial-*`` and ``out.replaced-*`` folders are a dead run's (see
+    :func:`recover_interrupted_swap`)."""
+    recover_interrupted_swap(out)
     if out.exists():
+        if not is_prepared(out):
+            raise FileExistsError(f"{out} exists and is not a prepared NYUD-v2 layout; --force replaces only a "
+                                  "prepared one: move it away yourself or choose another --out")
         if not force:
-            state = "is already prepared" if is_prepared(out) else "exists and is not a prepared NYUD-v2 layout"
-            raise FileExistsError(f"{out} {state}; pass --force to replace it")
+            raise FileExistsError(f"{out} is already prepared; pass --force to replace it")
     meta = nyud_meta()
     train, test = read_split_file(splits) if splits is not None else (meta.train, meta.test)
     source = str(splits) if splits is not None else "the official split"
-    for stale in out.parent.glob(f"{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     partial = out.parent / f"{out.name}.partial-{os.getpid()}"
     try:
         with LabeledMat(mat) as labeled:
@@ -92,13 +104,41 @@ def prepare_nyud(mat: str | Path, out: str | Path, splits: str | Path | None = N
                 "raw_depths": labeled.has_raw_depths,
                 "classes": {"40": list(meta.names40), "13": list(meta.names13)},
             }, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
+        swap_in(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def recover_interrupted_swap(out: Path) -> None:
+    """Clean up after a prepare that died: delete its unfinished ``out.partial-*`` folders, and its
+    ``out.replaced-*`` (the previous layout moved aside by :func:`swap_in`): put back at ``out``
+    when the new one never arrived, deleted otherwise."""
+    for partial in out.parent.glob(f"{out.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    for aside in sorted(out.parent.glob(f"{out.name}.replaced-*")):
+        if not out.exists() and is_prepared(aside):
+            os.replace(aside, out)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out``: an old ``out`` is first renamed aside, the new
+    one renamed in (the old one is put back if that fails), and only then is the old one deleted,
+    so at every moment a complete layout exists (at ``out`` or aside)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    aside = out.parent / f"{out.name}.replaced-{os.getpid()}"
+    os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside)
 
 
 def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, ...]], progress: bool) -> None:

@@ -17,12 +17,14 @@ shading) are functions of their own: the pretraining world of
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
+from ..run_folder import LOCK_NAME, exclusive_lock
 from .nyud_mat import write_labeled_mat
 from .nyud_meta import nyud_meta
 from .nyud_prepare import is_prepared, prepare_nyud
@@ -266,10 +268,16 @@ def make_synthetic_nyud(folder: str | Path, train: int = 160, test: int = 60, he
 
 def ensure_synthetic_nyud(root: str | Path, train: int = 160, test: int = 60, height: int = 96, width: int = 128,
                           seed: int = 0, progress: bool = False) -> Path:
-    """The prepared layout of the built-in synthetic NYUD-v2 under ``root``, rendered and prepared on first use."""
+    """The prepared layout of the built-in synthetic NYUD-v2 under ``root``, rendered and prepared on
+    first use (by one process: others, concurrent fine-tunes or DDP ranks, wait for it)."""
     folder = Path(root) / f"synthetic-{train}+{test}-{height}x{width}-seed{seed}"
     prepared = folder / "prepared"
-    if not is_prepared(prepared):
-        mat, splits = make_synthetic_nyud(folder, train, test, height, width, seed)
-        prepare_nyud(mat, prepared, splits, force=prepared.exists(), progress=progress)
+    if is_prepared(prepared):
+        return prepared
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder / LOCK_NAME, str(folder), wait=True):
+        if not is_prepared(prepared):
+            shutil.rmtree(prepared, ignore_errors=True)  # a cache of an older layout format
+            mat, splits = make_synthetic_nyud(folder, train, test, height, width, seed)
+            prepare_nyud(mat, prepared, splits, progress=progress)
     return prepared

@@ -7,7 +7,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from ..engine.checkpoint import load_checkpoint
+from ..engine.checkpoint import load_checkpoint_as
 from .encoder import BinaryResNetEncoder, register_encoder
 
 HEADS = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
@@ -41,7 +41,7 @@ def dense_model_from_backbone(path: str, out_channels: int, head: str = "deeplab
     ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
     statistics stay fixed, and it runs under ``no_grad``; only the head learns.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint_as(path, "backbone")
     meta = checkpoint["meta"]
     model = create_dense_model(meta["arch"], meta["method"], out_channels, head, output_stride, decoder_channels,
                                meta.get("real_weights", False))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -50,9 +52,27 @@ def current_umask() -> int:
     return mask
 
 
+def strict_json(record: Any, indent: int | None = None) -> str:
+    """``record`` as standard JSON: NaN and infinities (an IoU of a class absent from the test
+    set, a diverged loss) are written as ``null``, which every JSON reader accepts, instead of
+    Python's bare ``NaN`` (docs/nyud.md, "metrics.json")."""
+
+    def finite_or_none(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: finite_or_none(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite_or_none(item) for item in value]
+        return value
+
+    return json.dumps(finite_or_none(record), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, record: Any) -> None:
-    """``record`` as indented JSON at ``path``, written atomically (:func:`write_atomic`)."""
-    text = json.dumps(record, indent=2) + "\n"
+    """``record`` as indented strict JSON (:func:`strict_json`) at ``path``, written atomically
+    (:func:`write_atomic`)."""
+    text = strict_json(record, indent=2) + "\n"
     write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
@@ -66,7 +86,12 @@ def read_weights(path: str | Path, mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path} is not a readable cmim-dense checkpoint ({first_line(error)})") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:  # torch's own message goes on to suggest weights_only=False: never pass that advice on
+            raise ValueError(f"{path} was refused: reading it would run code ({unsafe.group(1)}); only tensors "
+                             "and plain containers are read, as in this toolkit's checkpoints") from None
+        raise ValueError(f"{path} is not a readable checkpoint, the file is corrupt or truncated "
+                         f"({first_line(error)})") from None
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -76,6 +101,40 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj
+
+
+# What each kind of checkpoint is and the meta its readers need: a pretrained backbone (read by
+# fine-tuning, export, summary, charts, --init-from, --evaluate) and a fine-tuned dense model.
+CHECKPOINT_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "backbone": ("a pretrained backbone (best.pt or last.pt of pretrain/run.py)", ("method", "arch", "num_classes")),
+    "dense": ("a fine-tuned dense model (last.pt of finetune/nyud.py)",
+              ("task", "classes", "out_channels", "head", "output_stride", "decoder_channels", "backbone_meta",
+               "config")),
+}
+
+
+def checkpoint_role(meta: Any) -> str | None:
+    """What a checkpoint is, from its meta: ``dense`` when it names a task, ``backbone`` when it
+    names an architecture, None otherwise."""
+    if not isinstance(meta, dict):
+        return None
+    return "dense" if "task" in meta else "backbone" if "arch" in meta else None
+
+
+def load_checkpoint_as(path: str | Path, role: str, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint that must be of ``role`` (a key of :data:`CHECKPOINT_ROLES`): one place where
+    every command checks what it reads, with a one-line error that says what the file is and
+    what was expected (e.g. a fine-tuned last.pt given as a backbone)."""
+    checkpoint = load_checkpoint(path, mmap)
+    expected, keys = CHECKPOINT_ROLES[role]
+    found = checkpoint_role(checkpoint["meta"])
+    if found != role:
+        what = CHECKPOINT_ROLES[found][0] if found else "a checkpoint whose meta names neither a task nor an arch"
+        raise ValueError(f"{path} is {what}; expected {expected}")
+    missing = [key for key in keys if key not in checkpoint["meta"]]
+    if missing:
+        raise ValueError(f"{path} meta lacks {', '.join(missing)}; expected {expected} of this version")
+    return checkpoint
 
 
 def resumable_state(out: str | Path, resume: bool) -> dict[str, Any] | None:
@@ -118,3 +177,19 @@ def restore_optimization(state: dict[str, Any], optimizer: torch.optim.Optimizer
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """Every floating-point parameter and buffer of ``model`` is finite (checked before a save)."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def divergence(event: str, out: Path, continue_with: str) -> FloatingPointError:
+    """The one-line error of a diverged run.  Runs save only finite states (:func:`all_finite`),
+    so ``out/last.pt``, when there is one, is the last finite one; ``continue_with`` says how to
+    go on from it (``{last}`` is replaced by its path)."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return FloatingPointError(f"{event}; nothing was saved before it: rerun with a lower --lr")
+    return FloatingPointError(f"{event}; nothing of it was saved and {last} is the last finite state: "
+                              + continue_with.format(last=last))

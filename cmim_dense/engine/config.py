@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
     batch size / recipe batch size (linear scaling rule) unless ``lr`` is given.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
+    stray = sorted(key for key in given if key.startswith("cmim_"))
+    if stray and not has_cmim(method):
+        flags = ", ".join("--" + key.replace("_", "-") for key in stray)
+        with_cmim = f"use --method {method}+cmim, or " if get_recipe(method).is_binary else ""
+        raise ValueError(f"{flags} only apply to a method with CMIM: {with_cmim}drop them")
     data = given.get("data", "synthetic")
     recipe = get_recipe(method, cmim_config(given, data) if has_cmim(method) else None)
     train = recipe.training
@@ -98,6 +104,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
                   bank_dtype=given.get("cmim_bank_dtype", "float32"),
                   normalizer=given.get("cmim_normalizer", "running")) if recipe.cmim else None,
         teacher=given.get("teacher"),
+        init_from=given.get("init_from"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
         synthetic_samples=int(given.get("synthetic_samples", 2000)),
@@ -143,8 +150,16 @@ def cmim_config(given: dict[str, Any], data: str) -> CMIMConfig:
     )
 
 
+def require_finite(values: dict[str, Any]) -> None:
+    """A one-line error for the first NaN or infinite number among ``values`` (flag names as keys)."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
 def validate(config: PretrainConfig, recipe: Recipe) -> None:
     """One-line errors for values out of range and for objectives not available here."""
+    require_finite(dataclasses.asdict(config))  # the CMIM values were checked by CMIMConfig
     checks = [
         (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
         (config.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm), got {config.batch_size}"),

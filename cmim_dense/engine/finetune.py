@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,9 +30,9 @@ from ..data.synthetic_nyud import ensure_synthetic_nyud
 from ..dense import create_dense_model, dense_model_from_backbone, depth_loss
 from ..dense.model import head_parameters
 from ..metrics import DepthMeter, SegmentationMeter
-from ..models.loading import require_meta
-from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
-                         resumable_state, save_atomic, write_json)
+from ..run_folder import owned_folder
+from .checkpoint import (all_finite, divergence, load_checkpoint_as, optimization_state, require_same_settings,
+                         restore_optimization, resumable_state, save_atomic, write_json)
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
 from .optim import backward_step
@@ -130,10 +131,6 @@ class FinetuneRun:
         set_rng_state(state["rng"])
 
 
-# what load_head_checkpoint and the plots read from a fine-tuned model's meta (FinetuneRun.meta)
-HEAD_META = ("task", "classes", "out_channels", "head", "output_stride", "decoder_channels", "backbone_meta", "config")
-
-
 def _backbone_identity(meta: dict[str, Any]) -> dict[str, Any]:
     keys = ("method", "arch", "num_classes", "top1", "top5", "epoch", "data", "real_weights", "normalization")
     return {key: meta[key] for key in keys if key in meta}
@@ -175,6 +172,10 @@ def task_loss(config: FinetuneConfig, output: torch.Tensor, batch: dict[str, tor
     return depth_loss(config.depth_loss, output.float(), batch["depth"])
 
 
+# a fine-tune is short: a diverged one starts again (its last.pt stays for --evaluate)
+RESTART_HINT = "start again with a lower --lr in a new folder (--out NEW)"
+
+
 def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
     """Iterations ``run.iteration .. config.iters - 1``, with an atomic ``last.pt`` every ``save_every``."""
     config, device = run.config, run.dist.device
@@ -196,8 +197,7 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
             loss = task_loss(config, run.network(batch["image"]), batch)
         value = loss.item()
         if not np.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at iteration {run.iteration}; the last good checkpoint is "
-                                     f"{run.out / 'last.pt'}; lower --lr and rerun with --resume")
+            raise divergence(f"loss became {value} at iteration {run.iteration}", run.out, RESTART_HINT)
         backward_step(loss, run.optimizer, run.scaler)
         run.scheduler.step()
         run.iteration += 1
@@ -208,8 +208,12 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
                             "images_per_s": rate})
         if writer is not None:
             writer.add_scalar(f"finetune/{config.task}_loss", value, run.iteration)
-        if run.dist.is_main and (run.iteration % config.save_every == 0 or run.iteration == config.iters):
-            save_atomic(run.state(), run.out / "last.pt")
+        if run.iteration % config.save_every == 0 or run.iteration == config.iters:
+            if not all_finite(run.model):
+                raise divergence(f"the head's weights became non-finite by iteration {run.iteration}", run.out,
+                                 RESTART_HINT)
+            if run.dist.is_main:
+                save_atomic(run.state(), run.out / "last.pt")
 
 
 @torch.no_grad()
@@ -280,6 +284,12 @@ def metrics_record(config: FinetuneConfig, meta: dict[str, Any], results: dict[s
 def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
     """Train the head (resuming from ``out/last.pt`` with ``--resume``), evaluate, write ``metrics.json``."""
     context = setup_distributed()
+    with owned_folder(config.out) if context.is_main else nullcontext():
+        return _finetune_in_owned_folder(config, context)
+
+
+def _finetune_in_owned_folder(config: FinetuneConfig, context: DistributedContext) -> dict[str, Any]:
+    """:func:`run_finetuning` once rank 0 holds the output folder's lock."""
     run = build_finetune_run(config, context)
     resumed = resumable_state(run.out, config.resume)
     if resumed is not None:
@@ -310,8 +320,8 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
 def load_head_checkpoint(path: str | Path, data: str | None = None, out: str | None = None
                          ) -> tuple[nn.Module, dict[str, Any], FinetuneConfig]:
     """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), its meta and config."""
-    checkpoint = load_checkpoint(path)
-    meta = require_meta(checkpoint["meta"], HEAD_META, path, hint="not a last.pt of finetune/nyud.py?")
+    checkpoint = load_checkpoint_as(path, "dense")
+    meta = checkpoint["meta"]
     settings = dict(meta["config"])
     settings.update(out=out or str(Path(path).parent), data=data or settings["data"], progress_bar=False)
     config = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})

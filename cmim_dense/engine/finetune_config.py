@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import result_settings
+from .config import require_finite
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
@@ -86,6 +88,7 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
 
 
 def validate_finetune(config: FinetuneConfig) -> None:
+    require_finite(dataclasses.asdict(config))
     if config.classes not in (40, 13):
         raise ValueError(f"--classes must be 40 or 13, got {config.classes}")
     if config.output_stride not in (8, 16):
@@ -96,5 +99,7 @@ def validate_finetune(config: FinetuneConfig) -> None:
         raise ValueError("--batch-size must be at least 2 (the ASPP image-pooling BatchNorm needs 2 samples)")
     if config.iters < 1 or config.lr <= 0 or config.lr_step < 1:
         raise ValueError("--iters, --lr and the lr step must be positive")
+    if config.decoder_channels < 1:
+        raise ValueError(f"--decoder-channels must be >= 1, got {config.decoder_channels}")
     if config.depth_gt not in ("depths", "rawDepths"):
         raise ValueError(f"--depth-gt must be depths or rawDepths, got {config.depth_gt!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,13 +18,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ..cli import first_line
 from ..data import ClassificationData, WithIndex, build_classification_data
 from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
 from ..losses.cmim_code import OfficialCMIMLoss
 from ..methods import CMIMConfig, get_recipe
 from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
-from .checkpoint import (load_checkpoint, optimization_state, require_same_settings, restore_optimization,
-                         resumable_state, save_atomic, write_atomic, write_json)
+from ..run_folder import owned_folder
+from .checkpoint import (all_finite, divergence, load_checkpoint_as, optimization_state, require_same_settings,
+                         restore_optimization, resumable_state, save_atomic, strict_json, write_atomic, write_json)
 from .config import PretrainConfig, validate
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
@@ -165,6 +166,27 @@ class PretrainRun:
         set_rng_state(state["rng"])
 
 
+# how a diverged pretraining run goes on: --resume continues only identical settings
+INIT_FROM_HINT = "continue from it with a lower --lr in a new folder (--init-from {last} --lr LOWER --out NEW)"
+
+
+def start_from_checkpoint(model: BinaryResNet, path: str) -> None:
+    """Initialise ``model`` with the weights of a pretraining checkpoint of the same architecture
+    (``--init-from``: a two-stage recipe's second stage, or a new run with other settings from a
+    diverged run's last finite ``last.pt``).  Keys only one side has (a stage-1 network lacks the
+    binary weight scales) keep their initial values; optimizer and CMIM state start afresh."""
+    checkpoint = load_checkpoint_as(path, "backbone")
+    meta = checkpoint["meta"]
+    if (meta["arch"], meta["num_classes"]) != (model.arch, model.num_classes):
+        raise ValueError(f"--init-from {path} holds a {meta['arch']} with {meta['num_classes']} classes; this run "
+                         f"trains a {model.arch} with {model.num_classes}")
+    try:
+        model.load_state_dict(checkpoint["model"], strict=False)
+    except RuntimeError as error:
+        raise ValueError(f"--init-from {path} does not fit a {model.arch} {model.recipe.name} model "
+                         f"({first_line(error)})") from None
+
+
 def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRun:
     seed_everything(config.seed)
     recipe = get_recipe(config.method)
@@ -178,8 +200,8 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
                          real_weights=config.stage == 1).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if config.init_from is not None:  # second stage: start from the first stage's weights
-        model.load_state_dict(load_checkpoint(config.init_from)["model"], strict=False)
+    if config.init_from is not None:
+        start_from_checkpoint(model, config.init_from)
     teacher = None
     if config.teacher is not None:
         teacher = load_teacher(config.teacher).to(device)
@@ -293,10 +315,8 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                     diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + value
         loss_value = loss.item()
         if not np.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss became {loss_value} at step {run.step} (epoch {run.epoch + 1}); the last good checkpoint "
-                f"is {run.out / 'last.pt'}; lower --lr and rerun with --resume"
-            )
+            raise divergence(f"loss became {loss_value} at step {run.step} (epoch {run.epoch + 1})", run.out,
+                             INIT_FROM_HINT)
         backward_step(loss, run.optimizer, run.scaler)
         run.scheduler.step()
         if clip is not None:
@@ -318,7 +338,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, one line per finished epoch, rewritten whole (so a resumed run never duplicates)."""
-    text = "".join(json.dumps(record) + "\n" for record in history)
+    text = "".join(strict_json(record) + "\n" for record in history)
     write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
@@ -348,6 +368,12 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     if len(stages) > 1:
         return [run_pretraining(stage) for stage in stages][-1]
     context = setup_distributed()
+    with owned_folder(config.out) if context.is_main else nullcontext():
+        return _train_in_owned_folder(config, context)
+
+
+def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) -> dict[str, Any]:
+    """:func:`run_pretraining` of one stage, once rank 0 holds the output folder's lock."""
     run = build_run(config, context)
     resumed = resumable_state(run.out, config.resume)
     if resumed is not None:
@@ -366,6 +392,9 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
         run.history.append(record)
         is_best = metrics["top1"] >= run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
+        if not (np.isfinite(metrics["loss"]) and all_finite(run.model)):
+            raise divergence(f"the weights or the validation loss ({metrics['loss']}) became non-finite in epoch "
+                             f"{run.epoch}", run.out, INIT_FROM_HINT)
         if not main:
             continue
         state = run.state(metrics)

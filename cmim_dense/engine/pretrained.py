@@ -7,9 +7,7 @@ from typing import Any
 
 from ..data import ClassificationData, build_classification_data
 from ..models.loading import require_meta
-from .checkpoint import load_checkpoint
-
-REQUIRED_META = ("method", "arch", "num_classes", "image_size", "config")
+from .checkpoint import load_checkpoint_as
 
 
 def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_samples: int | None = None
@@ -18,8 +16,8 @@ def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_sa
     its image size and seed (``synthetic_samples`` sizes the built-in set's training split, its
     validation split then a quarter of it; default: both as trained).
     A checkpoint from elsewhere, or data with another number of classes, is refused in one line."""
-    checkpoint = load_checkpoint(path)
-    meta = require_meta(checkpoint["meta"], REQUIRED_META, path)
+    checkpoint = load_checkpoint_as(path, "backbone")
+    meta = require_meta(checkpoint["meta"], ("image_size", "config"), path)
     settings = meta["config"]
     sizes = ((synthetic_samples, None) if synthetic_samples is not None
              else (settings.get("synthetic_samples", 2000), settings.get("synthetic_val_samples")))

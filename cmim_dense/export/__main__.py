@@ -12,7 +12,7 @@ import sys
 import torch
 
 from ..cli import report_user_errors
-from ..engine.checkpoint import load_checkpoint
+from ..engine.checkpoint import load_checkpoint_as
 from ..models import model_from_checkpoint
 from .export import export_model, load_exported
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def export_and_verify(args: argparse.Namespace) -> bool:
     """Export the checkpoint, print the sizes, and whether the file alone rebuilds identical outputs."""
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint_as(args.checkpoint, "backbone")
     model = model_from_checkpoint(checkpoint, str(args.checkpoint), output_stride=args.output_stride).eval()
     meta = dict(checkpoint["meta"])
     if args.output_stride is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -74,12 +75,13 @@ class CMIMConfig:
     layers: Literal["stages", "blocks", "all"] = "stages"
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
-            raise ValueError(f"CMIM lambda must be >= 0, got {self.lam}")
-        if self.beta <= 1:
-            raise ValueError(f"CMIM beta must be > 1 (later layers weigh more), got {self.beta}")
-        if self.tau <= 0:
-            raise ValueError(f"CMIM tau must be > 0, got {self.tau}")
+        if not 0 <= self.lam < math.inf:
+            raise ValueError(f"CMIM lambda (--cmim-lambda) must be a finite number >= 0, got {self.lam}")
+        if not 1 < self.beta < math.inf:
+            raise ValueError(f"CMIM beta (--cmim-beta) must be a finite number > 1 (later layers weigh more), "
+                             f"got {self.beta}")
+        if not 0 < self.tau < math.inf:
+            raise ValueError(f"CMIM tau (--cmim-tau) must be a finite number > 0, got {self.tau}")
         if self.n_nce < 1:
             raise ValueError(f"CMIM n_nce must be >= 1, got {self.n_nce}")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.checkpoint import load_checkpoint
+from ..engine.checkpoint import load_checkpoint_as
 from ..models.loading import require_meta
 from .common import Skipped, discover_files
 
@@ -32,7 +32,7 @@ class SweepRun:
 
 def read_sweep_run(path: Path, param: str) -> SweepRun:
     """One run's point; a ValueError says in one line why the checkpoint does not fit."""
-    meta = require_meta(load_checkpoint(path)["meta"], ("method", "top1", "config"), path)
+    meta = require_meta(load_checkpoint_as(path, "backbone")["meta"], ("top1",), path)
     if not isinstance(meta["config"], dict):
         raise ValueError("meta holds no configuration (not written by pretrain/run.py?)")
     cmim = meta["config"].get("cmim")

@@ -1,0 +1,74 @@
+"""One run owns an output folder at a time: an OS lock held for the run's life.
+
+Every command that writes a folder (pretraining, fine-tuning, NYUD-v2 preparation, the pipeline)
+holds an exclusive ``flock`` on ``FOLDER/.lock`` while it runs.  The operating system releases it
+when the process ends, however it ends (a kill -9 included), so a lock left by a dead process is
+simply taken over; the file itself stays and names the last owner.  A second run into a busy
+folder is refused in one line that names the owner.  On taking a folder, the temporary files of
+an atomic write that a killed run left behind (``.NAME.*.tmp``, see ``write_atomic``) are removed:
+no live writer can own them, since writers hold the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+LOCK_NAME = ".lock"
+
+
+class FolderInUseError(OSError):
+    """Another live process holds the folder's lock."""
+
+
+def describe_this_process() -> str:
+    """``pid N on HOST: COMMAND``, what a refused run is told about the owner."""
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    return f"pid {os.getpid()} on {socket.gethostname()}: {command}"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``; returns them."""
+    stale = sorted(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path, subject: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) until the block ends,
+    writing this process's description into it.  When another process holds it: wait for it with
+    ``wait`` (a shared cache being built), else raise :class:`FolderInUseError` (one line, naming
+    the owner); ``subject`` names what the lock guards."""
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = lock_path.read_text(errors="replace").strip() or "an unnamed process"
+            raise FolderInUseError(
+                f"{subject} is in use by another run ({owner}); wait for it to end or choose another output folder"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, (describe_this_process() + "\n").encode())
+        yield
+    finally:
+        os.close(descriptor)  # closing the last descriptor releases the flock
+
+
+@contextmanager
+def owned_folder(folder: str | Path) -> Iterator[Path]:
+    """Create ``folder`` if needed, hold its lock (``FOLDER/.lock``) until the block ends, and
+    first remove the temporaries a killed atomic write left in it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder / LOCK_NAME, str(folder)):
+        remove_stale_temporaries(folder)
+        yield folder

@@ -1,0 +1,305 @@
+"""Faults a user meets: two runs into one folder, kills, corrupt inputs, divergence, bad flags.
+
+Each test injects the fault for real (a second process, a SIGKILL, a truncated file) and checks
+that the command refuses in one line and that nothing written before is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmim_dense.data.nyud_mat import write_labeled_mat
+from cmim_dense.data.nyud_meta import nyud_meta
+from cmim_dense.data.nyud_prepare import is_prepared, prepare_nyud
+from cmim_dense.dense import dense_model_from_backbone
+from cmim_dense.engine import resolve_config, run_pretraining
+from cmim_dense.engine.checkpoint import divergence, load_checkpoint, save_atomic, strict_json, write_json
+from cmim_dense.engine.pretrain import INIT_FROM_HINT
+from cmim_dense.run_folder import FolderInUseError, owned_folder
+
+HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom cmim_dense.run_folder import {function}\n"
+             "with {function}({arguments}):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def hold_in_another_process(python: str, root: Path, function: str, arguments: str) -> subprocess.Popen:
+    """A process that takes a lock with ``function(arguments)`` and keeps it until killed."""
+    process = subprocess.Popen([python, "-c", HOLD_LOCK.format(function=function, arguments=arguments)],
+                               cwd=root, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_folder_has_one_owner_and_a_dead_owners_lock_is_taken_over(python, root, tmp_path) -> None:
+    """Catches: no lock, a lock that a killed owner leaves held forever (a pid file would), a
+    refusal that does not name the owner, stale atomic-write temporaries never removed."""
+    folder = tmp_path / "run"
+    owner = hold_in_another_process(python, root, "owned_folder", f"Path({str(folder)!r})")
+    try:
+        with pytest.raises(FolderInUseError, match=rf"{folder} is in use by another run \(pid {owner.pid} on "):
+            with owned_folder(folder):
+                pass
+    finally:
+        owner.kill()
+        owner.wait()
+    (folder / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what a kill during a save leaves
+    (folder / "last.pt").write_bytes(b"kept")
+    with owned_folder(folder):
+        assert not (folder / ".last.pt.x1y2.tmp").exists()
+        assert (folder / "last.pt").read_bytes() == b"kept"
+        assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
+
+
+PRETRAIN = ["--method", "irnet", "--epochs", "4", "--synthetic-samples", "800", "--batch-size", "32",
+            "--image-size", "32", "--no-progress"]  # about 15 s: the other runs start while it trains
+
+
+def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_intact(python, root, tmp_path) -> None:
+    """The issue's case: irnet and bnn started into one --out both exited 0 and mixed their files;
+    a --resume into a running folder was not refused either."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / ".lock").is_file() or str(first.pid) not in (out / ".lock").read_text():
+        assert time.time() < deadline and first.poll() is None, "the first run never took its folder"
+        time.sleep(0.05)
+    for extra in ([], ["--resume"]):
+        second = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--method", "bnn",
+                                 "--out", str(out), *extra], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in second.stderr
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert json.loads((out / "config.json").read_text())["method"] == "irnet"
+    assert load_checkpoint(out / "last.pt")["meta"]["method"] == "irnet"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one event file, not two interleaved
+
+
+def _labeled(path: Path, frames: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    write_labeled_mat(path, rng.integers(0, 255, (frames, 8, 12, 3), dtype=np.uint8),
+                      np.full((frames, 8, 12), 2.0, np.float32), rng.integers(0, 895, (frames, 8, 12)),
+                      names=nyud_meta().raw_names)
+    return path
+
+
+def _splits(path: Path) -> Path:
+    import scipy.io
+
+    scipy.io.savemat(str(path), {"trainNdxs": np.array([[1], [2]], np.uint16), "testNdxs": np.array([[3], [4]], np.uint16)})
+    return path
+
+
+def test_prepare_force_replaces_only_a_prepared_set_and_leaves_a_live_prepare_alone(python, root, tmp_path) -> None:
+    """The issue's cases: --force deleted a folder holding only notes.txt; start-up deleted the
+    partial folder of a prepare still running."""
+    mat, splits = _labeled(tmp_path / "labeled.mat"), _splits(tmp_path / "splits.mat")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a prepared NYUD-v2 layout; --force replaces only a prepared one"):
+        prepare_nyud(mat, notes, splits, force=True, progress=False)
+    assert (notes / "notes.txt").read_text() == "mine"
+
+    out = tmp_path / "nyud"
+    live_partial = tmp_path / "nyud.partial-99999"
+    live_partial.mkdir()
+    other = hold_in_another_process(python, root, "exclusive_lock", f"Path({str(tmp_path / '.nyud.lock')!r}), 'x'")
+    try:
+        with pytest.raises(FolderInUseError, match=f"is in use by another run \\(pid {other.pid} "):
+            prepare_nyud(mat, out, splits, progress=False)
+        assert live_partial.is_dir() and not out.exists()
+    finally:
+        other.kill()
+        other.wait()
+    prepare_nyud(mat, out, splits, progress=False)  # the owner died: its partial folder is garbage now
+    assert is_prepared(out) and not live_partial.exists()
+    (out / "marker").write_text("old")
+    prepare_nyud(mat, out, splits, force=True, progress=False)
+    assert is_prepared(out) and not (out / "marker").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("nyud")) == ["nyud"]
+
+
+def test_a_prepare_killed_between_its_two_renames_gets_its_old_set_back(tmp_path) -> None:
+    """swap_in moves the old set aside before moving the new one in: a kill in between leaves no
+    ``out``; the next prepare must restore the old set, not delete it as garbage."""
+    mat, splits = _labeled(tmp_path / "labeled.mat"), _splits(tmp_path / "splits.mat")
+    out = prepare_nyud(mat, tmp_path / "nyud", splits, progress=False)
+    (out / "marker").write_text("old")
+    out.rename(tmp_path / "nyud.replaced-4242")
+    with pytest.raises(FileExistsError, match="already prepared"):
+        prepare_nyud(mat, out, splits, progress=False)
+    assert (out / "marker").read_text() == "old" and not (tmp_path / "nyud.replaced-4242").exists()
+
+
+def test_a_truncated_mat_padded_back_to_its_size_gives_one_line(tmp_path) -> None:
+    """The issue's case ended in h5py's KeyError traceback from the class names."""
+    good = _labeled(tmp_path / "good.mat", frames=6)
+    data = good.read_bytes()
+    for keep in (len(data) // 2, len(data) * 3 // 4):
+        bad = tmp_path / f"bad{keep}.mat"
+        bad.write_bytes(data[:keep] + b"\0" * (len(data) - keep))
+        with pytest.raises(ValueError, match=rf"^{bad}.*truncated or corrupt .*download nyu_depth_v2_labeled.mat again$"):
+            prepare_nyud(bad, tmp_path / "out", _splits(tmp_path / "s.mat"), progress=False)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_fine_tuned_checkpoint_given_as_a_backbone_is_named_for_what_it_is(tmp_path) -> None:
+    """The issue's case ended in ``KeyError: 'arch'`` inside the dense model builder."""
+    head = tmp_path / "last.pt"
+    save_atomic({"model": {}, "meta": {"task": "seg", "backbone_meta": {"arch": "resnet18"}}}, head)
+    with pytest.raises(ValueError, match=r"is a fine-tuned dense model \(last.pt of finetune/nyud.py\); expected a "
+                                         r"pretrained backbone"):
+        dense_model_from_backbone(str(head), 13)
+
+
+def test_json_files_are_strict_and_nan_reads_back_as_null(tmp_path) -> None:
+    """metrics.json held 27 bare NaN (IoU of classes absent from the test set), not JSON."""
+    record = {"miou": 0.5, "per_class_iou": [0.25, float("nan")], "loss": float("inf"), "nested": {"x": float("-inf")}}
+    write_json(tmp_path / "metrics.json", record)
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"miou": 0.5, "per_class_iou": [0.25, None], "loss": None, "nested": {"x": None}}
+    assert json.loads(strict_json([1.0, float("nan")])) == [1.0, None]
+
+
+def _tiny(out: Path, **overrides) -> dict:
+    settings = {"epochs": 1, "batch_size": 8, "image_size": 32, "synthetic_samples": 24, "optimizer": "sgd",
+                "lr": 1e-2, "out": str(out), "progress_bar": False}
+    return {**settings, **overrides}
+
+
+def test_divergence_saves_nothing_non_finite_and_init_from_continues(tmp_path) -> None:
+    """A diverging run (the issue: its named last.pt held weights of 1.3e22 and a NaN validation
+    loss, and the advice to --resume with a lower --lr was refused) must stop before saving a
+    non-finite state, name only a checkpoint that exists, and --init-from must carry on from it."""
+    good = tmp_path / "good"
+    run_pretraining(resolve_config("fp", _tiny(good)))
+    in_training = tmp_path / "in_training"  # from finite weights, the first huge step makes the next loss NaN
+    with pytest.raises(FloatingPointError, match=r"^loss became (nan|inf) at step 1 \(epoch 1\); nothing was saved "
+                                                 r"before it: rerun with a lower --lr$"):
+        run_pretraining(resolve_config("fp", _tiny(in_training, lr=1e30, init_from=str(good / "last.pt"))))
+    at_epoch_end = tmp_path / "at_epoch_end"  # one step per epoch: every training loss is finite, the weights are not
+    with pytest.raises(FloatingPointError, match=r"^the weights or the validation loss \((nan|inf)\) became "
+                                                 r"non-finite in epoch 1; nothing was saved before it"):
+        run_pretraining(resolve_config("fp", _tiny(at_epoch_end, epochs=2, batch_size=16, lr=1e30)))
+    assert not (in_training / "last.pt").exists() and not (at_epoch_end / "last.pt").exists()
+    named = str(divergence("loss became nan at step 9 (epoch 2)", good, INIT_FROM_HINT))
+    assert named == (f"loss became nan at step 9 (epoch 2); nothing of it was saved and {good / 'last.pt'} is the last "
+                     f"finite state: continue from it with a lower --lr in a new folder (--init-from "
+                     f"{good / 'last.pt'} --lr LOWER --out NEW)")
+
+    continued = tmp_path / "continued"  # the advice, followed: the good weights, another learning rate
+    run_pretraining(resolve_config("fp", _tiny(continued, lr=1e-9, init_from=str(good / "last.pt"))))
+    fresh = tmp_path / "fresh"  # the same run without --init-from: from the seed's initial weights
+    run_pretraining(resolve_config("fp", _tiny(fresh, lr=1e-9)))
+    start = load_checkpoint(good / "last.pt")["model"]["fc.weight"]
+    moved = {run: float((load_checkpoint(run / "last.pt")["model"]["fc.weight"] - start).abs().max())
+             for run in (continued, fresh)}
+    assert moved[continued] < 1e-6 < 1e-3 < moved[fresh], moved
+    with pytest.raises(ValueError, match=r"--init-from .* holds a resnet18 with 13 classes; this run trains a "
+                                         r"resnet18_cifar"):
+        run_pretraining(resolve_config("fp", _tiny(tmp_path / "other", arch="resnet18_cifar",
+                                                   init_from=str(good / "last.pt"))))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"lr": float("inf")}, "--lr must be a finite number, got inf"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be a finite number, got nan"),
+    ({"cmim_lambda": float("nan")}, "--cmim-lambda"),
+])
+def test_non_finite_flags_are_refused_up_front(flags, message, tmp_path) -> None:
+    method = "irnet+cmim" if "cmim_lambda" in flags else "irnet"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        resolve_config(method, _tiny(tmp_path / "run", **flags))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cmim_flag_on_a_method_without_cmim_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"--cmim-lambda only apply to a method with CMIM: use --method irnet\+cmim"):
+        resolve_config("irnet", _tiny(tmp_path / "run", cmim_lambda=2.0))
+
+
+def test_pretrain_cli_prints_one_line_for_faults(python, root, tmp_path) -> None:
+    for args, expected in (
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--cmim-lambda", "nan", "--method", "irnet+cmim"], "--cmim-lambda"),
+        (["--init-from", str(tmp_path / "missing.pt")], "does not exist"),
+    ):
+        result = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(tmp_path / "r"),
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+def _image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for k in range(4):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / label / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, python, root, tmp_path) -> None:
+    """The issue's case: with workers a multi-line DataLoader traceback; without, a line that did
+    not say what to do."""
+    data = _image_folder(tmp_path / "imagenet")
+    bad = data / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = subprocess.run([python, str(root / "pretrain" / "run.py"), "--method", "bnn", "--data", str(data),
+                             "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--workers", workers,
+                             "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {bad} cannot be decoded as an image (") and "replace or delete" in result.stderr
+
+
+def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
+    from cmim_dense.cli import user_message
+
+    message = user_message(PermissionError(13, "Permission denied", "/data/nyud/meta.json"))
+    assert message == ("cannot use /data/nyud/meta.json: permission denied; check that the path exists and that "
+                       "you may read and write there")
+    assert user_message(FileNotFoundError("checkpoint x.pt does not exist")) == "checkpoint x.pt does not exist"
+
+
+def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp_path) -> None:
+    """kill -9 at seeded random moments (start-up, an epoch, a checkpoint save), resuming each
+    time: the weights and memory banks end as an uninterrupted run's, and no temporary is left."""
+    import random
+
+    args = [python, str(root / "pretrain" / "run.py"), "--method", "rbnn+cmim", "--epochs", "4",
+            "--synthetic-samples", "96", "--batch-size", "16", "--image-size", "32", "--cmim-nce-n", "8",
+            "--no-progress"]
+    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, timeout=120)
+    out, moments, kills = tmp_path / "killed", random.Random(0), 0
+    while True:
+        resume = ["--resume"] if (out / "last.pt").exists() else []
+        process = subprocess.Popen([*args, "--out", str(out), *resume], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            code = process.wait(timeout=moments.uniform(2.0, 7.0) if kills < 3 else 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            kills += 1
+            continue
+        assert code == 0, process.stderr.read()
+        break
+    assert kills == 3
+    a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
+    assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]) for site, bank in a["cmim"]["banks"].items())
+    assert not list(out.glob(".*.tmp"))
