@@ -303,3 +303,19 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
     assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]) for site, bank in a["cmim"]["banks"].items())
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_truncated_array_of_a_prepared_set_is_named_in_one_line(tmp_path) -> None:
+    """numpy's own error ("mmap length is greater than file size") named no file and no remedy."""
+    from cmim_dense.data.nyud import NYUDv2
+
+    out = prepare_nyud(_labeled(tmp_path / "labeled.mat"), tmp_path / "nyud", _splits(tmp_path / "s.mat"),
+                       progress=False)
+    images = out / "train" / "images.npy"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"^{images} cannot be read, the prepared set is truncated or corrupt .*; "
+                                         r"prepare it again \(datasets/prepare_nyud.py --force\)$"):
+        NYUDv2(out, "train").array("image")
+    np.save(out / "test" / "labels40.npy", np.zeros((3, 8, 12), np.uint8))  # the test split has 2 frames
+    with pytest.raises(ValueError, match="holds 3 frames, frames.npy 2: the prepared set is inconsistent"):
+        NYUDv2(out, "test")[0]

@@ -14,10 +14,26 @@ import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from ..cli import first_line  # noqa: E402
 from .nyud_meta import IGNORE_INDEX  # noqa: E402
 from .nyud_prepare import prepared_meta  # noqa: E402
 
 DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
+
+
+def read_array(path: Path, frames: int | None = None) -> np.ndarray:
+    """One array of a prepared layout (memory-mapped when ``frames``, its expected length, is
+    given), with one line naming a missing, truncated, corrupt or inconsistent file."""
+    redo = "prepare it again (datasets/prepare_nyud.py --force)"
+    try:
+        array = np.load(path, mmap_mode="r" if frames is not None else None)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} cannot be read, the prepared set is truncated or corrupt ({first_line(error)}); "
+                         f"{redo}") from None
+    if frames is not None and len(array) != frames:
+        raise ValueError(f"{path} holds {len(array)} frames, frames.npy {frames}: the prepared set is inconsistent; "
+                         f"{redo}")
+    return array
 
 
 class NYUDv2(Dataset):
@@ -48,7 +64,7 @@ class NYUDv2(Dataset):
             raise ValueError(f"{self.root} was prepared from a file without rawDepths")
         self.split, self.classes, self.transform, self.depth_kind = split, classes, transform, depth
         self.class_names: list[str] = self.meta["classes"][str(classes)]
-        self.frames = np.load(self.root / split / "frames.npy")
+        self.frames = read_array(self.root / split / "frames.npy")
         self._arrays: dict[str, np.ndarray] | None = None
 
     @property
@@ -86,7 +102,8 @@ class NYUDv2(Dataset):
         if self._arrays is None:
             folder = self.root / self.split
             names = {"image": "images", "label": f"labels{self.classes}", "depth": DEPTH_KINDS[self.depth_kind]}
-            self._arrays = {key: np.load(folder / f"{name}.npy", mmap_mode="r") for key, name in names.items()}
+            self._arrays = {key: read_array(folder / f"{name}.npy", len(self.frames))
+                            for key, name in names.items()}
         return self._arrays
 
     def __len__(self) -> int:
