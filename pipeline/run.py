@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
     parser.add_argument("--study", choices=["cmim"],
                         help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
-                             "regime, 3 seeds, with transfer to the built-in rooms (about an hour on 2 CPU cores)")
+                             "regime, 3 seeds, with transfer to the built-in rooms (about 45 minutes on 2 CPU cores)")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
