@@ -275,34 +275,57 @@ def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
     assert user_message(FileNotFoundError("checkpoint x.pt does not exist")) == "checkpoint x.pt does not exist"
 
 
-def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp_path) -> None:
-    """kill -9 at seeded random moments (start-up, an epoch, a checkpoint save), resuming each
-    time: the weights and memory banks end as an uninterrupted run's, and no temporary is left."""
+def finish_despite_kills(command: list[str], out: Path, seed: int, kills: int = 3, env: dict | None = None) -> int:
+    """Run ``command --out out``, SIGKILL it at up to ``kills`` seeded random moments (start-up, a
+    step, a checkpoint save), each time starting it again (with ``--resume`` once a last.pt
+    exists), then let it finish; returns how many kills landed (a run can end before its moment)."""
     import random
 
+    moments, killed = random.Random(seed), 0
+    while True:
+        resume = ["--resume"] if (out / "last.pt").exists() else []
+        process = subprocess.Popen([*command, "--out", str(out), *resume], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            code = process.wait(timeout=moments.uniform(2.0, 7.0) if killed < kills else 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            killed += 1
+            continue
+        assert code == 0, process.stderr.read()
+        return killed
+
+
+def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp_path) -> None:
+    """Pretraining killed -9 at seeded random moments, resumed each time: the weights and memory
+    banks end as an uninterrupted run's, and no temporary is left."""
     args = [python, str(root / "pretrain" / "run.py"), "--method", "rbnn+cmim", "--epochs", "4",
             "--synthetic-samples", "96", "--batch-size", "16", "--image-size", "32", "--cmim-nce-n", "8",
             "--no-progress"]
     subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, timeout=120)
-    out, moments, kills = tmp_path / "killed", random.Random(0), 0
-    while True:
-        resume = ["--resume"] if (out / "last.pt").exists() else []
-        process = subprocess.Popen([*args, "--out", str(out), *resume], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            code = process.wait(timeout=moments.uniform(2.0, 7.0) if kills < 3 else 120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            kills += 1
-            continue
-        assert code == 0, process.stderr.read()
-        break
-    assert kills == 3
-    a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert finish_despite_kills(args, tmp_path / "killed", seed=0) >= 2
+    a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
     assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]) for site, bank in a["cmim"]["banks"].items())
-    assert not list(out.glob(".*.tmp"))
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+def test_finetuning_killed_at_random_moments_then_resumed_ends_bit_identical(python, root, tmp_path) -> None:
+    """The same for fine-tuning, saving every 3 iterations so that kills land in saves too."""
+    run_pretraining(resolve_config("fp", _tiny(tmp_path / "backbone", lr=1e-3)))
+    env = {**os.environ, "CMIM_DENSE_CACHE": str(tmp_path / "cache")}
+    args = [python, str(root / "finetune" / "nyud.py"), "--task", "seg", "--backbone",
+            str(tmp_path / "backbone" / "best.pt"), "--iters", "45", "--save-every", "3", "--output-stride", "16",
+            "--decoder-channels", "16", "--batch-size", "4", "--no-progress"]
+    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, timeout=120, env=env)
+    assert finish_despite_kills(args, tmp_path / "killed", seed=1, env=env) >= 2
+    a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a["meta"]["iteration"] == b["meta"]["iteration"] == 45
+    assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
+    assert json.loads((tmp_path / "reference" / "metrics.json").read_text())["miou"] == \
+        json.loads((tmp_path / "killed" / "metrics.json").read_text())["miou"]
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
 def test_a_truncated_array_of_a_prepared_set_is_named_in_one_line(tmp_path) -> None:
