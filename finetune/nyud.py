@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
-    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"], help="default deeplabv3 (deeplabv3plus on synthetic)")
+    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"],
+                        help="default deeplabv3 (deeplabv3plus on synthetic)")
     parser.add_argument("--output-stride", type=int, choices=[8, 16], help="default 8 (16 on synthetic)")
     parser.add_argument("--decoder-channels", type=int, help="ASPP/decoder width (default 256; 64 on synthetic)")
     parser.add_argument("--iters", type=int, help="iterations (default 30000; synthetic: 300 seg, 600 depth)")
@@ -35,8 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop", type=image_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
     parser.add_argument("--scale", type=scale_range, help="random scale range MIN,MAX (default 0.5,2 seg; 1,1 depth)")
     parser.add_argument("--lr", type=float, help="default 1e-3 (synthetic: 3e-2 seg, 3e-3 depth)")
-    parser.add_argument("--lr-step", type=int,
-                        help="divide the lr by 10 every this many iterations (default 10000; synthetic: 200 seg, 400 depth)")
+    parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations "
+                        "(default 10000; synthetic: 200 seg, 400 depth)")
     parser.add_argument("--weight-decay", type=float, help="default 1e-4")
     parser.add_argument("--depth-loss", choices=["l1", "berhu"], help="depth loss on valid pixels (default l1)")
     parser.add_argument("--depth-gt", choices=["depths", "rawDepths"], help="ground-truth depth (default: filled depths)")

@@ -93,7 +93,8 @@ def _labeled(path: Path, frames: int = 4) -> Path:
 def _splits(path: Path) -> Path:
     import scipy.io
 
-    scipy.io.savemat(str(path), {"trainNdxs": np.array([[1], [2]], np.uint16), "testNdxs": np.array([[3], [4]], np.uint16)})
+    scipy.io.savemat(str(path), {"trainNdxs": np.array([[1], [2]], np.uint16),
+                                 "testNdxs": np.array([[3], [4]], np.uint16)})
     return path
 
 
@@ -146,7 +147,8 @@ def test_a_truncated_mat_padded_back_to_its_size_gives_one_line(tmp_path) -> Non
     for keep in (len(data) // 2, len(data) * 3 // 4):
         bad = tmp_path / f"bad{keep}.mat"
         bad.write_bytes(data[:keep] + b"\0" * (len(data) - keep))
-        with pytest.raises(ValueError, match=rf"^{bad}.*truncated or corrupt .*download nyu_depth_v2_labeled.mat again$"):
+        with pytest.raises(ValueError,
+                           match=rf"^{bad}.*truncated or corrupt .*download nyu_depth_v2_labeled.mat again$"):
             prepare_nyud(bad, tmp_path / "out", _splits(tmp_path / "s.mat"), progress=False)
         assert not (tmp_path / "out").exists()
 
@@ -246,7 +248,8 @@ def _image_folder(root: Path) -> Path:
         for label in ("cat", "dog"):
             (root / split / label).mkdir(parents=True)
             for k in range(4):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / label / f"{k}.png")
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{k}.png")
     return root
 
 
@@ -263,7 +266,8 @@ def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, p
                             timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"error: {bad} cannot be decoded as an image (") and "replace or delete" in result.stderr
+    assert result.stderr.startswith(f"error: {bad} cannot be decoded as an image (")
+    assert "replace or delete" in result.stderr
 
 
 def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
@@ -307,7 +311,8 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp
     assert finish_despite_kills(args, tmp_path / "killed", seed=0) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
-    assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]) for site, bank in a["cmim"]["banks"].items())
+    assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"])
+               for site, bank in a["cmim"]["banks"].items())
     assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
