@@ -33,12 +33,10 @@ def describe_this_process() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}: {command}"
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``; returns them."""
-    stale = sorted(folder.glob(".*.tmp"))
-    for path in stale:
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``."""
+    for path in folder.glob(".*.tmp"):
         path.unlink(missing_ok=True)
-    return stale
 
 
 @contextmanager

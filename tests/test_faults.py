@@ -24,6 +24,8 @@ from cmim_dense.engine.checkpoint import divergence, load_checkpoint, save_atomi
 from cmim_dense.engine.pretrain import INIT_FROM_HINT
 from cmim_dense.run_folder import FolderInUseError, owned_folder
 
+from .test_nyud_data import _split
+
 HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom cmim_dense.run_folder import {function}\n"
              "with {function}({arguments}):\n    print('held', flush=True)\n    time.sleep(120)\n")
 
@@ -90,18 +92,10 @@ def _labeled(path: Path, frames: int = 4) -> Path:
     return path
 
 
-def _splits(path: Path) -> Path:
-    import scipy.io
-
-    scipy.io.savemat(str(path), {"trainNdxs": np.array([[1], [2]], np.uint16),
-                                 "testNdxs": np.array([[3], [4]], np.uint16)})
-    return path
-
-
 def test_prepare_force_replaces_only_a_prepared_set_and_leaves_a_live_prepare_alone(python, root, tmp_path) -> None:
     """The issue's cases: --force deleted a folder holding only notes.txt; start-up deleted the
     partial folder of a prepare still running."""
-    mat, splits = _labeled(tmp_path / "labeled.mat"), _splits(tmp_path / "splits.mat")
+    mat, splits = _labeled(tmp_path / "labeled.mat"), _split(tmp_path / "splits.mat", [1, 2], [3, 4])
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "notes.txt").write_text("mine")
@@ -131,7 +125,7 @@ def test_prepare_force_replaces_only_a_prepared_set_and_leaves_a_live_prepare_al
 def test_a_prepare_killed_between_its_two_renames_gets_its_old_set_back(tmp_path) -> None:
     """swap_in moves the old set aside before moving the new one in: a kill in between leaves no
     ``out``; the next prepare must restore the old set, not delete it as garbage."""
-    mat, splits = _labeled(tmp_path / "labeled.mat"), _splits(tmp_path / "splits.mat")
+    mat, splits = _labeled(tmp_path / "labeled.mat"), _split(tmp_path / "splits.mat", [1, 2], [3, 4])
     out = prepare_nyud(mat, tmp_path / "nyud", splits, progress=False)
     (out / "marker").write_text("old")
     out.rename(tmp_path / "nyud.replaced-4242")
@@ -149,7 +143,7 @@ def test_a_truncated_mat_padded_back_to_its_size_gives_one_line(tmp_path) -> Non
         bad.write_bytes(data[:keep] + b"\0" * (len(data) - keep))
         with pytest.raises(ValueError,
                            match=rf"^{bad}.*truncated or corrupt .*download nyu_depth_v2_labeled.mat again$"):
-            prepare_nyud(bad, tmp_path / "out", _splits(tmp_path / "s.mat"), progress=False)
+            prepare_nyud(bad, tmp_path / "out", _split(tmp_path / "s.mat", [1, 2], [3, 4]), progress=False)
         assert not (tmp_path / "out").exists()
 
 
@@ -337,8 +331,8 @@ def test_a_truncated_array_of_a_prepared_set_is_named_in_one_line(tmp_path) -> N
     """numpy's own error ("mmap length is greater than file size") named no file and no remedy."""
     from cmim_dense.data.nyud import NYUDv2
 
-    out = prepare_nyud(_labeled(tmp_path / "labeled.mat"), tmp_path / "nyud", _splits(tmp_path / "s.mat"),
-                       progress=False)
+    splits = _split(tmp_path / "s.mat", [1, 2], [3, 4])
+    out = prepare_nyud(_labeled(tmp_path / "labeled.mat"), tmp_path / "nyud", splits, progress=False)
     images = out / "train" / "images.npy"
     images.write_bytes(images.read_bytes()[:-100])
     with pytest.raises(ValueError, match=rf"^{images} cannot be read, the prepared set is truncated or corrupt .*; "
