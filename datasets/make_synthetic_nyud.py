@@ -2,8 +2,9 @@
 
     python datasets/make_synthetic_nyud.py --out data/synthetic_nyud [--train 160 --test 60 --size 96x128]
 
-writes nyu_depth_v2_labeled.mat and splits.mat; prepare them like the real file with
-``datasets/prepare_nyud.py --mat OUT/nyu_depth_v2_labeled.mat --splits OUT/splits.mat``.
+writes nyu_depth_v2_labeled.mat, splits.mat and the exact surface normals normals.npy; prepare
+them like the real file with ``datasets/prepare_nyud.py --mat OUT/nyu_depth_v2_labeled.mat
+--splits OUT/splits.mat --normals OUT/normals.npy`` (without --normals, normals are plane-fitted).
 (finetune/nyud.py --data synthetic does both by itself on first use.)
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmim_dense.arguments import image_size  # noqa: E402
-from cmim_dense.data.synthetic_nyud import make_synthetic_nyud  # noqa: E402
+from cmim_dense.data.synthetic_nyud import NORMALS_FILE, make_synthetic_nyud  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     height, width = args.size
     mat, splits = make_synthetic_nyud(args.out, args.train, args.test, height, width, args.seed)
-    print(f"wrote {mat} and {splits}")
+    print(f"wrote {mat}, {splits} and {mat.with_name(NORMALS_FILE)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The prepared NYUD-v2 layout as a dataset, and its joint image/label/depth transforms."""
+"""The prepared NYUD-v2 layout as a dataset, and its joint image/label/depth/normals transforms."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .nyud_meta import IGNORE_INDEX  # noqa: E402
 from .nyud_prepare import prepared_meta  # noqa: E402
 
 DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
+SAMPLE_DTYPES = {"normals": np.float32}  # sample arrays read as another dtype than stored (float16 normals)
 
 
 def read_array(path: Path, frames: int | None = None) -> np.ndarray:
@@ -42,12 +43,15 @@ class NYUDv2(Dataset):
     ``ds[i]`` is a dict: ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8 with 0-based class
     ids of ``classes`` (40 or 13) and 255 = unlabeled, ``depth`` (H, W) float32 metres
     (``depth="depths"``: filled; ``"rawDepths"``: raw, 0 = missing), ``frame`` (1-based frame
-    number in the .mat); ``transform(sample)`` is returned instead when given.  Arrays are
-    memory-mapped, opened lazily (so DataLoader workers each open their own).
+    number in the .mat), and with ``normals=True`` ``normals`` (H, W, 3) float32 unit surface
+    normals in camera coordinates (x right, y down, z forward; (0, 0, 0) = invalid);
+    ``transform(sample)`` is returned instead when given.  Arrays are memory-mapped, opened lazily
+    (so DataLoader workers each open their own).
     """
 
     def __init__(self, root: str | Path, split: str = "train", classes: int = 40,
-                 transform: Callable[[dict[str, Any]], Any] | None = None, depth: str = "depths") -> None:
+                 transform: Callable[[dict[str, Any]], Any] | None = None, depth: str = "depths",
+                 normals: bool = False) -> None:
         self.root = Path(root)
         meta = prepared_meta(self.root)
         if meta is None:
@@ -62,7 +66,11 @@ class NYUDv2(Dataset):
         self.meta = meta
         if depth == "rawDepths" and not self.meta["raw_depths"]:
             raise ValueError(f"{self.root} was prepared from a file without rawDepths")
+        if normals and "normals" not in self.meta:
+            raise ValueError(f"{self.root} was prepared before surface normals existed; prepare it again with "
+                             "datasets/prepare_nyud.py --force")
         self.split, self.classes, self.transform, self.depth_kind = split, classes, transform, depth
+        self.normals = normals
         self.class_names: list[str] = self.meta["classes"][str(classes)]
         self.frames = read_array(self.root / split / "frames.npy")
         self._arrays: dict[str, np.ndarray] | None = None
@@ -73,7 +81,7 @@ class NYUDv2(Dataset):
         return self.meta["height"], self.meta["width"]
 
     def array(self, key: str) -> np.ndarray:
-        """The whole split's memory-mapped ``image``, ``label`` or ``depth`` array (N, H, W[, 3])."""
+        """The whole split's memory-mapped ``image``, ``label``, ``depth`` or ``normals`` array (N, H, W[, 3])."""
         return self._open()[key]
 
     @cached_property
@@ -102,6 +110,8 @@ class NYUDv2(Dataset):
         if self._arrays is None:
             folder = self.root / self.split
             names = {"image": "images", "label": f"labels{self.classes}", "depth": DEPTH_KINDS[self.depth_kind]}
+            if self.normals:
+                names["normals"] = "normals"
             self._arrays = {key: read_array(folder / f"{name}.npy", len(self.frames))
                             for key, name in names.items()}
         return self._arrays
@@ -111,7 +121,7 @@ class NYUDv2(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         arrays = self._open()
-        sample = {key: np.array(array[index]) for key, array in arrays.items()}
+        sample = {key: np.array(array[index], dtype=SAMPLE_DTYPES.get(key)) for key, array in arrays.items()}
         sample["frame"] = int(self.frames[index])
         return self.transform(sample) if self.transform is not None else sample
 
@@ -120,14 +130,18 @@ class NYUDv2(Dataset):
 
 
 class JointTransform:
-    """Albumentations on image, label and depth with one geometry; returns tensors.
+    """Albumentations on image, label, depth and (when the sample has them) normals with one
+    geometry; returns tensors.
 
     Training (``crop`` given): RandomScale in [scale_min, scale_max] -> RandomCrop (padding
-    the image with 0, the label with "unlabeled", the depth with 0 = invalid) -> horizontal
-    flip -> Normalize -> tensor.  Labels and depth use nearest-neighbour resampling, so no
-    interpolated label or blend of valid and missing depth appears.  Scaling the image by s
-    makes the scene look 1/s as far, so depth is divided by s (the multi-task lineage's
-    geometric consistency).  Evaluation (``crop=None``): Normalize -> tensor at full size.
+    the image with 0, the label with "unlabeled", depth and normals with 0 = invalid) ->
+    horizontal flip -> Normalize -> tensor.  Labels, depth and normals use nearest-neighbour
+    resampling, so no interpolated label or blend of valid and missing values appears.  Scaling
+    the image by s makes the scene look 1/s as far, so depth is divided by s (the multi-task
+    lineage's geometric consistency); a surface's orientation does not change, so normals are
+    kept.  Mirroring the image mirrors the scene: a flip negates the normals' x component.
+    Normals come back as (3, H, W) float32.  Evaluation (``crop=None``): Normalize -> tensor at
+    full size.
 
     Padding shares one fill value over all mask targets (albumentations' ``fill_mask``), so the
     label is shifted to 1-based with 0 = unlabeled during the transform and shifted back.
@@ -143,7 +157,8 @@ class JointTransform:
             if flip:
                 steps.append(A.HorizontalFlip(p=0.5))
         steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-        self.compose = A.Compose(steps, additional_targets={"depth": "mask"}, strict=True, save_applied_params=True)
+        self.compose = A.Compose(steps, additional_targets={"depth": "mask", "normals": "mask"}, strict=True,
+                                 save_applied_params=True)
 
     def seed(self, seed: int) -> None:
         self.compose.set_random_seed(seed)
@@ -151,9 +166,16 @@ class JointTransform:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         label = sample["label"]
         shifted = np.where(label == IGNORE_INDEX, 0, label.astype(np.int32) + 1).astype(np.uint8)
-        out = self.compose(image=sample["image"], mask=shifted, depth=sample["depth"])
-        scale = next((params["scale"] for name, params in out["applied_transforms"] if name == "RandomScale"), 1.0)
+        normals = {"normals": sample["normals"]} if "normals" in sample else {}
+        out = self.compose(image=sample["image"], mask=shifted, depth=sample["depth"], **normals)
+        applied = dict(out["applied_transforms"])  # name -> sampled parameters, of the transforms that ran
+        scale = applied["RandomScale"]["scale"] if "RandomScale" in applied else 1.0
         label = out["mask"].long() - 1
         label[label < 0] = IGNORE_INDEX
-        return {"image": out["image"], "label": label, "depth": out["depth"].float() / scale,
-                "frame": sample.get("frame", -1)}
+        result = {"image": out["image"], "label": label, "depth": out["depth"].float() / scale,
+                  "frame": sample.get("frame", -1)}
+        if normals:
+            result["normals"] = out["normals"].float().permute(2, 0, 1).contiguous()
+            if "HorizontalFlip" in applied:
+                result["normals"][0].neg_()
+        return result

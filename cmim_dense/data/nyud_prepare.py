@@ -2,7 +2,8 @@
 
 Layout of ``out`` (documented in docs/nyud.md)::
 
-    meta.json                       format, source, frame size, split frame numbers, class names
+    meta.json                       format, source, frame size, split frame numbers, class names,
+                                    how the normals were made
     train/ and test/                one folder per split, frames in increasing frame order
         frames.npy    (n,) int32            1-based frame numbers in the .mat
         images.npy    (n, H, W, 3) uint8    upright RGB
@@ -10,6 +11,15 @@ Layout of ``out`` (documented in docs/nyud.md)::
         raw_depths.npy (n, H, W) float32    raw Kinect depth (``rawDepths``), 0 = missing (when present)
         labels40.npy  (n, H, W) uint8       0-based 40-class ids, 255 = unlabeled
         labels13.npy  (n, H, W) uint8       0-based 13-class ids, 255 = unlabeled
+        normals.npy   (n, H, W, 3) float16  unit surface normals in camera coordinates (x right, y down,
+                                            z forward; towards the camera), (0, 0, 0) = invalid
+
+Normals are computed once per frame while the layout is written, by the local plane fit of
+:mod:`cmim_dense.data.normals` with NYUD-v2's RGB intrinsics (scaled to the frame size): from
+``rawDepths`` when the file has them (the measured depth; invalid where it is missing), else from
+the filled ``depths``; or copied from a file of precomputed normals (``normals=``, the synthetic
+rooms' exact ones).  Layouts written before normals existed lack ``normals.npy`` and the meta's
+``normals`` entry; they still serve segmentation and depth.
 
 Everything is written into a sibling ``out.partial-*`` folder and renamed to ``out`` only when
 complete, so an interrupted run never leaves a layout that looks finished.  One prepare at a time
@@ -21,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +40,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..run_folder import exclusive_lock
+from .normals import FRAME, NYUD_RGB, normals_from_depth, plane_fit_window
 from .nyud_mat import LabeledMat
 from .nyud_meta import nyud_meta, read_split_file
 
 FORMAT = "cmim-dense-nyud-v1"
+NormalsOf = Callable[[int, dict[str, np.ndarray]], np.ndarray]  # (1-based frame, its arrays) -> (H, W, 3) normals
 
 
 def prepared_meta(root: str | Path) -> dict[str, Any] | None:
@@ -57,19 +71,22 @@ def _check_split(name: str, frames: tuple[int, ...], total: int, source: str) ->
 
 
 def prepare_nyud(mat: str | Path, out: str | Path, splits: str | Path | None = None, force: bool = False,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, normals: str | Path | None = None) -> Path:
     """Convert ``mat`` into the prepared layout at ``out`` and return ``out``.
 
     ``splits``: a split file laid out like the official ``splits.mat`` (default: the official
-    795/654 split shipped with the project).
+    795/654 split shipped with the project).  ``normals``: an .npy of (frames, H, W, 3) unit
+    normals of every frame of ``mat`` in its order (camera frame, 0 = invalid), used instead of
+    the plane fit.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
-        return _prepare_locked(mat, out, splits, force, progress)
+        return _prepare_locked(mat, out, splits, force, progress, normals)
 
 
-def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force: bool, progress: bool) -> Path:
+def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force: bool, progress: bool,
+                    normals: str | Path | None) -> Path:
     """:func:`prepare_nyud` once this process holds ``out``'s lock, so no other prepare is writing
     beside it: the ``out.partial-*`` and ``out.replaced-*`` folders are a dead run's (see
     :func:`recover_interrupted_swap`)."""
@@ -92,7 +109,8 @@ def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force
             if names is not None and names != meta.raw_names:
                 raise ValueError(f"{mat}: its 'names' differ from the official 894 NYUD-v2 class names; "
                                  "the 40/13-class mappings would be wrong")
-            _write_layout(labeled, partial, {"train": train, "test": test}, progress)
+            normals_of, normals_meta = _normals_plan(labeled, normals)
+            _write_layout(labeled, partial, {"train": train, "test": test}, normals_of, progress)
             (partial / "meta.json").write_text(json.dumps({
                 "format": FORMAT,
                 "source": str(Path(mat).resolve()),
@@ -103,12 +121,39 @@ def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force
                 "split_source": source,
                 "raw_depths": labeled.has_raw_depths,
                 "classes": {"40": list(meta.names40), "13": list(meta.names13)},
+                "normals": normals_meta,
             }, indent=1) + "\n")
         swap_in(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _normals_plan(labeled: LabeledMat, normals: str | Path | None) -> tuple[NormalsOf, dict[str, Any]]:
+    """How each frame's normals are made, and its record for meta.json: copied from the file
+    ``normals``, else the plane fit of the raw depth (the filled one when the file has none)."""
+    if normals is not None:
+        given = _read_normals(Path(normals), labeled)
+        return (lambda frame, data: given[frame - 1]), {"source": str(Path(normals).resolve()), "method": "precomputed",
+                                                        "frame": FRAME}
+    camera, window = NYUD_RGB.scaled(labeled.width, labeled.height), plane_fit_window(labeled.width)
+    key = "raw_depth" if labeled.has_raw_depths else "depth"
+    return (lambda frame, data: normals_from_depth(data[key], camera, window)), {
+        "source": "rawDepths" if labeled.has_raw_depths else "depths", "method": "local plane fit",
+        "window": window, "intrinsics": asdict(camera), "frame": FRAME}
+
+
+def _read_normals(path: Path, labeled: LabeledMat) -> np.ndarray:
+    """The memory-mapped file of precomputed normals, checked against the .mat's frames."""
+    try:
+        given = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} cannot be read as the normals of {labeled.path} ({error})") from None
+    expected = (labeled.frames, labeled.height, labeled.width, 3)
+    if given.shape != expected:
+        raise ValueError(f"{path} holds normals of shape {given.shape}, expected {expected} for {labeled.path}")
+    return given
 
 
 def recover_interrupted_swap(out: Path) -> None:
@@ -141,8 +186,9 @@ def swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(aside)
 
 
-def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, ...]], progress: bool) -> None:
-    """Read every frame once, in file order, and write it into its split's arrays."""
+def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, ...]], normals_of: NormalsOf,
+                  progress: bool) -> None:
+    """Read every frame once, in file order, and write it and its normals into its split's arrays."""
     meta = nyud_meta()
     h, w = labeled.height, labeled.width
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -154,7 +200,8 @@ def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, 
         np.save(folder / "frames.npy", np.asarray(ordered, dtype=np.int32))
         n = len(ordered)
         shapes = {"images": ((n, h, w, 3), np.uint8), "depths": ((n, h, w), np.float32),
-                  "labels40": ((n, h, w), np.uint8), "labels13": ((n, h, w), np.uint8)}
+                  "labels40": ((n, h, w), np.uint8), "labels13": ((n, h, w), np.uint8),
+                  "normals": ((n, h, w, 3), np.float16)}
         if labeled.has_raw_depths:
             shapes["raw_depths"] = ((n, h, w), np.float32)
         arrays[split] = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
@@ -173,6 +220,7 @@ def _write_layout(labeled: LabeledMat, root: Path, splits: dict[str, tuple[int, 
         target["depths"][position] = data["depth"]
         target["labels40"][position] = meta.train_labels(data["labels"], 40)
         target["labels13"][position] = meta.train_labels(data["labels"], 13)
+        target["normals"][position] = normals_of(frame, data)
         if "raw_depths" in target:
             target["raw_depths"][position] = data["raw_depth"]
     for split_arrays in arrays.values():

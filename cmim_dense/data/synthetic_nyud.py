@@ -1,14 +1,19 @@
 """A built-in synthetic NYUD-v2: procedurally rendered indoor scenes, written as the official .mat.
 
-Each frame is ray-cast through a pinhole camera (focal length scaled from NYU's 518.9 px at
-640 wide) standing in a box-shaped room: floor, ceiling, back and side walls, a door, a window
-and a picture on the walls, and furniture-like boxes on the floor (bed, table, chair, sofa,
-cabinet, bookshelf, clutter).  Depth is the z-distance in metres of the first surface hit, so
+Each frame is ray-cast through a pinhole camera (:func:`synthetic_camera`: square pixels, focal
+length scaled from NYU's 518.9 px at 640 wide, principal point at the frame's centre) standing
+in a box-shaped room: floor, ceiling, back and side walls, a door, a window and a picture on
+the walls, and furniture-like boxes on the floor (bed, table, chair, sofa, cabinet, bookshelf,
+clutter).  Depth is the z-distance in metres of the first surface hit, so
 it is exactly what a depth camera measures; labels are raw NYUD-v2 ids (1..894, chosen through
 the shipped 894 -> 40 table for each class name) with some void (0) on object boundaries, as
-in the hand-labelled real frames; ``rawDepths`` adds Kinect-like holes (0 = missing).  Every
-class has its own colour, texture and noise, and surfaces are shaded by orientation and
-distance, so both tasks are learnable but not trivial.  Deterministic in the seed.
+in the hand-labelled real frames; ``rawDepths`` adds Kinect-like holes (0 = missing).  Surface
+normals are exact: each pixel's is that of the plane its ray hits, rotated into the camera frame
+of :mod:`cmim_dense.data.normals` (x right, y down, z forward, towards the camera), invalid
+(0, 0, 0) where the raw depth has a hole; they are written beside the .mat (``normals.npy``) and
+put into the prepared layout instead of a plane fit of the depth.  Every class has its own
+colour, texture and noise, and surfaces are shaded by orientation and distance, so the tasks
+are learnable but not trivial.  Deterministic in the seed.
 
 The pieces (camera rays, room and box surfaces, wall decorations, textures, painting and
 shading) are functions of their own: the pretraining world of
@@ -25,9 +30,10 @@ import numpy as np
 import scipy.io
 
 from ..run_folder import LOCK_NAME, exclusive_lock
+from .normals import Intrinsics
 from .nyud_mat import write_labeled_mat
 from .nyud_meta import nyud_meta
-from .nyud_prepare import is_prepared, prepare_nyud
+from .nyud_prepare import prepare_nyud, prepared_meta
 
 # 40-class names used in the scenes, and each one's base colour (RGB in [0, 1]) and texture.
 CLASS_LOOK: dict[str, tuple[tuple[float, float, float], str]] = {
@@ -62,6 +68,7 @@ DECORATIONS = {  # wall rectangles: class: (width, height, height of the bottom 
 }
 FOCAL_640 = 518.858  # NYU's Kinect focal length in pixels at 640 wide
 LIGHT = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])  # the rooms' light direction
+NORMALS_FILE = "normals.npy"  # make_synthetic_nyud's exact normals, beside the .mat
 
 
 def raw_ids() -> dict[str, int]:
@@ -74,19 +81,38 @@ def raw_ids() -> dict[str, int]:
     return out
 
 
+def synthetic_camera(height: int, width: int) -> Intrinsics:
+    """The renderer's camera for ``height`` x ``width`` frames: square pixels of focal length
+    FOCAL_640 * width / 640, principal point at the frame's centre.  For 4:3 frames it is, up to
+    rounding, ``Intrinsics(FOCAL_640, FOCAL_640, 319.5, 239.5, 640, 480).scaled(width, height)``."""
+    focal = FOCAL_640 * width / 640.0
+    return Intrinsics(focal, focal, width / 2 - 0.5, height / 2 - 0.5, width, height)
+
+
 def camera_rays(height: int, width: int, pitch: float = 0.0, yaw: float = 0.0) -> np.ndarray:
     """(3, H, W) ray directions of a pinhole camera at the origin in room coordinates (x right,
     y down, z forward), turned down by ``pitch`` and right by ``yaw`` (radians).  Every ray has
     camera-frame z = 1, so the ray parameter of a hit is its z-depth, what a depth camera reads."""
-    focal = FOCAL_640 * width / 640.0
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    rays = np.stack([(u + 0.5 - width / 2) / focal, (v + 0.5 - height / 2) / focal, np.ones_like(u)])
-    cos_p, sin_p = np.cos(pitch), np.sin(pitch)
-    rays = np.stack([rays[0], cos_p * rays[1] + sin_p * rays[2], -sin_p * rays[1] + cos_p * rays[2]])
-    if yaw:
-        cos_y, sin_y = np.cos(yaw), np.sin(yaw)
-        rays = np.stack([cos_y * rays[0] + sin_y * rays[2], rays[1], -sin_y * rays[0] + cos_y * rays[2]])
-    return rays
+    rays = _pitch(synthetic_camera(height, width).rays(), pitch)
+    return _yaw(rays, yaw) if yaw else rays
+
+
+def room_to_camera(vectors: np.ndarray, pitch: float) -> np.ndarray:
+    """(3, ...) room-frame vectors in the frame of the camera of :func:`camera_rays` turned down by
+    ``pitch`` (the rooms' camera, which never turns sideways): that rotation undone."""
+    return _pitch(vectors, -pitch)
+
+
+def _pitch(v: np.ndarray, angle: float) -> np.ndarray:
+    """(3, ...) vectors rotated about x so that the z axis turns down (to +y) by ``angle``."""
+    cos_p, sin_p = np.cos(angle), np.sin(angle)
+    return np.stack([v[0], cos_p * v[1] + sin_p * v[2], -sin_p * v[1] + cos_p * v[2]])
+
+
+def _yaw(v: np.ndarray, angle: float) -> np.ndarray:
+    """(3, ...) vectors rotated about y so that the z axis turns right (to +x) by ``angle``."""
+    cos_y, sin_y = np.cos(angle), np.sin(angle)
+    return np.stack([cos_y * v[0] + sin_y * v[2], v[1], -sin_y * v[0] + cos_y * v[2]])
 
 
 @dataclass
@@ -214,10 +240,12 @@ def expose(albedo: np.ndarray, shade: np.ndarray, rng: np.random.Generator, nois
 
 
 def render_scene(height: int, width: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One frame: image (H, W, 3) uint8, depth (H, W) float32 m, raw_depth with holes, labels (H, W) raw ids."""
+    """One frame: image (H, W, 3) uint8, depth (H, W) float32 m, raw_depth with holes, labels (H, W)
+    raw ids, normals (H, W, 3) float32 exact unit normals in the camera frame, 0 where raw_depth is."""
     ids = raw_ids()
     # camera pitch: look slightly down, as a hand-held Kinect usually does
-    rays = camera_rays(height, width, pitch=rng.uniform(0.0, 0.25))
+    pitch = rng.uniform(0.0, 0.25)
+    rays = camera_rays(height, width, pitch=pitch)
     camera_height, room_height = rng.uniform(1.2, 1.6), rng.uniform(2.5, 3.0)
     left, right, back = -rng.uniform(1.5, 3.0), rng.uniform(1.5, 3.0), rng.uniform(3.5, 7.0)
     surfaces = room(rays, camera_height, room_height, left, right, back)
@@ -245,13 +273,18 @@ def render_scene(height: int, width: int, rng: np.random.Generator) -> dict[str,
     labels[edges & (rng.random(labels.shape) < 0.7)] = 0
     raw = depth.copy()
     raw[(rng.random(raw.shape) < 0.02) | (depth > 6.5)] = 0.0  # dropouts and out-of-range
-    return {"image": image, "depth": depth.astype(np.float32), "raw_depth": raw.astype(np.float32), "labels": labels}
+    # every surface's normal faces the camera's side (room walls inwards, boxes by the face entered)
+    normals = np.where(raw > 0, room_to_camera(normal, pitch), 0.0).transpose(1, 2, 0)
+    return {"image": image, "depth": depth.astype(np.float32), "raw_depth": raw.astype(np.float32), "labels": labels,
+            "normals": normals.astype(np.float32)}
 
 
 def make_synthetic_nyud(folder: str | Path, train: int = 160, test: int = 60, height: int = 96, width: int = 128,
                         seed: int = 0) -> tuple[Path, Path]:
-    """Render ``train + test`` frames into ``folder``/nyu_depth_v2_labeled.mat (official v7.3 layout)
-    and a ``splits.mat`` of the official form; returns both paths."""
+    """Render ``train + test`` frames into ``folder``/nyu_depth_v2_labeled.mat (official v7.3 layout),
+    a ``splits.mat`` of the official form and the exact normals of every frame, in .mat order, in
+    ``folder``/NORMALS_FILE ((N, H, W, 3) float32, for ``prepare_nyud(..., normals=)``); returns
+    the paths of the first two."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     frames = [render_scene(height, width, rng) for _ in range(train + test)]
@@ -259,6 +292,7 @@ def make_synthetic_nyud(folder: str | Path, train: int = 160, test: int = 60, he
     mat = folder / "nyu_depth_v2_labeled.mat"
     write_labeled_mat(mat, stacked["image"], stacked["depth"], stacked["labels"], stacked["raw_depth"],
                       names=nyud_meta().raw_names)
+    np.save(folder / NORMALS_FILE, stacked["normals"])
     order = rng.permutation(train + test) + 1
     splits = folder / "splits.mat"
     scipy.io.savemat(str(splits), {"trainNdxs": np.sort(order[:train]).astype(np.uint16)[:, None],
@@ -269,15 +303,23 @@ def make_synthetic_nyud(folder: str | Path, train: int = 160, test: int = 60, he
 def ensure_synthetic_nyud(root: str | Path, train: int = 160, test: int = 60, height: int = 96, width: int = 128,
                           seed: int = 0, progress: bool = False) -> Path:
     """The prepared layout of the built-in synthetic NYUD-v2 under ``root``, rendered and prepared on
-    first use (by one process: others, concurrent fine-tunes or DDP ranks, wait for it)."""
+    first use (by one process: others, concurrent fine-tunes or DDP ranks, wait for it), with the
+    renderer's exact normals.  A cached layout of an older format, or one without normals, is
+    rendered and prepared again."""
     folder = Path(root) / f"synthetic-{train}+{test}-{height}x{width}-seed{seed}"
     prepared = folder / "prepared"
-    if is_prepared(prepared):
+    if _is_current(prepared):
         return prepared
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(folder / LOCK_NAME, str(folder), wait=True):
-        if not is_prepared(prepared):
-            shutil.rmtree(prepared, ignore_errors=True)  # a cache of an older layout format
+        if not _is_current(prepared):
+            shutil.rmtree(prepared, ignore_errors=True)  # a cache of an older layout
             mat, splits = make_synthetic_nyud(folder, train, test, height, width, seed)
-            prepare_nyud(mat, prepared, splits, progress=progress)
+            prepare_nyud(mat, prepared, splits, progress=progress, normals=folder / NORMALS_FILE)
     return prepared
+
+
+def _is_current(prepared: Path) -> bool:
+    """Whether ``prepared`` is a finished layout of this format that holds normals."""
+    meta = prepared_meta(prepared)
+    return meta is not None and "normals" in meta
