@@ -15,6 +15,15 @@ the Eigen crop rows 45:471, cols 41:601 of a 480 x 640 frame; predictions clippe
 chart's x axis; ``rmse_log`` = sqrt(mean (ln d - ln d*)^2); ``abs_rel`` = mean |d - d*| / d*;
 ``sq_rel`` = mean (d - d*)^2 / d*; ``log10`` = mean |log10 d - log10 d*|; ``delta_k`` = fraction
 with max(d / d*, d* / d) < 1.25^k.  All but ``rmse_per_image`` are pooled over pixels.
+
+Surface normals (Eigen & Fergus, ICCV 2015; Fouhey et al., ICCV 2013): over the pixels whose
+ground truth n* is not (0, 0, 0), the angle between the prediction n and n*, both scaled to unit
+length, e_i = acos(clamp(n . n*, -1, 1)) in degrees (a zero or non-finite prediction counts as
+90 degrees), pooled over all valid test pixels: ``mean_angle`` = mean e, ``median_angle`` =
+median e, ``rmse_angle`` = sqrt(mean e^2), ``within_11_25``, ``within_22_5``, ``within_30`` =
+fraction of pixels with e < 11.25, 22.5, 30 degrees.  The median is read from a histogram of
+0.01-degree bins summed over the test set (and DDP ranks): the mean of the centres of the bins
+holding the two middle values, within 0.005 degrees of the exact median.
 """
 
 from __future__ import annotations
@@ -147,4 +156,52 @@ class DepthMeter:
             "delta3": mean["delta3"],
             "pixels": int(pixels),
             "images": int(images),
+        }
+
+
+class NormalsMeter:
+    """Angular errors of surface normals over valid pixels, pooled over the test set."""
+
+    BIN = 0.01  # degrees per histogram bin (the median's resolution)
+    THRESHOLDS = (11.25, 22.5, 30.0)
+    SUMS = ("angle", "sq_angle", "within_11_25", "within_22_5", "within_30")
+
+    def __init__(self) -> None:
+        self.histogram = torch.zeros(round(180 / self.BIN), dtype=torch.int64)
+        self.sums = torch.zeros(len(self.SUMS), dtype=torch.float64)
+        self.images = torch.zeros((), dtype=torch.float64)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """``pred`` (N, 3, H, W), any length; ``target`` (N, 3, H, W) unit normals, (0, 0, 0) = no ground truth."""
+        if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be "
+                             "(N, 3, H, W)")
+        pred = torch.nan_to_num(pred.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+        target = target.detach().double().cpu()
+        valid = (target != 0).any(dim=1)
+        cosine = (torch.nn.functional.normalize(pred, dim=1) * torch.nn.functional.normalize(target, dim=1)).sum(1)
+        angles = torch.rad2deg(torch.acos(cosine[valid].clamp(-1.0, 1.0)))
+        bins = (angles / self.BIN).long().clamp(max=len(self.histogram) - 1)
+        self.histogram += torch.bincount(bins, minlength=len(self.histogram))
+        self.sums += torch.stack([angles.sum(), (angles ** 2).sum(),
+                                  *((angles < t).sum().double() for t in self.THRESHOLDS)])
+        self.images += valid.flatten(1).any(dim=1).sum()
+
+    def compute(self, reduce: bool = True) -> dict[str, float]:
+        """The metrics over everything seen, summed over DDP ranks unless ``reduce`` is False."""
+        histogram = _all_reduce_sum(self.histogram, reduce)
+        pixels = int(histogram.sum().item())
+        if pixels == 0:
+            raise ValueError("no pixel with a ground-truth normal was seen")
+        mean = dict(zip(self.SUMS, (_all_reduce_sum(self.sums, reduce) / pixels).tolist()))
+        middle = torch.searchsorted(histogram.cumsum(0), torch.tensor([(pixels - 1) // 2, pixels // 2]), right=True)
+        return {
+            "mean_angle": mean["angle"],
+            "median_angle": ((middle.double() + 0.5) * self.BIN).mean().item(),
+            "rmse_angle": math.sqrt(mean["sq_angle"]),
+            "within_11_25": mean["within_11_25"],
+            "within_22_5": mean["within_22_5"],
+            "within_30": mean["within_30"],
+            "pixels": pixels,
+            "images": int(_all_reduce_sum(self.images, reduce).item()),
         }

@@ -1,7 +1,8 @@
 """Surface normals: the plane fit, the synthetic rooms' exact normals, the prepared layout, the
-dataset and transform."""
+dataset and transform, and the angular-error meter."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from cmim_dense.data.synthetic_nyud import (
     render_scene,
     synthetic_camera,
 )
+from cmim_dense.metrics import NormalsMeter
 
 from .test_nyud_data import _frames, _sample, _split
 
@@ -242,3 +244,36 @@ def test_joint_transform_flips_normals_with_x_negated_and_pads_with_zero() -> No
     assert (padded["normals"].norm(dim=0)[content] - 1).abs().max() < 1e-6
     zoomed = JointTransform((0, 0, 0), (1, 1, 1), crop=(8, 8), scale=(2.0, 2.0), flip=False)(sample)
     assert torch.isin(zoomed["normals"][2], torch.from_numpy(sample["normals"][..., 2])).all()  # kept, not scaled
+
+
+def _unit(degrees: float) -> list[float]:
+    """A unit vector at ``degrees`` from (0, 0, 1), in the x-z plane."""
+    return [math.sin(math.radians(degrees)), 0.0, math.cos(math.radians(degrees))]
+
+
+def test_normals_meter_by_hand() -> None:
+    meter = NormalsMeter()
+    # image 1: errors 0 (a target of float16-like length 0.999), 10 (a prediction of length 2.5) and 20
+    # degrees, and a pixel without ground truth; image 2: 29 and 90 degrees and a zero prediction (90)
+    pred1 = torch.tensor([[0, 0, 3.0], [2.5 * c for c in _unit(10)], _unit(20), [1.0, 1.0, 1.0]])
+    target1 = torch.tensor([[0, 0, 0.999], [0, 0, 1.0], [0, 0, 1.0], [0, 0, 0.0]])
+    pred2 = torch.tensor([_unit(29), [0, 1.0, 0], [0, 0, 0.0]])
+    target2 = torch.tensor([[0, 0, 1.0]] * 3)
+    meter.update(pred1.T.reshape(1, 3, 2, 2), target1.T.reshape(1, 3, 2, 2))
+    meter.update(pred2.T.reshape(1, 3, 1, 3), target2.T.reshape(1, 3, 1, 3))
+    meter.update(torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))  # no ground truth: not an image
+    errors = [0, 10, 20, 29, 90, 90]
+    r = meter.compute()
+    assert (r["pixels"], r["images"]) == (6, 2)
+    assert r["mean_angle"] == pytest.approx(sum(errors) / 6)
+    assert r["median_angle"] == pytest.approx((20 + 29) / 2, abs=0.006)  # half a 0.01-degree bin
+    assert r["rmse_angle"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 6))
+    assert (r["within_11_25"], r["within_22_5"], r["within_30"]) == pytest.approx((2 / 6, 3 / 6, 4 / 6))
+    assert meter.compute(reduce=False) == r
+    odd = NormalsMeter()
+    odd.update(pred2.T.reshape(1, 3, 1, 3), target2.T.reshape(1, 3, 1, 3))
+    assert odd.compute()["median_angle"] == pytest.approx(90, abs=0.006)
+    with pytest.raises(ValueError, match=r"must both be \(N, 3, H, W\)"):
+        meter.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="no pixel with a ground-truth normal"):
+        NormalsMeter().compute()
