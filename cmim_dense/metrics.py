@@ -179,8 +179,10 @@ class NormalsMeter:
         pred = torch.nan_to_num(pred.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
         target = target.detach().double().cpu()
         valid = (target != 0).any(dim=1)
-        cosine = (torch.nn.functional.normalize(pred, dim=1) * torch.nn.functional.normalize(target, dim=1)).sum(1)
-        angles = torch.rad2deg(torch.acos(cosine[valid].clamp(-1.0, 1.0)))
+        dot = (pred * target).sum(dim=1)[valid]
+        lengths = (pred.square().sum(dim=1) * target.square().sum(dim=1)).sqrt()[valid]
+        cosine = torch.where(lengths > 0, dot / lengths, 0.0)  # n . n* / (|n| |n*|); a zero prediction: 90 degrees
+        angles = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
         bins = (angles / self.BIN).long().clamp(max=len(self.histogram) - 1)
         self.histogram += torch.bincount(bins, minlength=len(self.histogram))
         self.sums += torch.stack([angles.sum(), (angles ** 2).sum(),
