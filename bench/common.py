@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from cmim_dense.engine.checkpoint import write_json
+from cmim_dense.checkpoint_io import write_json
 
 
 def timed_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:

@@ -19,11 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .engine.checkpoint import load_checkpoint
+from .checkpoint_io import load_checkpoint
+from .engine import resolve_config, run_pretraining
+from .engine.finetune import run_finetuning
+from .engine.finetune_config import resolve_finetune_config
 from .methods import base_method
+from .plots.analysis import sweep_chart
+from .plots.cmim_study import cmim_study_report
+from .plots.predictions import qualitative_chart
+from .plots.seg_depth import seg_depth_chart
 from .run_folder import owned_folder
+from .stats import seed_names
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
+MAIN_TASKS = ("seg", "depth")  # the dense tasks every backbone is fine-tuned on (names of dense.TASKS)
 # One protocol for every method on the built-in world, sized so that the main job takes minutes on
 # 2 CPU cores: Adam 1e-3 with a cosine decay (the recipes' ImageNet SGD schedules need far more
 # steps), 2,000 object images of 32 px (docs/pretraining_world.md has every method's curve).
@@ -63,16 +72,12 @@ def pretraining_finished(out: Path, epochs: int) -> bool:
 
 
 def pretrain_stage(name: str, method: str, out: Path, settings: dict[str, Any], progress: bool) -> Stage:
-    from .engine import resolve_config, run_pretraining
-
     config = resolve_config(method, {**settings, "out": str(out), "resume": True, "progress_bar": progress})
     return Stage(name, lambda: pretraining_finished(out, config.epochs), lambda: run_pretraining(config))
 
 
 def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: dict[str, Any], progress: bool,
                    needs: list[str]) -> Stage:
-    from .engine.finetune import run_finetuning
-    from .engine.finetune_config import resolve_finetune_config
 
     def run() -> Any:
         return run_finetuning(resolve_finetune_config({**settings, "task": task, "backbone": str(backbone),
@@ -84,8 +89,6 @@ def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: di
 def chart_stage(root: Path, needs: list[str]) -> Stage:
     """The seg-vs-depth chart and tables of every run under ``root/finetune`` (seeds gathered into one
     dot each); prints what it skipped, its notes and the paired +cmim differences of mIoU and −ln RMSE."""
-    from .plots.seg_depth import seg_depth_chart
-    from .stats import seed_names
 
     def run() -> Any:
         result = seg_depth_chart([root / "finetune"], root / "seg_vs_depth")
@@ -104,8 +107,6 @@ def chart_stage(root: Path, needs: list[str]) -> Stage:
 
 def qualitative_stage(root: Path, folders: list[str], needs: list[str], images: tuple[int, ...] = (0, 1)) -> Stage:
     """The qualitative grid (Fig. 5a) of every fine-tuned backbone on the first test images."""
-    from .plots.predictions import qualitative_chart
-
     def run() -> Any:
         return qualitative_chart([root / "finetune" / folder for folder in folders], images, root / "qualitative")
 
@@ -126,9 +127,10 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
 
 
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
-                  finetune: dict[str, Any], progress: bool, seeds: int = 1) -> list[Stage]:
+                  finetune: dict[str, Any], progress: bool, seeds: int = 1,
+                  tasks: tuple[str, ...] = MAIN_TASKS) -> list[Stage]:
     """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
-    pretrain with seed k, then seg and depth fine-tunes (seed k) of that backbone (see :func:`run_folder`)."""
+    pretrain with seed k, then a fine-tune (seed k) of that backbone per task of ``tasks`` (see :func:`run_folder`)."""
     stages = []
     for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
         for folder, (method, extra) in runs.items():
@@ -137,7 +139,7 @@ def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretr
             out = root / "pretrain" / run
             stages.append(pretrain_stage(f"pretrain {name}", method, out, {**pretrain, **extra, "seed": seed},
                                          progress))
-            for task in ("seg", "depth"):
+            for task in tasks:
                 stages.append(finetune_stage(f"{task} {name}", task, out / "best.pt", root / "finetune" / run / task,
                                              {**finetune, "seed": seed}, progress, [f"pretrain {name}"]))
     return stages
@@ -204,8 +206,6 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, valu
     :data:`STUDY_PRETRAIN`, each backbone fine-tuned on the built-in rooms (seg and depth); then
     the report (curves, final top-1 and transfer as mean ± 95 % CI, paired CMIM gains) and the
     seg-vs-depth chart."""
-    from .plots.cmim_study import cmim_study_report
-
     check_seeds(seeds)
     pretrain = QUICK_STUDY_PRETRAIN if quick else STUDY_PRETRAIN
     runs = sweep_runs("lambda", methods, values or STUDY_LAMBDAS)
@@ -218,8 +218,6 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, valu
 def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs: list[str]) -> Stage:
     """The top-1 sweep chart of every run under ``root/pretrain``; with several seeds, of the
     ``seed_zero`` runs only (said so: the sweep chart plots one run per swept value)."""
-    from .plots.analysis import sweep_chart
-
     def run() -> Any:
         if seed_zero is not None:
             print("  note: the sweep chart shows seed 0 of each run (the seeds' statistics are in the "

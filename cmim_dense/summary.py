@@ -17,8 +17,9 @@ from typing import Any
 
 from .accounting import Accounting, Totals, count_model
 from .arguments import image_size
+from .checkpoint_io import load_checkpoint_as, write_json
 from .cli import report_user_errors
-from .engine.checkpoint import load_checkpoint_as, write_json
+from .dense import create_dense_model
 from .models import create_model, list_archs, model_from_checkpoint
 from .models.resnet import BinaryResNet
 
@@ -121,9 +122,7 @@ DENSE_PARTS = {"backbone": ["encoder."], "head": ["decoder.", "segmentation_head
 
 def dense_parts(method: str, arch: str, head: str, output_stride: int, image_size: tuple[int, int],
                 classes: int = 40) -> dict[str, Totals]:
-    """Backbone and head totals of the DeepLab model over (arch, method) for one image."""
-    from .dense import create_dense_model
-
+    """Backbone and head totals of the dense model (``head`` of dense.HEADS) over (arch, method) for one image."""
     model = create_dense_model(arch, method, classes, head, output_stride)
     return count_model(model.eval(), (3, *image_size)).parts(DENSE_PARTS)
 

@@ -1,4 +1,4 @@
-"""Fine-tune a DeepLab head over a frozen (binary) backbone on NYUD-v2:
+"""Fine-tune a dense head over a frozen (binary) backbone on NYUD-v2:
 ``python finetune/nyud.py --task depth --backbone runs/pretrain/rbnn/best.pt``.
 
 Thin entry point: parses flags and calls :func:`cmim_dense.engine.finetune.run_finetuning`.
@@ -18,20 +18,25 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmim_dense.arguments import image_size, scale_range  # noqa: E402
+from cmim_dense.dense import DEPTH_LOSSES, HEADS, TASKS, get_task  # noqa: E402
+from cmim_dense.engine.distributed import run_command  # noqa: E402
+from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning  # noqa: E402
+from cmim_dense.engine.finetune_config import DEPTH_GROUND_TRUTHS, resolve_finetune_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["seg", "depth"], help="semantic segmentation or depth (required)")
+    parser.add_argument("--task", choices=TASKS.names(),
+                        help="; ".join(f"{name}: {TASKS.get(name).title}" for name in TASKS) + " (required)")
     parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt; required)")
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
-    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"],
-                        help="default deeplabv3 (deeplabv3plus on synthetic)")
-    parser.add_argument("--output-stride", type=int, choices=[8, 16], help="default 8 (16 on synthetic)")
-    parser.add_argument("--decoder-channels", type=int, help="ASPP/decoder width (default 256; 64 on synthetic)")
-    parser.add_argument("--iters", type=int, help="iterations (default 30000; synthetic: 300 seg, 600 depth)")
+    parser.add_argument("--head", choices=HEADS.names(), help="default deeplabv3 (deeplabv3plus on synthetic)")
+    parser.add_argument("--output-stride", type=int, choices=sorted({s for h in HEADS for s in HEADS.get(h).output_strides}),
+                        help="default 8 (16 on synthetic; 32 for fpn and unet, their only one)")
+    parser.add_argument("--decoder-channels", type=int, help="decoder width (default 256; 64 on synthetic)")
+    parser.add_argument("--iters", type=int, help="iterations (default 30000; synthetic: 300 seg, 600 depth, normals)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 8)")
     parser.add_argument("--crop", type=image_size, help="training crop HxW (default 480x640; 64x96 on synthetic)")
     parser.add_argument("--scale", type=scale_range, help="random scale range MIN,MAX (default 0.5,2 seg; 1,1 depth)")
@@ -39,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations "
                         "(default 10000; synthetic: 200 seg, 400 depth)")
     parser.add_argument("--weight-decay", type=float, help="default 1e-4")
-    parser.add_argument("--depth-loss", choices=["l1", "berhu"], help="depth loss on valid pixels (default l1)")
-    parser.add_argument("--depth-gt", choices=["depths", "rawDepths"], help="ground-truth depth (default: filled depths)")
+    parser.add_argument("--depth-loss", choices=list(DEPTH_LOSSES), help="depth loss on valid pixels (default l1)")
+    parser.add_argument("--depth-gt", choices=DEPTH_GROUND_TRUTHS, help="ground-truth depth (default: filled depths)")
     parser.add_argument("--eigen-crop", action="store_true", default=None, help="evaluate depth inside the Eigen crop")
     parser.add_argument("--depth-cap", type=float, help="evaluate depth only where ground truth <= this (metres)")
     parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
@@ -56,9 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cmim_dense.engine.distributed import run_command
-    from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning
-    from cmim_dense.engine.finetune_config import resolve_finetune_config
 
     def finetune() -> dict:
         if args.evaluate:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     status, record = run_command(finetune)
     if record is None:
         return status
-    keys = ("miou", "pixel_acc", "mean_acc") if record["task"] == "seg" else ("rmse", "neg_log_rmse", "abs_rel", "delta1")
+    keys = get_task(record["task"]).printed
     print(json.dumps({"task": record["task"], "method": record["method"], **{k: round(record[k], 4) for k in keys},
                       "baseline": record["baseline"]}))
     return 0

@@ -12,8 +12,8 @@ from torch import nn
 
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d
+from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.engine import resolve_config, run_pretraining
-from cmim_dense.engine.checkpoint import load_checkpoint
 from cmim_dense.engine.optim import build_optimizer
 from cmim_dense.engine.pretrain import stage_configs
 from cmim_dense.losses import CMIMLoss, layer_weights
@@ -175,4 +175,4 @@ def test_cmim_diagnostics_in_metrics(tmp_path) -> None:
                 assert f"cmim/{site}/{key}" in record
             assert 0 < record[f"cmim/{site}/negative"] < record[f"cmim/{site}/positive"] < 1
         weighted = sum(w * record[f"cmim/{site}/loss"] for w, site in zip(layer_weights(4, 2.0), sites))
-        assert record["train_cmim"] == pytest.approx(config.cmim["lam"] * weighted, rel=1e-4)
+        assert record["train_cmim"] == pytest.approx(config.cmim.lam * weighted, rel=1e-4)

@@ -19,7 +19,7 @@ def test_table_configs_resolve_to_the_paper_protocol(root) -> None:
         assert (config.epochs, config.batch_size, config.lr, config.optimizer, config.schedule) == (
             100, 256, 0.1, "sgd", "cos"), path.name
         if path.name.startswith("table3"):
-            lambdas.add(config.cmim["lam"] if config.cmim else 0.0)
+            lambdas.add(config.cmim.lam if config.cmim else 0.0)
     assert lambdas == {0.0, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8}
 
 

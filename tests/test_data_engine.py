@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cmim_dense import create_model
+from cmim_dense.checkpoint_io import load_checkpoint, save_atomic
 from cmim_dense.data import build_classification_data, image_folder_data
-from cmim_dense.engine import load_checkpoint, save_atomic
 from cmim_dense.engine.optim import build_optimizer, clip_latent_weights, lr_factor
 
 

@@ -1,12 +1,12 @@
-"""DeepLab heads over binary backbones: smp plug-in, output strides, freezing, loading from checkpoints."""
+"""Dense heads over binary backbones: smp plug-in, registered heads and tasks, output strides, freezing, loading."""
 
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 
 from cmim_dense.binary import BinaryConv2d
-from cmim_dense.dense import create_dense_model, dense_model_from_backbone, depth_loss
-from cmim_dense.engine.checkpoint import save_atomic
+from cmim_dense.checkpoint_io import save_atomic
+from cmim_dense.dense import HEADS, TASKS, create_dense_model, dense_model_from_backbone, depth_loss, normals_loss
 from cmim_dense.models import create_model
 
 
@@ -127,3 +127,70 @@ def test_depth_losses_on_valid_pixels_only() -> None:
     assert depth_loss("berhu", pred, target).item() == pytest.approx(((0.25 + c * c) / (2 * c) + (1 + c * c) / (2 * c)) / 2)
     with pytest.raises(ValueError, match="unknown depth loss"):
         depth_loss("l2", pred, target)
+
+
+class TaskSettings:
+    classes, depth_loss, depth_gt, depth_cap, eigen_crop = 13, "l1", "depths", None, False
+
+
+def task_target(name: str, shape: tuple[int, int]) -> torch.Tensor:
+    """A batch of 2 ground truths of task ``name`` at ``shape``, with some pixels invalid."""
+    generator = torch.Generator().manual_seed(0)
+    if name == "seg":
+        target = torch.randint(0, 13, (2, *shape), generator=generator)
+        target[:, 0] = 255
+    elif name == "depth":
+        target = torch.rand(2, *shape, generator=generator) * 5
+        target[:, 0] = 0.0
+    else:
+        target = torch.nn.functional.normalize(torch.randn(2, 3, *shape, generator=generator), dim=1)
+        target[:, :, 0] = 0.0
+    return target
+
+
+@pytest.mark.parametrize("head", HEADS.names())
+def test_every_head_trains_every_task_over_a_frozen_binary_encoder(head: str, tmp_path) -> None:
+    """Each registered head over a frozen IR-Net encoder, for each registered task: the output has
+    the task's channels at the input's size, the task loss is finite and reaches the head only,
+    and one SGD step lowers it.
+
+    Catches: a head whose arguments the registry does not pass on (widths, strides), an encoder
+    that trains or receives gradients under FPN/U-Net, a task whose loss does not fit its output."""
+    path = tmp_path / "backbone.pt"
+    save_backbone(path, "irnet")
+    stride = HEADS.get(head).output_strides[-1]
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        model, _ = dense_model_from_backbone(str(path), task.out_channels(TaskSettings), head, stride, 16)
+        model.train()
+        x, target = torch.randn(2, 3, 64, 96), task_target(name, (64, 96))
+        torch.manual_seed(0)  # the same dropout masks before and after the step
+        output = model(x)
+        assert output.shape == (2, task.out_channels(TaskSettings), 64, 96)
+        loss = task.loss(output, target, TaskSettings)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is None for p in model.encoder.parameters())
+        head_grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert head_grads and all(g is not None for g in head_grads)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        optimizer.step()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            assert task.loss(model(x), target, TaskSettings) < loss, (head, name)
+
+
+def test_heads_refuse_output_strides_they_cannot_work_at() -> None:
+    with pytest.raises(ValueError, match="the fpn head works at output stride 32, got 16"):
+        create_dense_model("resnet18", "fp", 3, "fpn", 16)
+    with pytest.raises(ValueError, match="unknown head 'segformer'; valid: deeplabv3, deeplabv3plus, fpn, unet"):
+        create_dense_model("resnet18", "fp", 3, "segformer", 8)
+
+
+def test_normals_loss_is_one_minus_cosine_on_valid_pixels() -> None:
+    """Hand-computed: a prediction of twice the target's length costs 0, one at 90° costs 1, one
+    opposite costs 2; the invalid (zero) pixel is left out of the mean."""
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 4)
+    pred = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -3.0], [5.0, 5.0, 5.0]]).T.reshape(1, 3, 1, 4)
+    assert normals_loss(pred, target).item() == pytest.approx((0.0 + 1.0 + 2.0) / 3)
+    assert normals_loss(pred, torch.zeros_like(target)).item() == 0.0

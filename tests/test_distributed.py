@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cmim_dense.engine import load_checkpoint
+from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.losses import MemoryBank
 
 

@@ -11,12 +11,19 @@ from torch import nn
 
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec, binary_sign, set_progress
-from cmim_dense.engine.checkpoint import save_atomic
-from cmim_dense.export import (PackedBinaryConv2d, export_model, load_exported, pack_model, read_export, set_packed,
-                               xnor_conv2d)
+from cmim_dense.checkpoint_io import save_atomic
+from cmim_dense.export import (
+    PackedBinaryConv2d,
+    export_model,
+    load_exported,
+    pack_model,
+    read_export,
+    set_packed,
+    xnor_conv2d,
+)
+from cmim_dense.export import packed as packed_module
 from cmim_dense.export.__main__ import main
 from cmim_dense.export.pack import byte_counts_, pack_bits, sum_bytes_, unpack_bits
-from cmim_dense.export import packed as packed_module
 from cmim_dense.export.packed import pack_weight, unpack_weight
 from cmim_dense.methods import get_recipe
 from cmim_dense.models.blocks import BLOCKS

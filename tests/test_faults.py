@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from cmim_dense.checkpoint_io import load_checkpoint, save_atomic, strict_json, write_json
 from cmim_dense.data.nyud_mat import write_labeled_mat
 from cmim_dense.data.nyud_meta import nyud_meta
 from cmim_dense.data.nyud_prepare import is_prepared, prepare_nyud
 from cmim_dense.dense import dense_model_from_backbone
 from cmim_dense.engine import resolve_config, run_pretraining
-from cmim_dense.engine.checkpoint import divergence, load_checkpoint, save_atomic, strict_json, write_json
 from cmim_dense.engine.pretrain import INIT_FROM_HINT
+from cmim_dense.engine.run_state import divergence
 from cmim_dense.run_folder import FolderInUseError, owned_folder
 
 from .test_nyud_data import _split

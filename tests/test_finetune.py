@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from cmim_dense.engine.checkpoint import load_checkpoint
+from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.engine.finetune import iteration_batches
 
 from .test_dense import save_backbone
@@ -181,9 +181,9 @@ def test_qualitative_grid_from_finetuned_heads(python, root, cache, backbone, tm
     monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
     rows, classes = qualitative_rows([tmp_path / "fp"], [0, 2])
     assert classes == 40 and rows[0].name == "fp" and len(rows[0].samples) == 2
-    sample = rows[0].samples[1]
-    assert sample.pred_label.shape == sample.gt_label.shape == sample.pred_depth.shape == (96, 128)
-    assert sample.image.dtype.name == "uint8" and sample.pred_label.max() < 40
+    seg, depth = rows[0].samples[1].tasks
+    assert seg.prediction.shape == seg.truth.shape == depth.prediction.shape == depth.truth.shape == (96, 128)
+    assert rows[0].samples[1].image.dtype.name == "uint8" and seg.prediction.max() < 40
     result = subprocess.run([python, str(root / "plots" / "qualitative.py"), str(tmp_path / "fp"), "--images", "0",
                              "--out", str(tmp_path / "grid")], capture_output=True, text=True, timeout=120,
                             env={"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})

@@ -15,9 +15,16 @@ from cmim_dense.plots.activations import class_sorted_correlation, extract_activ
 from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_sweep, sweep_chart, tsne_chart
 from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
-from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, qualitative_grid
-from cmim_dense.plots.seg_depth import (MIN_DOT_AREA, dot_areas, load_points, plot_seg_depth, scaled_areas,
-                                       seg_depth_chart, seed_folder)
+from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, TaskPanels, qualitative_grid
+from cmim_dense.plots.seg_depth import (
+    MIN_DOT_AREA,
+    dot_areas,
+    load_points,
+    plot_seg_depth,
+    scaled_areas,
+    seed_folder,
+    seg_depth_chart,
+)
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
@@ -33,7 +40,7 @@ def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: flo
     metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
                "method": method, "top1": top1, **({} if seed is None else {"seed": seed})}
     if task == "seg":
-        metrics.update(miou=miou, pixel_acc=miou + 0.3, mean_acc=miou + 0.1, per_class_iou={"wall": 0.6})
+        metrics.update(miou=miou, pixel_acc=min(miou + 0.3, 1.0), mean_acc=min(miou + 0.1, 1.0), per_class_iou={"wall": 0.6})
     else:
         metrics.update(rmse=rmse, neg_log_rmse=-math.log(rmse), rmse_per_image=rmse, rmse_log=0.3, abs_rel=0.2,
                        sq_rel=0.1, log10=0.08, delta1=0.55, delta2=0.8, delta3=0.9, depth_gt="depths")
@@ -93,7 +100,8 @@ def test_seg_depth_chart_plots_the_inputs_and_reports_the_rest(finetune_runs: Pa
         assert float(rows[method]["neg_log_rmse"]) == -math.log(rmse)
         assert rows[method]["top1"] == ("" if top1 is None else str(top1))
     markdown = (tmp_path / "out" / "chart.md").read_text()
-    assert "| irnet+cmim | 61.20 | 27.00 | 0.3011 | 0.7400 | 57.00 | 55.00 |" in markdown
+    assert "| method | top-1 (%) | mIoU (%) | −ln RMSE | pixel acc. (%) | RMSE (m) | δ<1.25 (%) | backbone |" in markdown
+    assert "| irnet+cmim | 61.20 | 27.00 | 0.3011 | 57.00 | 0.7400 | 55.00 |" in markdown
 
 
 def test_seg_depth_labels_tell_backbones_of_one_method_apart(tmp_path: Path) -> None:
@@ -112,7 +120,7 @@ def test_seg_depth_two_seg_runs_of_one_backbone_are_reported(tmp_path: Path) -> 
     write_run(tmp_path / "depth", "depth", "irnet", 0.58, 0.25, 0.8)
     points, skipped = load_points([tmp_path])
     assert not points
-    assert len(skipped) == 3 and all("2 segmentation and 1 depth runs" in s.reason for s in skipped)
+    assert len(skipped) == 3 and all("2 semantic segmentation and 1 depth runs" in s.reason for s in skipped)
 
 
 def write_seed(root: Path, method: str, seed: int, top1: float, miou: float, neg_log_rmse: float,
@@ -156,7 +164,7 @@ def test_seeded_runs_are_one_dot_with_95_percent_error_bars(tmp_path: Path, caps
     markdown = (tmp_path / "chart.md").read_text()
     assert "| irnet | 3 | 50.00 ± 0.00 | 22.00 ± 4.97 | 0.2000 ± 0.2484 |" in markdown
     assert "| irnet+cmim | 3 | 60.00 ± 0.00 | 27.00 ± 6.57 | 0.3000 ± 0.3286 |" in markdown
-    assert "| fp | 1 | 70.00 | 40.00 | 0.5108 | 0.6000 |" in markdown  # one seed: the value, no '±'
+    assert "| fp | 1 | 70.00 | 40.00 | 0.5108 | 70.00 | 0.6000 |" in markdown  # one seed: the value, no '±'
     with (tmp_path / "chart.csv").open() as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert float(rows["irnet"]["miou_ci95"]) == pytest.approx(0.04968275423500662, rel=1e-9)
@@ -268,18 +276,31 @@ def test_palette_and_qualitative_grid() -> None:
     def sample() -> QualitativeSample:
         label = rng.integers(0, 40, (12, 16))
         depth = rng.uniform(0.5, 9.0, (12, 16))
-        return QualitativeSample(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), label, label, depth, depth * 1.1)
+        normals = rng.normal(size=(12, 16, 3))
+        normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+        normals[0, 0] = 0.0  # invalid
+        return QualitativeSample(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
+                                 [TaskPanels("semantic segmentation", "classes", label, label),
+                                  TaskPanels("depth", "metres", depth, depth * 1.1),
+                                  TaskPanels("surface normals", "unit_vectors", normals, -normals)])
 
     rows = [QualitativeRow(name, [sample(), sample()]) for name in ("irnet", "irnet+cmim", "rbnn")]
     figure = qualitative_grid(rows)
-    assert len(figure.axes) == 3 * 2 * 5 + 1  # panels + one shared depth colorbar
-    depth_images = [ax.images[0] for i, ax in enumerate(figure.axes[:-1]) if i % 5 >= 3]  # row-major panels
+    assert len(figure.axes) == 3 * 2 * 7 + 1  # image + 2 panels per task, one shared depth colorbar
+    assert [ax.get_title() for ax in figure.axes[:7]] == [
+        "image", "GT semantic segmentation", "predicted semantic segmentation", "GT depth", "predicted depth",
+        "GT surface normals", "predicted surface normals"]
+    depth_images = [ax.images[0] for i, ax in enumerate(figure.axes[:-1]) if i % 7 in (3, 4)]  # row-major panels
     assert len(depth_images) == 12 and len({id(im.norm) for im in depth_images}) == 1
     assert figure.axes[-1].get_ylabel() == "depth (m)"
-    bad = QualitativeSample(rows[0].samples[0].image, np.zeros((3, 3)), np.zeros((3, 3)), np.ones((3, 3)),
-                            np.ones((3, 3)))
-    with pytest.raises(ValueError, match="gt_label is"):
+    shown = figure.axes[5].images[0].get_array()  # GT normals of the first row: (n + 1) / 2, invalid white
+    np.testing.assert_allclose(shown[0, 0], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(shown[3, 4], (rows[0].samples[0].tasks[2].truth[3, 4] + 1) / 2)
+    bad = QualitativeSample(rows[0].samples[0].image, [TaskPanels("depth", "metres", np.ones((3, 3)), np.ones((3, 3)))])
+    with pytest.raises(ValueError, match="depth ground truth is"):
         qualitative_grid([QualitativeRow("bad", [bad])])
+    only_normals = [QualitativeRow("fp", [QualitativeSample(rows[0].samples[0].image, rows[0].samples[0].tasks[2:])])]
+    assert len(qualitative_grid(only_normals).axes) == 3  # no depth colorbar, no class legend
 
 
 def clusters(points_per_class: int = 40, classes: int = 4, dims: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cmim_dense.engine import load_checkpoint
+from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.methods import list_recipes
 from cmim_dense.models import create_model
 

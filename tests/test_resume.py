@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from cmim_dense.engine import load_checkpoint
+from cmim_dense.checkpoint_io import load_checkpoint
 
 ARGS = ["--method", "rbnn+cmim", "--epochs", "3", "--synthetic-samples", "64", "--batch-size", "16",
         "--image-size", "32", "--cmim-nce-n", "8", "--no-progress"]

@@ -11,7 +11,7 @@ from torch import nn
 from cmim_dense import create_model
 from cmim_dense.accounting import Totals, count_model
 from cmim_dense.binary import BinaryConv2d, Spec
-from cmim_dense.engine.checkpoint import save_atomic
+from cmim_dense.checkpoint_io import save_atomic
 from cmim_dense.summary import main
 
 SIGN = Spec("sign", estimator=Spec("ste_clip"))

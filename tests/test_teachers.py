@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from cmim_dense import create_model
-from cmim_dense.engine import save_atomic
+from cmim_dense.checkpoint_io import save_atomic
 from cmim_dense.losses import representation_alignment, soft_cross_entropy
 from cmim_dense.models import load_teacher
 

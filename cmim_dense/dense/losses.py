@@ -1,7 +1,8 @@
-"""Depth regression losses over valid pixels (ground truth > 0)."""
+"""Dense regression losses over pixels with ground truth: depth (> 0) and surface normals (non-zero)."""
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -31,3 +32,16 @@ def depth_loss(name: str, pred: Tensor, target: Tensor) -> Tensor:
     if not valid.any():
         return pred.sum() * 0.0
     return DEPTH_LOSSES[name](pred, target, valid)
+
+
+def normals_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean of 1 − cos(n̂, n*) over pixels with ground truth, n̂ the prediction (N, 3, H, W)
+    normalised to unit length, n* the unit target (N, 3, H, W) with (0, 0, 0) = no ground truth.
+
+    The cosine loss of the multi-task NYUD-v2 literature: its gradient does not vanish at small
+    angles as an angle loss's would, and it is blind to the prediction's length."""
+    valid = target.abs().sum(dim=1) > 0
+    if not valid.any():
+        return pred.sum() * 0.0
+    cosine = (F.normalize(pred, dim=1) * target).sum(dim=1)
+    return (1.0 - cosine[valid]).mean()

@@ -1,56 +1,74 @@
-"""DeepLab models over binary backbones: built from a pretraining checkpoint, frozen by default."""
+"""Dense models: an smp decoder ("head") over a binary backbone encoder, one registry entry per head.
+
+A :class:`DenseHead` names an smp architecture that takes an encoder by name, the output strides
+it works at, and how the toolkit's one width setting (``decoder_channels``) maps onto that
+architecture's own arguments.  Adding an smp decoder is one :func:`register_head` call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from ..engine.checkpoint import load_checkpoint_as
-from .encoder import BinaryResNetEncoder, register_encoder
+from ..registry import Registry
+from .encoder import register_encoder
 
-HEADS = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
 # The DeepLab papers' ASPP rates: (6, 12, 18) at output stride 16, doubled at 8
 # (smp uses (12, 24, 36) for both).
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 
+@dataclass(frozen=True)
+class DenseHead:
+    """An smp decoder: ``build`` (the smp model class), the encoder ``output_strides`` it accepts
+    (dilated DeepLab encoders at 8 or 16; FPN and U-Net merge the undilated /4 ... /32 pyramid,
+    so 32 only) and ``arguments(output_stride, width)``, its own keyword arguments."""
+
+    name: str
+    build: Callable[..., smp.SegmentationModel]
+    output_strides: tuple[int, ...]
+    arguments: Callable[[int, int], dict[str, Any]]
+    description: str
+
+
+HEADS: Registry[DenseHead] = Registry("head")
+
+
+def register_head(head: DenseHead) -> DenseHead:
+    return HEADS.add(head.name, head)
+
+
+def _deeplab_arguments(output_stride: int, width: int) -> dict[str, Any]:
+    return {"encoder_output_stride": output_stride, "decoder_channels": width,
+            "decoder_atrous_rates": ATROUS_RATES[output_stride]}
+
+
+register_head(DenseHead("deeplabv3", smp.DeepLabV3, (8, 16), _deeplab_arguments,
+                        "DeepLabV3: ASPP on the last feature map, upsampled to the input (CMIM Sec. 4.5)"))
+register_head(DenseHead("deeplabv3plus", smp.DeepLabV3Plus, (8, 16), _deeplab_arguments,
+                        "DeepLabV3+: ASPP plus a decoder that merges the /4 features"))
+register_head(DenseHead("fpn", smp.FPN, (32,),
+                        lambda stride, width: {"decoder_pyramid_channels": width,
+                                               "decoder_segmentation_channels": 32 * max(1, width // 64)},
+                        "FPN: a top-down pyramid over /4 ... /32, merged at /4 (segmentation blocks width / 2, "
+                        "a multiple of 32 for their GroupNorm)"))
+register_head(DenseHead("unet", smp.Unet, (32,),
+                        lambda stride, width: {"decoder_channels": tuple(max(1, width >> k) for k in range(5))},
+                        "U-Net: five upsampling stages with skip connections, widths width, width/2, ..."))
+
+
 def create_dense_model(arch: str, method: str, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
                        decoder_channels: int = 256, real_weights: bool = False) -> smp.SegmentationModel:
-    """A DeepLabV3 (default) or DeepLabV3+ head with ``out_channels`` outputs over the (arch, method) backbone."""
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
-    if output_stride not in ATROUS_RATES:
-        raise ValueError(f"output stride must be 8 or 16, got {output_stride}")
-    return HEADS[head](
-        encoder_name=register_encoder(arch, method, real_weights),
-        encoder_weights=None,
-        encoder_output_stride=output_stride,
-        decoder_channels=decoder_channels,
-        decoder_atrous_rates=ATROUS_RATES[output_stride],
-        classes=out_channels,
-    )
-
-
-def dense_model_from_backbone(path: str, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
-                              decoder_channels: int = 256, freeze: bool = True
-                              ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
-    """The dense model over the backbone saved at ``path`` by ``pretrain/run.py``, and that backbone's meta.
-
-    ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
-    statistics stay fixed, and it runs under ``no_grad``; only the head learns.
-    """
-    checkpoint = load_checkpoint_as(path, "backbone")
-    meta = checkpoint["meta"]
-    model = create_dense_model(meta["arch"], meta["method"], out_channels, head, output_stride, decoder_channels,
-                               meta.get("real_weights", False))
-    encoder: BinaryResNetEncoder = model.encoder
-    encoder.load_backbone(checkpoint["model"], str(path))
-    if freeze:
-        model.freeze_encoder()  # requires_grad off, BatchNorm in eval; smp's train() then skips the encoder
-        encoder.eval()
-    return model, meta
+    """The registered ``head`` with ``out_channels`` outputs over the (arch, method) backbone."""
+    entry = HEADS.get(head)
+    if output_stride not in entry.output_strides:
+        strides = " or ".join(map(str, entry.output_strides))
+        raise ValueError(f"the {head} head works at output stride {strides}, got {output_stride}")
+    return entry.build(encoder_name=register_encoder(arch, method, real_weights), encoder_weights=None,
+                       classes=out_channels, **entry.arguments(output_stride, decoder_channels))
 
 
 def head_parameters(model: smp.SegmentationModel) -> list[nn.Parameter]:

@@ -1,7 +1,6 @@
-"""Training engine: configuration, checkpoints, optimizers and the pretraining loop."""
+"""Training engine: configuration, run state, optimizers and the pretraining and fine-tuning loops."""
 
-from .checkpoint import load_checkpoint, save_atomic
 from .config import PretrainConfig, resolve_config
 from .pretrain import evaluate_checkpoint, run_pretraining
 
-__all__ = ["PretrainConfig", "load_checkpoint", "evaluate_checkpoint", "resolve_config", "run_pretraining", "save_atomic"]
+__all__ = ["PretrainConfig", "evaluate_checkpoint", "resolve_config", "run_pretraining"]

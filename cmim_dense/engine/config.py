@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,30 @@ import yaml
 from ..cli import first_line
 from ..data.cifar import find_cifar
 from ..methods import CMIMConfig, Recipe, get_recipe, has_cmim
-from .checkpoint import result_settings
+from .run_state import result_settings
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
+
+
+@dataclass(frozen=True)
+class CMIMSettings:
+    """The CMIM loss of one run: the paper's hyper-parameters (:class:`~cmim_dense.methods.CMIMConfig`,
+    Eq. 13-14) and how this toolkit computes it: the projection (``embed``), the paper's loss or
+    the official code's (``variant``), the memory bank's dtype and the critic's normaliser."""
+
+    lam: float
+    beta: float
+    tau: float
+    n_nce: int
+    layers: str
+    embed: str = "mlp"
+    variant: str = "paper"
+    bank_dtype: str = "float32"
+    normalizer: str = "running"
+
+    @property
+    def loss_config(self) -> CMIMConfig:
+        return CMIMConfig(self.lam, self.beta, self.tau, self.n_nce, self.layers)
 
 
 @dataclass(frozen=True)
@@ -40,7 +62,7 @@ class PretrainConfig:
     warmup_epochs: float
     milestones: tuple[float, ...]
     label_smoothing: float
-    cmim: dict[str, Any] | None = None
+    cmim: CMIMSettings | None = None
     teacher: str | None = None
     stage: int = 0
     init_from: str | None = None
@@ -57,6 +79,12 @@ class PretrainConfig:
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
         return result_settings(self, ("progress_bar", "resume", "workers", "out", "init_from"))
+
+    @cached_property
+    def recipe(self) -> Recipe:
+        """The method's recipe with this run's CMIM settings: resolved once per configuration,
+        and what the model is built from (so a checkpoint's recipe records the lambda used)."""
+        return get_recipe(self.method, self.cmim.loss_config if self.cmim else None)
 
 
 def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
@@ -99,10 +127,9 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
         milestones=tuple(m * budget for m in train.milestones),
         label_smoothing=train.label_smoothing,
-        cmim=dict(dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp"),
-                  variant=given.get("cmim_variant", "paper"),
-                  bank_dtype=given.get("cmim_bank_dtype", "float32"),
-                  normalizer=given.get("cmim_normalizer", "running")) if recipe.cmim else None,
+        cmim=CMIMSettings(**dataclasses.asdict(recipe.cmim), embed=given.get("cmim_embed", "mlp"),
+                          variant=given.get("cmim_variant", "paper"), bank_dtype=given.get("cmim_bank_dtype", "float32"),
+                          normalizer=given.get("cmim_normalizer", "running")) if recipe.cmim else None,
         teacher=given.get("teacher"),
         init_from=given.get("init_from"),
         amp=bool(given.get("amp", False)),
@@ -115,7 +142,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         progress_bar=bool(given.get("progress_bar", True)),
         resume=bool(given.get("resume", False)),
     )
-    validate(config, recipe)
+    validate(config)
     return config
 
 
@@ -157,8 +184,9 @@ def require_finite(values: dict[str, Any]) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
-def validate(config: PretrainConfig, recipe: Recipe) -> None:
+def validate(config: PretrainConfig) -> None:
     """One-line errors for values out of range and for objectives not available here."""
+    recipe = config.recipe
     require_finite(dataclasses.asdict(config))  # the CMIM values were checked by CMIMConfig
     checks = [
         (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
@@ -185,14 +213,15 @@ def validate(config: PretrainConfig, recipe: Recipe) -> None:
             f"method {recipe.name!r} trains from a full-precision teacher ({recipe.training.loss} loss): pass "
             "--teacher PATH (a torchvision/timm ResNet state dict, or last.pt of pretrain/run.py --method fp)"
         )
-    if config.cmim is not None:
-        if config.cmim["embed"] not in ("mlp", "none"):
-            raise ValueError(f"--cmim-embed must be mlp or none, got {config.cmim['embed']!r}")
-        if config.cmim["bank_dtype"] not in ("float32", "float16"):
-            raise ValueError(f"--cmim-bank-dtype must be float32 or float16, got {config.cmim['bank_dtype']!r}")
-        if config.cmim["normalizer"] not in ("running", "crd", "none"):
-            raise ValueError(f"--cmim-normalizer must be running, crd or none, got {config.cmim['normalizer']!r}")
-        if config.cmim["variant"] not in ("paper", "code"):
-            raise ValueError(f"--cmim-variant must be paper or code, got {config.cmim['variant']!r}")
-        if config.cmim["variant"] == "code" and config.teacher is None:
+    cmim = config.cmim
+    if cmim is not None:
+        if cmim.embed not in ("mlp", "none"):
+            raise ValueError(f"--cmim-embed must be mlp or none, got {cmim.embed!r}")
+        if cmim.bank_dtype not in ("float32", "float16"):
+            raise ValueError(f"--cmim-bank-dtype must be float32 or float16, got {cmim.bank_dtype!r}")
+        if cmim.normalizer not in ("running", "crd", "none"):
+            raise ValueError(f"--cmim-normalizer must be running, crd or none, got {cmim.normalizer!r}")
+        if cmim.variant not in ("paper", "code"):
+            raise ValueError(f"--cmim-variant must be paper or code, got {cmim.variant!r}")
+        if cmim.variant == "code" and config.teacher is None:
             raise ValueError("--cmim-variant code contrasts with a full-precision network: pass --teacher PATH")

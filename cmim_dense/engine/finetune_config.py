@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import result_settings
+from ..dense import DEPTH_LOSSES, HEADS, get_task
 from .config import require_finite
+from .run_state import result_settings
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
@@ -23,12 +24,11 @@ PAPER_DEFAULTS: dict[str, Any] = {"iters": 30_000, "batch_size": 8, "crop": (480
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 300, "batch_size": 8, "crop": (64, 96), "lr": 3e-2,
                                       "lr_step": 200, "save_every": 100, "output_stride": 16, "decoder_channels": 64,
                                       "head": "deeplabv3plus"}
-SYNTHETIC_DEPTH: dict[str, Any] = {"lr": 3e-3, "iters": 600, "lr_step": 400}
-TASKS = ("seg", "depth")
-# Random scale range of the training augmentation.  Depth: none (the BTS/AdaBins convention);
-# scaling changes apparent distance, and dividing depth by the scale (the multi-task lineage)
-# cost 0.2-0.6 m of RMSE on the built-in data against crop + flip only.
-TASK_SCALE = {"seg": (0.5, 2.0), "depth": (1.0, 1.0)}
+# Each task overrides some of these (DenseTask.synthetic_schedule: depth and normals run 600
+# iterations, depth at lr 3e-3), and brings its random-scale range (DenseTask.scale).  Depth has
+# none (the BTS/AdaBins convention): scaling changes apparent distance, and dividing depth by the
+# scale (the multi-task lineage) cost 0.2-0.6 m of RMSE on the built-in data against crop + flip.
+DEPTH_GROUND_TRUTHS = ("depths", "rawDepths")
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,18 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     for key in ("task", "backbone"):
         if key not in given:
             raise ValueError(f"--{key} is required")
-    if given["task"] not in TASKS:
-        raise ValueError(f"--task must be seg or depth, got {given['task']!r}")
+    task = get_task(given["task"])
     data = given.setdefault("data", "synthetic")
     defaults = dict(SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS)
-    if data == "synthetic" and given["task"] == "depth":
-        defaults.update(SYNTHETIC_DEPTH)
+    if data == "synthetic":
+        defaults.update(task.synthetic_schedule)
+    head = HEADS.get(given.get("head", defaults.get("head", FinetuneConfig.head)))
+    if defaults.get("output_stride", FinetuneConfig.output_stride) not in head.output_strides:
+        defaults["output_stride"] = head.output_strides[0]  # e.g. FPN and U-Net: 32
     values = {**defaults, **given}
-    values.setdefault("out", f"runs/finetune/{given['task']}")
+    values.setdefault("out", f"runs/finetune/{task.name}")
     values["crop"] = tuple(values["crop"])
-    values["scale"] = tuple(values.get("scale", TASK_SCALE[given["task"]]))
+    values["scale"] = tuple(values.get("scale", task.scale))
     config = FinetuneConfig(**values)
     validate_finetune(config)
     return config
@@ -93,8 +95,10 @@ def validate_finetune(config: FinetuneConfig) -> None:
     require_finite(dataclasses.asdict(config))
     if config.classes not in (40, 13):
         raise ValueError(f"--classes must be 40 or 13, got {config.classes}")
-    if config.output_stride not in (8, 16):
-        raise ValueError(f"--output-stride must be 8 or 16, got {config.output_stride}")
+    strides = HEADS.get(config.head).output_strides
+    if config.output_stride not in strides:
+        raise ValueError(f"--output-stride of the {config.head} head must be {' or '.join(map(str, strides))}, "
+                         f"got {config.output_stride}")
     if any(side % config.output_stride for side in config.crop):
         raise ValueError(f"--crop {config.crop[0]}x{config.crop[1]} must divide by the output stride {config.output_stride}")
     if config.batch_size < 2:
@@ -103,5 +107,7 @@ def validate_finetune(config: FinetuneConfig) -> None:
         raise ValueError("--iters, --lr and the lr step must be positive")
     if config.decoder_channels < 1:
         raise ValueError(f"--decoder-channels must be >= 1, got {config.decoder_channels}")
-    if config.depth_gt not in ("depths", "rawDepths"):
-        raise ValueError(f"--depth-gt must be depths or rawDepths, got {config.depth_gt!r}")
+    if config.depth_gt not in DEPTH_GROUND_TRUTHS:
+        raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_GROUND_TRUTHS)}, got {config.depth_gt!r}")
+    if config.depth_loss not in DEPTH_LOSSES:
+        raise ValueError(f"--depth-loss must be one of {', '.join(DEPTH_LOSSES)}, got {config.depth_loss!r}")

@@ -13,25 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
+from ..checkpoint_io import load_checkpoint_as, save_atomic, strict_json, write_atomic
 from ..cli import first_line
 from ..data import ClassificationData, WithIndex, build_classification_data
-from ..losses import CMIMLoss, representation_alignment, soft_cross_entropy
+from ..losses import OBJECTIVES, CMIMLoss, ObjectiveInputs
 from ..losses.cmim_code import OfficialCMIMLoss
-from ..methods import CMIMConfig, get_recipe
-from ..models import BinaryResNet, collect_taps, create_model, load_teacher, model_from_checkpoint, select_sites
-from ..run_folder import owned_folder
-from .checkpoint import (all_finite, divergence, load_checkpoint_as, optimization_state, require_same_settings,
-                         restore_optimization, resumable_state, save_atomic, strict_json, write_atomic, write_json)
-from .config import PretrainConfig, validate
+from ..models import (BinaryResNet, checkpoint_with_data, collect_taps, create_model, load_teacher,
+                      model_from_checkpoint, select_sites)
+from .config import PretrainConfig
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
-from .pretrained import checkpoint_with_data
 from .rng import rng_state, seed_everything, set_rng_state
+from .run_skeleton import distribute, in_owned_folder, open_run, progress, require_divisible_batch, require_finite_loss
+from .run_state import all_finite, divergence, optimization_state, require_same_settings, restore_optimization
 
 
 @torch.no_grad()
@@ -75,27 +71,25 @@ def evaluate_checkpoint(path: str, data: str | None = None, batch_size: int = 64
 def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: BinaryResNet | None,
                     train: Dataset, device: torch.device) -> tuple[nn.Module, list[str]]:
     """The CMIM loss: the paper's over the configured tap sites, or the official code's CRD."""
-    assert config.cmim is not None
-    if config.cmim["variant"] == "code":
+    cmim = config.cmim
+    assert cmim is not None
+    if cmim.variant == "code":
         assert teacher is not None
         loss = OfficialCMIMLoss(model.fc.in_features, teacher.fc.in_features, len(train), dataset_labels(train),
-                                n_nce=config.cmim["n_nce"], tau=config.cmim["tau"], lam=config.cmim["lam"],
-                                device=device, seed=config.seed)
+                                n_nce=cmim.n_nce, tau=cmim.tau, lam=cmim.lam, device=device, seed=config.seed)
         return loss.to(device), []
     dataset_size = len(train)
-    settings = {k: v for k, v in config.cmim.items() if k not in ("embed", "variant", "bank_dtype", "normalizer")}
-    sites = select_sites(model, settings["layers"])
+    sites = select_sites(model, cmim.layers)
     modules = dict(model.named_modules())
     channels = {site: modules[site].in_channels for site in sites}
     dims = None
-    if config.cmim["embed"] == "none":  # the bank stores whole activations: measure them once
+    if cmim.embed == "none":  # the bank stores whole activations: measure them once
         with torch.no_grad(), collect_taps(model.eval(), sites) as taps:
             model(torch.zeros(2, 3, config.image_size, config.image_size, device=device))
         model.train()
         dims = {site: tap.latent[0].numel() for site, tap in taps.items()}
-    loss = CMIMLoss(channels, dataset_size, CMIMConfig(**settings), embed=config.cmim["embed"],
-                    site_dims=dims, bank_dtype=getattr(torch, config.cmim["bank_dtype"]),
-                    normalizer=config.cmim["normalizer"], device=device,
+    loss = CMIMLoss(channels, dataset_size, cmim.loss_config, embed=cmim.embed, site_dims=dims,
+                    bank_dtype=getattr(torch, cmim.bank_dtype), normalizer=cmim.normalizer, device=device,
                     seed=config.seed).to(device)
     return loss, sites
 
@@ -189,15 +183,12 @@ def start_from_checkpoint(model: BinaryResNet, path: str) -> None:
 
 def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRun:
     seed_everything(config.seed)
-    recipe = get_recipe(config.method)
-    validate(config, recipe)
-    if config.batch_size % context.world_size:
-        raise ValueError(f"--batch-size {config.batch_size} (global) must divide by the {context.world_size} processes")
+    recipe = config.recipe
+    require_divisible_batch(config.batch_size, context)
     device = context.device
     data = build_classification_data(config.data, config.image_size, config.seed, config.synthetic_samples,
                                      config.synthetic_val_samples)
-    model = create_model(config.arch, config.method, num_classes=data.num_classes,
-                         real_weights=config.stage == 1).to(device)
+    model = create_model(config.arch, recipe, num_classes=data.num_classes, real_weights=config.stage == 1).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.init_from is not None:
@@ -205,7 +196,7 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
     teacher = None
     if config.teacher is not None:
         teacher = load_teacher(config.teacher).to(device)
-        if recipe.training.loss in ("kd", "gdc") and teacher.num_classes != data.num_classes:
+        if OBJECTIVES.get(recipe.training.loss).reads_teacher_logits and teacher.num_classes != data.num_classes:
             raise ValueError(
                 f"teacher {config.teacher} predicts {teacher.num_classes} classes but the data has {data.num_classes}"
             )
@@ -226,12 +217,9 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
         optimizer, lambda step: lr_factor(step, total_steps, config.schedule, warmup, milestones)
     )
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
-    network, cmim_network = model, cmim
-    if context.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        network = DistributedDataParallel(model, device_ids=ids)
-        if cmim is not None and any(p.requires_grad for p in cmim.parameters()):
-            cmim_network = DistributedDataParallel(cmim, device_ids=ids)
+    network = distribute(model, context)
+    cmim_network = distribute(cmim, context) if cmim is not None and any(p.requires_grad for p in cmim.parameters()) \
+        else cmim
     return PretrainRun(config, data, model, optimizer, scheduler, device, total_steps, cmim, sites,
                        teacher, scaler, context, network, cmim_network)
 
@@ -245,26 +233,17 @@ class StepOutputs:
 
 
 def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
-    """The recipe's training objective (the CMIM term is added by the caller).
-
-    ``ce``: cross-entropy; ``kd``: ReActNet's distributional loss from the teacher only;
-    ``gdc``: S2-BNN's calibration to the teacher's distribution, labels unused;
-    ``ce+rbd``: cross-entropy plus DIR-Net's representation alignment to the teacher.
-    """
+    """The recipe's training objective, looked up in :data:`~cmim_dense.losses.OBJECTIVES` (the
+    CMIM term is added by the caller)."""
     training = run.model.recipe.training
     logits, features = run.network(images, return_features=True)
     teacher_logits, teacher_features = None, None
     if run.teacher is not None:
         with torch.no_grad():
             teacher_logits, teacher_features = run.teacher(images, return_features=True)
-    if training.loss == "ce":
-        loss = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
-    elif training.loss in ("kd", "gdc"):
-        loss = soft_cross_entropy(logits, teacher_logits, training.distill_temperature)
-    else:
-        ce = F.cross_entropy(logits, labels, label_smoothing=run.config.label_smoothing)
-        loss = ce + training.distill_weight * representation_alignment(features[1:], teacher_features[1:])
-    return StepOutputs(loss, logits, features, teacher_features)
+    inputs = ObjectiveInputs(logits, features, labels, teacher_logits, teacher_features, run.config.label_smoothing,
+                             training.distill_temperature, training.distill_weight)
+    return StepOutputs(OBJECTIVES.get(training.loss).loss(inputs), logits, features, teacher_features)
 
 
 def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs,
@@ -297,8 +276,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     loss_sum = cmim_sum = 0.0
     diagnostic_sums: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"{config.method} epoch {run.epoch + 1}/{config.epochs}", leave=False,
-               disable=None if config.progress_bar and run.dist.is_main else True, mininterval=1.0)
+    bar = progress(loader, f"{config.method} epoch {run.epoch + 1}/{config.epochs}", config, run.dist)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     for images, labels, indices in bar:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
@@ -314,9 +292,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
                 for key, value in diagnostics.items():  # summed on the device: read once per epoch
                     diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + value
         loss_value = loss.item()
-        if not np.isfinite(loss_value):
-            raise divergence(f"loss became {loss_value} at step {run.step} (epoch {run.epoch + 1})", run.out,
-                             INIT_FROM_HINT)
+        require_finite_loss(loss_value, f"at step {run.step} (epoch {run.epoch + 1})", run.out, INIT_FROM_HINT)
         backward_step(loss, run.optimizer, run.scaler)
         run.scheduler.step()
         if clip is not None:
@@ -346,7 +322,7 @@ def stage_configs(config: PretrainConfig) -> list[PretrainConfig]:
     """The runs ``config`` stands for: itself, or for a two-stage recipe its first stage (real
     weights, in ``out/stage1``) and its second (binary weights from the first stage's
     ``last.pt``, with the recipe's second-stage weight decay)."""
-    if not get_recipe(config.method).training.two_stage or config.stage != 0:
+    if not config.recipe.training.two_stage or config.stage != 0:
         return [config]
     first = dataclasses.replace(config, stage=1, out=str(Path(config.out) / "stage1"))
     second = dataclasses.replace(config, stage=2, init_from=str(Path(first.out) / "last.pt"))
@@ -368,21 +344,14 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     if len(stages) > 1:
         return [run_pretraining(stage) for stage in stages][-1]
     context = setup_distributed()
-    with owned_folder(config.out) if context.is_main else nullcontext():
-        return _train_in_owned_folder(config, context)
+    return in_owned_folder(config.out, context, lambda: _train_in_owned_folder(config, context))
 
 
 def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) -> dict[str, Any]:
     """:func:`run_pretraining` of one stage, once rank 0 holds the output folder's lock."""
     run = build_run(config, context)
-    resumed = resumable_state(run.out, config.resume)
-    if resumed is not None:
-        run.restore(resumed)
-    context.barrier()  # every rank has read last.pt before rank 0 may replace it
+    writer = open_run(run, config, context)
     main = context.is_main
-    if main:
-        write_json(run.out / "config.json", config.settings())
-    writer = SummaryWriter(str(run.out / "tensorboard")) if main else None
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
         metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers)

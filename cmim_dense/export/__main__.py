@@ -11,8 +11,8 @@ import sys
 
 import torch
 
+from ..checkpoint_io import load_checkpoint_as
 from ..cli import report_user_errors
-from ..engine.checkpoint import load_checkpoint_as
 from ..models import model_from_checkpoint
 from .export import export_model, load_exported
 

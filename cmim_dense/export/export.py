@@ -22,8 +22,8 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from ..binary import BinaryConv2d
+from ..checkpoint_io import write_atomic
 from ..cli import first_line
-from ..engine.checkpoint import write_atomic
 from ..models import create_model
 from ..models.loading import require_meta
 from .packed import PackedBinaryConv2d, packed_layer_info

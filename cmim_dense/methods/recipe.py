@@ -49,7 +49,7 @@ class TrainingDefaults:
     milestones: tuple[int, ...] = ()
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    loss: Literal["ce", "kd", "gdc", "ce+rbd"] = "ce"
+    loss: str = "ce"  # a name of cmim_dense.losses.OBJECTIVES
     distill_temperature: float = 1.0
     distill_weight: float = 1.0
     two_stage: bool = False

@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from . import create_model
+from ..checkpoint_io import load_checkpoint_as, read_weights
+from ..data import ClassificationData, build_classification_data
+from .factory import create_model
 from .resnet import BinaryResNet
 
 
@@ -66,8 +68,6 @@ def resnet_from_state_dict(state: dict[str, Tensor], source: str) -> BinaryResNe
 
 def load_teacher(path: str | Path) -> BinaryResNet:
     """A frozen full-precision teacher from one of our checkpoints or a plain ResNet state dict."""
-    from ..engine.checkpoint import read_weights
-
     obj = read_weights(path)
     if isinstance(obj, dict) and "model" in obj and "meta" in obj:
         if obj["meta"]["method"] != "fp":
@@ -81,3 +81,21 @@ def load_teacher(path: str | Path) -> BinaryResNet:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+def checkpoint_with_data(path: str | Path, data: str | None = None, synthetic_samples: int | None = None
+                         ) -> tuple[dict[str, Any], ClassificationData]:
+    """A checkpoint of pretrain/run.py and its data: ``data``, or the data it was trained on, at
+    its image size and seed (``synthetic_samples`` sizes the built-in set's training split, its
+    validation split then a quarter of it; default: both as trained).
+    A checkpoint from elsewhere, or data with another number of classes, is refused in one line."""
+    checkpoint = load_checkpoint_as(path, "backbone")
+    meta = require_meta(checkpoint["meta"], ("image_size", "config"), path)
+    settings = meta["config"]
+    sizes = ((synthetic_samples, None) if synthetic_samples is not None
+             else (settings.get("synthetic_samples", 2000), settings.get("synthetic_val_samples")))
+    dataset = build_classification_data(data or settings["data"], meta["image_size"], settings["seed"], *sizes)
+    if dataset.num_classes != meta["num_classes"]:
+        raise ValueError(f"{path} predicts {meta['num_classes']} classes but {dataset.description} has "
+                         f"{dataset.num_classes}")
+    return checkpoint, dataset

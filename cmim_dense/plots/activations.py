@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from ..engine.pretrained import checkpoint_with_data
-from ..models import collect_taps, model_from_checkpoint, select_sites
+from ..models import checkpoint_with_data, collect_taps, model_from_checkpoint, select_sites
 from ..models.resnet import BinaryResNet
 
 POOLED = "pooled"

@@ -3,44 +3,59 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..engine.finetune import load_head_checkpoint, test_split
+from ..dense import TASKS, dense_model_from_checkpoint, get_task
+from ..dense.loading import evaluation_split
 from .common import save_figure
-from .qualitative import QualitativeRow, QualitativeSample, qualitative_grid
+from .qualitative import QualitativeRow, QualitativeSample, TaskPanels, qualitative_grid
 
 
 @torch.no_grad()
-def predict(path: str | Path, indices: Sequence[int]) -> tuple[dict, list[tuple[np.ndarray, dict]]]:
-    """The fine-tuned model at ``path`` on test images ``indices``: its meta, and (output, raw sample) pairs."""
-    model, meta, config = load_head_checkpoint(path)
-    test = test_split(config, meta["backbone_meta"])
+def predict(path: str | Path, indices: Sequence[int]) -> tuple[dict[str, Any], list[tuple[np.ndarray, dict]]]:
+    """The fine-tuned model at ``path`` on test images ``indices``: its meta, and (prediction, raw
+    sample) pairs, the prediction shaped like the raw sample's target (normals channels-last)."""
+    model, meta = dense_model_from_checkpoint(path)
+    task = get_task(meta["task"])
+    test = evaluation_split(meta)
     transform, test.transform = test.transform, None
     outputs = []
     for index in indices:
         if not 0 <= index < len(test):
             raise ValueError(f"test image {index} does not exist: the test split has {len(test)} images")
         raw = test[index]
-        output = model(transform(raw)["image"][None])[0]
-        outputs.append((output.argmax(0).numpy() if meta["task"] == "seg" else output[0].numpy(), raw))
+        prediction = task.prediction(model(transform(raw)["image"][None]))[0].numpy()
+        outputs.append((np.moveaxis(prediction, 0, -1) if prediction.ndim == 3 else prediction, raw))
     return meta, outputs
 
 
 def qualitative_rows(runs: Sequence[str | Path], indices: Sequence[int]) -> tuple[list[QualitativeRow], int]:
-    """One row per run folder holding ``seg/last.pt`` and ``depth/last.pt`` (as the main job writes
-    them), and the segmentation class count."""
-    rows, classes = [], set()
+    """One row per run folder holding ``TASK/last.pt`` for one or more tasks (as the main job writes
+    them; the same tasks in every folder), and the segmentation class count."""
+    rows, classes, shown = [], set(), None
     for run in runs:
         run = Path(run)
-        seg_meta, seg = predict(run / "seg" / "last.pt", indices)
-        _, depth = predict(run / "depth" / "last.pt", indices)
-        samples = [QualitativeSample(raw["image"], raw["label"], label, raw["depth"], predicted_depth)
-                   for (label, raw), (predicted_depth, _) in zip(seg, depth)]
-        rows.append(QualitativeRow(seg_meta["backbone_meta"].get("method", run.name), samples))
-        classes.add(seg_meta["classes"])
+        tasks = [name for name in TASKS.registered() if (run / name / "last.pt").is_file()]
+        if not tasks:
+            raise ValueError(f"{run} holds no fine-tuned model (expected TASK/last.pt, TASK one of "
+                             f"{', '.join(TASKS.registered())})")
+        if shown is not None and tasks != shown:
+            raise ValueError(f"{run} holds {', '.join(tasks)} runs, the first folder {', '.join(shown)}")
+        shown = tasks
+        predictions = {name: predict(run / name / "last.pt", indices) for name in tasks}
+        meta = predictions[tasks[0]][0]
+        samples = []
+        for j in range(len(indices)):
+            raw = predictions[tasks[0]][1][j][1]
+            panels = [TaskPanels(get_task(name).title, get_task(name).display,
+                                 predictions[name][1][j][1][get_task(name).target], predictions[name][1][j][0])
+                      for name in tasks]
+            samples.append(QualitativeSample(raw["image"], panels))
+        rows.append(QualitativeRow(meta["backbone_meta"].get("method", run.name), samples))
+        classes.update(predictions[name][0]["classes"] for name in tasks)
     if len(classes) > 1:
         raise ValueError(f"the runs segment into different class sets ({sorted(classes)}); choose runs of one")
     return rows, classes.pop()

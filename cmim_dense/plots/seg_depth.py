@@ -1,7 +1,9 @@
 """Segmentation vs depth on NYUD-v2 (the CMIM paper's Fig. 5b), from fine-tuning runs' metrics.json.
 
 One dot per backbone: x = -ln RMSE (m) of its depth run, y = mIoU (%) of its segmentation
-run, dot area proportional to the backbone's pretraining (ImageNet) top-1.  Colour = base method; a
+run (each task's headline metric, :mod:`cmim_dense.dense.tasks`), dot area proportional to the
+backbone's pretraining (ImageNet) top-1.  The tables carry every task the backbones were
+fine-tuned on (a surface-normals run adds its columns).  Colour = base method; a
 ``+cmim`` backbone is a filled dot with an arrow from its hollow base-method dot.
 
 Seeds: the backbones of one method whose paths differ only in a ``seed<k>`` folder (the layout
@@ -28,20 +30,20 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..dense import TASKS, get_task
 from ..methods import base_method, has_cmim
-from ..stats import (LEVEL, Interval, PairedDifference, mean_interval, paired_difference, seed_names,
-                     sorted_seeds)
+from ..stats import LEVEL, Interval, PairedDifference, mean_interval, paired_difference, seed_names, sorted_seeds
 from .common import Skipped, discover_files, distinct_tails, method_colours, new_figure, save_figure
 from .labels import place_labels
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"  # written next to metrics.json by the fine-tuning; holds its seed
 COMMON_KEYS = ("task", "backbone", "method", "top1")
-TASK_KEYS = {"seg": ("miou", "pixel_acc"), "depth": ("rmse", "neg_log_rmse", "delta1")}
-REPORTED = ("top1", "miou", "neg_log_rmse", "rmse", "pixel_acc", "delta1")  # table order
-PERCENT = {"top1", "miou", "pixel_acc", "delta1"}  # fractions, shown in %
-TABLE_COLUMNS = ("method", *REPORTED, "backbone", "seg_run", "depth_run", "n_seeds", "seeds",
-                 *(f"{metric}_ci95" for metric in REPORTED))
+Y_TASK, X_TASK = "seg", "depth"  # the chart's axes: each task's headline metric
+Y_KEY, X_KEY = get_task(Y_TASK).headline.key, get_task(X_TASK).headline.key  # miou, neg_log_rmse
+PROTOCOL_TEXT = {"classes": "{} classes", "depth_gt": "depth ground truth: {}"}
+PAIRED = (Y_TASK, X_TASK)  # the tasks every dot needs; the others are optional columns
+METRIC_TASK = {key: name for name in TASKS.registered() for key in get_task(name).table}
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
 SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed01 is no seed folder (it would repeat seed1)
 ANY_SEED = "seed*"
@@ -51,7 +53,7 @@ NO_TOP1_AREA = 100.0
 
 
 @dataclass(frozen=True)
-class FinetuneRun:
+class MetricsRecord:
     """One fine-tuning run's metrics.json."""
 
     path: Path
@@ -65,17 +67,50 @@ class FinetuneRun:
 
 @dataclass(frozen=True)
 class SeedRun:
-    """One pretrained backbone, one seed of a dot: its segmentation and depth runs joined."""
+    """One pretrained backbone, one seed of a dot: its runs (segmentation, depth and any other task) joined."""
 
     seed: int | None
-    seg: FinetuneRun
-    depth: FinetuneRun
+    runs: dict[str, MetricsRecord]
+
+    @property
+    def seg(self) -> MetricsRecord:
+        return self.runs[Y_TASK]
+
+    @property
+    def depth(self) -> MetricsRecord:
+        return self.runs[X_TASK]
 
     def value(self, metric: str) -> float | None:
-        """A REPORTED metric of this seed (``top1``: None when the backbone has none)."""
-        run = self.depth if metric in TASK_KEYS["depth"] else self.seg
-        value = run.top1 if metric == "top1" else run.metrics[metric]
-        return None if value is None else float(value)
+        """A reported metric of this seed (``top1``; None when the backbone has none, or when the
+        seed has no run of the metric's task)."""
+        if metric == "top1":
+            return self.seg.top1
+        run = self.runs.get(METRIC_TASK[metric])
+        return None if run is None else float(run.metrics[metric])
+
+
+def shown_tasks(runs: Sequence[SeedRun]) -> list[str]:
+    """The tasks any of ``runs`` has, in registration order (the tables' column groups)."""
+    return [name for name in TASKS.registered() if any(name in run.runs for run in runs)]
+
+
+def reported_metrics(runs: Sequence[SeedRun]) -> list[str]:
+    """The metrics the tables report for ``runs``: top-1, each shown task's headline, then the
+    tasks' other table columns."""
+    tasks = [get_task(name) for name in shown_tasks(runs)]
+    return (["top1"] + [task.headline.key for task in tasks]
+            + [key for task in tasks for key in task.table if key != task.headline.key])
+
+
+def is_percent(metric: str) -> bool:
+    """Whether ``metric`` is a fraction, shown in %."""
+    return metric == "top1" or get_task(METRIC_TASK[metric]).metric(metric).percent
+
+
+def metric_header(metric: str, unit_of_difference: bool = False) -> str:
+    """A table header: the metric's label with "(%)" (or "(pp)" for differences) for fractions."""
+    label = "top-1" if metric == "top1" else get_task(METRIC_TASK[metric]).metric(metric).label
+    return f"{label} ({'pp' if unit_of_difference else '%'})" if is_percent(metric) else label
 
 
 @dataclass(frozen=True)
@@ -86,7 +121,7 @@ class BackbonePoint:
     method: str
     backbone: str  # the backbone's path, its seed<k> folder (if any) written seed*
     runs: tuple[SeedRun, ...]  # one per seed, in seed order
-    intervals: dict[str, Interval]  # per REPORTED metric; no "top1" when no seed has one
+    intervals: dict[str, Interval]  # per reported metric; none for a metric no seed has (top1, other tasks)
 
     @property
     def n(self) -> int:
@@ -106,7 +141,8 @@ class BackbonePoint:
         interval = self.intervals.get(metric)
         return interval.half_width if interval is not None and interval.has_interval else 0.0
 
-    def _mean(self, metric: str) -> float:
+    def mean(self, metric: str) -> float:
+        """The mean of ``metric`` over the seeds."""
         return self.intervals[metric].mean
 
     @property
@@ -114,29 +150,14 @@ class BackbonePoint:
         return self.intervals["top1"].mean if "top1" in self.intervals else None
 
     @property
-    def miou(self) -> float:  # fraction
-        return self._mean("miou")
-
-    @property
-    def pixel_acc(self) -> float:
-        return self._mean("pixel_acc")
-
-    @property
-    def neg_log_rmse(self) -> float:  # the mean of -ln RMSE over the seeds
-        return self._mean("neg_log_rmse")
-
-    @property
-    def rmse(self) -> float:  # metres
-        return self._mean("rmse")
-
-    @property
-    def delta1(self) -> float:
-        return self._mean("delta1")
+    def position(self) -> tuple[float, float]:
+        """The dot: (x, y) = (depth headline, segmentation headline in %) = (−ln RMSE, mIoU %)."""
+        return self.mean(X_KEY), 100.0 * self.mean(Y_KEY)
 
 
 @dataclass(frozen=True)
 class CmimDifference:
-    """A ``+cmim`` dot minus its base method's dot, seed by seed, per REPORTED metric both have."""
+    """A ``+cmim`` dot minus its base method's dot, seed by seed, per reported metric both have."""
 
     twin: str  # labels
     base: str
@@ -144,7 +165,7 @@ class CmimDifference:
 
     @property
     def seeds(self) -> tuple[int | None, ...]:
-        return self.metrics["miou"].seeds
+        return self.metrics[get_task(Y_TASK).headline.key].seeds
 
 
 @dataclass
@@ -158,7 +179,7 @@ class SegDepthResult:
     notes: list[str] = field(default_factory=list)
 
 
-def read_run(path: Path) -> FinetuneRun:
+def read_run(path: Path) -> MetricsRecord:
     """Parse and check one metrics.json; a ValueError names what is wrong in one line."""
     try:
         data = json.loads(path.read_text())
@@ -171,31 +192,25 @@ def read_run(path: Path) -> FinetuneRun:
     missing = [key for key in COMMON_KEYS if key not in data]
     if missing:
         raise ValueError(f"missing keys {', '.join(missing)}")
-    task = data["task"]
-    if task not in TASK_KEYS:
-        raise ValueError(f"task {task!r} is neither 'seg' nor 'depth'")
-    missing = [key for key in TASK_KEYS[task] if key not in data]
+    if not isinstance(data["task"], str) or data["task"] not in TASKS:
+        raise ValueError(f"task {data['task']!r} is none of {', '.join(TASKS.names())}")
+    task = get_task(data["task"])
+    missing = [key for key in task.table if key not in data]
     if missing:
-        raise ValueError(f"{task} run missing keys {', '.join(missing)}")
-    for key in TASK_KEYS[task] + (("top1",) if data["top1"] is not None else ()):
+        raise ValueError(f"{task.name} run missing keys {', '.join(missing)}")
+    for key in task.table + (("top1",) if data["top1"] is not None else ()):
         if not _finite_number(data[key]):
             raise ValueError(f"{key} is {data[key]!r}, not a finite number")
     if not isinstance(data["backbone"], str) or not isinstance(data["method"], str):
         raise ValueError("backbone and method must be strings")
     if data["top1"] is not None and not 0.0 <= data["top1"] <= 1.0:
         raise ValueError(f"top1 {data['top1']} is not a fraction in [0, 1]")
-    if task == "seg" and not 0.0 <= data["miou"] <= 1.0:
-        raise ValueError(f"miou {data['miou']} is not a fraction in [0, 1]")
-    if task == "depth":
-        if data["rmse"] <= 0:
-            raise ValueError(f"rmse {data['rmse']} is not positive")
-        if not math.isclose(data["neg_log_rmse"], -math.log(data["rmse"]), abs_tol=1e-3):
-            raise ValueError(f"neg_log_rmse {data['neg_log_rmse']} is not -ln(rmse {data['rmse']})")
+    task.check_record({key: data[key] for key in task.table})
     seed = data["seed"] if "seed" in data else _config_seed(path)
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
         raise ValueError(f"seed {seed!r} is not a non-negative integer")
-    return FinetuneRun(path, task, os.path.normpath(data["backbone"]), data["method"],
-                       None if data["top1"] is None else float(data["top1"]), data, seed)
+    return MetricsRecord(path, task.name, os.path.normpath(data["backbone"]), data["method"],
+                         None if data["top1"] is None else float(data["top1"]), data, seed)
 
 
 def _config_seed(metrics_path: Path) -> Any:
@@ -224,58 +239,64 @@ def seed_folder(backbone: str) -> tuple[int | None, str]:
 
 def load_points(inputs: Sequence[str | Path], classes: int | None = None
                 ) -> tuple[list[BackbonePoint], list[Skipped]]:
-    """Read every run that ``inputs`` name, pair each backbone's seg and depth runs, and gather the
-    seeds of a method's backbone (paths that differ only in a ``seed<k>`` folder) into one point.
+    """Read every run that ``inputs`` name, join each backbone's runs (one segmentation and one
+    depth run, optionally one of each other task), and gather the seeds of a method's backbone
+    (paths that differ only in a ``seed<k>`` folder) into one point.
 
-    ``classes`` keeps only segmentation runs with that many classes.  Runs that cannot be
-    read or paired are returned as :class:`Skipped` entries naming the file and the reason.
+    ``classes`` keeps only the runs of class-dependent tasks (segmentation) with that many
+    classes.  Runs that cannot be read or joined are returned as :class:`Skipped` entries naming
+    the file and the reason.
     """
     files, skipped = discover_files(inputs, METRICS_FILE)
-    runs: dict[str, dict[str, list[FinetuneRun]]] = {}
+    runs: dict[str, dict[str, list[MetricsRecord]]] = {}
     for path in files:
         try:
             run = read_run(path)
         except ValueError as error:
             skipped.append(Skipped(str(path), str(error)))
             continue
-        if classes is not None and run.task == "seg" and run.metrics.get("classes") != classes:
+        if (classes is not None and "classes" in get_task(run.task).protocol_keys
+                and run.metrics.get("classes") != classes):
             skipped.append(Skipped(str(path), f"{run.metrics.get('classes')} classes, the chart shows {classes}"))
             continue
-        runs.setdefault(run.backbone, {"seg": [], "depth": []})[run.task].append(run)
+        runs.setdefault(run.backbone, {name: [] for name in TASKS.registered()})[run.task].append(run)
     groups: dict[tuple[str, str], list[SeedRun]] = {}
     for backbone, tasks in sorted(runs.items()):
         folder_seed, group = seed_folder(backbone)
         problem = _pairing_problem(tasks)
         seed = None
+        joined = {name: found[0] for name, found in tasks.items() if found}
         if problem is None:
-            seed, problem = _pair_seed(tasks["seg"][0], tasks["depth"][0], folder_seed)
+            seed, problem = _pair_seed(list(joined.values()), folder_seed)
         if problem:
-            skipped.extend(Skipped(str(run.path), problem) for task in ("seg", "depth") for run in tasks[task])
+            skipped.extend(Skipped(str(run.path), problem) for found in tasks.values() for run in found)
         else:
-            groups.setdefault((tasks["seg"][0].method, group), []).append(
-                SeedRun(seed, tasks["seg"][0], tasks["depth"][0]))
+            groups.setdefault((joined[Y_TASK].method, group), []).append(SeedRun(seed, joined))
     return _points(groups), skipped
 
 
-def _pairing_problem(tasks: dict[str, list[FinetuneRun]]) -> str | None:
+def _pairing_problem(tasks: dict[str, list[MetricsRecord]]) -> str | None:
     """Why a backbone's runs do not make one dot (or None when they do)."""
-    seg, depth = tasks["seg"], tasks["depth"]
-    if not seg or not depth:
-        return f"no {'segmentation' if not seg else 'depth'} run of the same backbone"
-    if len(seg) > 1 or len(depth) > 1:
-        return (f"the backbone has {len(seg)} segmentation and {len(depth)} depth runs; "
-                "pass one of each (or --classes to choose)")
-    if seg[0].method != depth[0].method or seg[0].top1 != depth[0].top1:
-        return "its seg and depth runs disagree on method or top1 of the same backbone"
+    absent = [name for name in PAIRED if not tasks[name]]
+    if absent:
+        return f"no {get_task(absent[0]).title} run of the same backbone"
+    repeated = {name: len(found) for name, found in tasks.items() if len(found) > 1}
+    if repeated:
+        counts = " and ".join(f"{len(found)} {get_task(name).title}" for name, found in tasks.items() if found)
+        return f"the backbone has {counts} runs; pass one of each (or --classes to choose)"
+    found = [found[0] for found in tasks.values() if found]
+    if len({(run.method, run.top1) for run in found}) > 1:
+        return f"its {' and '.join(run.task for run in found)} runs disagree on method or top1 of the same backbone"
     return None
 
 
-def _pair_seed(seg: FinetuneRun, depth: FinetuneRun, folder_seed: int | None) -> tuple[int | None, str | None]:
-    """The seed of a backbone's seg and depth runs: its ``seed<k>`` folder's, else the recorded
-    fine-tuning seed; or the problem (the runs' seeds disagree with each other or with the folder)."""
-    recorded = {run.seed for run in (seg, depth)} - {None}
+def _pair_seed(runs: Sequence[MetricsRecord], folder_seed: int | None) -> tuple[int | None, str | None]:
+    """The seed of a backbone's runs: its ``seed<k>`` folder's, else the recorded fine-tuning
+    seed; or the problem (the runs' seeds disagree with each other or with the folder)."""
+    recorded = {run.seed for run in runs} - {None}
     if len(recorded) > 1:
-        return None, f"its seg and depth runs were fine-tuned with different seeds ({seed_names(recorded)})"
+        return None, f"its {' and '.join(run.task for run in runs)} runs were fine-tuned with different seeds " \
+                     f"({seed_names(recorded)})"
     if folder_seed is not None and recorded and recorded != {folder_seed}:
         return None, f"fine-tuned with seed {recorded.pop()} on the backbone of seed{folder_seed}"
     return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
@@ -296,7 +317,7 @@ def _points(groups: dict[tuple[str, str], list[SeedRun]]) -> list[BackbonePoint]
         by_seed = {run.seed: run for run in groups[key]}  # seeds are distinct: the paths differ in them only
         runs = tuple(by_seed[seed] for seed in sorted_seeds(by_seed))
         intervals = {}
-        for metric in REPORTED:
+        for metric in reported_metrics([p for p in groups[key]]):
             values = [value for run in runs if (value := run.value(metric)) is not None]
             if values:
                 intervals[metric] = mean_interval(values)
@@ -326,12 +347,13 @@ def cmim_differences(points: Sequence[BackbonePoint]) -> tuple[list[CmimDifferen
                          f"({seed_names(twin.seeds)} vs {seed_names(base.seeds)})")
             continue
         metrics = {}
-        for metric in REPORTED:
+        for metric in reported_metrics(base.runs + twin.runs):
             base_values, twin_values = base.seed_values(metric), twin.seed_values(metric)
             if set(base_values) & set(twin_values):
                 metrics[metric] = paired_difference(base_values, twin_values)
-        if metrics["miou"].unpaired:
-            notes.append(f"{twin.label} − {base.label}: seed(s) {seed_names(metrics['miou'].unpaired)} "
+        headline = metrics[get_task(Y_TASK).headline.key]
+        if headline.unpaired:
+            notes.append(f"{twin.label} − {base.label}: seed(s) {seed_names(headline.unpaired)} "
                          "only on one side, left out")
         differences.append(CmimDifference(twin.label, base.label, metrics))
     return differences, notes
@@ -371,10 +393,9 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     figure = new_figure(9.5, 6.0)
     ax = figure.add_subplot()
     colours = method_colours([p.method for p in points])
-    x = np.array([p.neg_log_rmse for p in points])
-    y = np.array([100.0 * p.miou for p in points])
-    x_err = np.array([p.half_width("neg_log_rmse") for p in points])
-    y_err = np.array([100.0 * p.half_width("miou") for p in points])
+    x, y = np.array([p.position for p in points]).T
+    x_err = np.array([p.half_width(X_KEY) for p in points])
+    y_err = np.array([100.0 * p.half_width(Y_KEY) for p in points])
     areas = dot_areas(points)
     sized = np.isfinite(areas)
     edge = np.array([to_rgba(colours[base_method(p.method)]) for p in points])
@@ -453,8 +474,7 @@ def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, s
         if not has_cmim(method) or len(indices) != 1 or len(bases) != 1:
             continue
         start, end = points[bases[0]], points[indices[0]]
-        tail = (start.neg_log_rmse, 100.0 * start.miou)
-        head = (end.neg_log_rmse, 100.0 * end.miou)
+        tail, head = start.position, end.position
         ax.annotate("", xy=head, xytext=tail, zorder=2,
                     arrowprops={"arrowstyle": "-|>", "color": colours[base_method(method)], "lw": 1.4,
                                 "shrinkA": radii[bases[0]] + 1, "shrinkB": radii[indices[0]] + 1,
@@ -464,12 +484,17 @@ def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, s
 
 
 def _protocol(points: Sequence[BackbonePoint]) -> str:
-    """'40 classes, depth GT depths' (or the mix, flagged, when runs differ)."""
+    """The settings compared runs must share, e.g. '40 classes; depth ground truth: depths' (the
+    mix, flagged, when runs differ): each shown task's ``protocol_keys`` in its metrics.json."""
     runs = [run for p in points for run in p.runs]
-    classes = sorted({"?" if r.seg.metrics.get("classes") is None else str(r.seg.metrics["classes"]) for r in runs})
-    depth = sorted({"?" if r.depth.metrics.get("depth_gt") is None else str(r.depth.metrics["depth_gt"]) for r in runs})
-    text = f"{'/'.join(classes)} classes; depth ground truth: {'/'.join(depth)}"
-    return text + " — MIXED PROTOCOLS" if len(classes) > 1 or len(depth) > 1 else text
+    parts, mixed = [], False
+    for name in shown_tasks(runs):
+        for key in get_task(name).protocol_keys:
+            values = sorted({str(run.runs[name].metrics.get(key, "?")) for run in runs if name in run.runs})
+            mixed |= len(values) > 1
+            parts.append(PROTOCOL_TEXT.get(key, key + ": {}").format("/".join(values)))
+    text = "; ".join(parts)
+    return text + " — MIXED PROTOCOLS" if mixed else text
 
 
 def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], areas: np.ndarray, arrows: bool
@@ -509,7 +534,7 @@ def _cell(interval: Interval | None, metric: str, signed: bool = False) -> str:
     """A table cell: mean ± 95 % half-width (just the mean with one seed), in % for fractions."""
     if interval is None:
         return "–"
-    return interval.format(100.0, 2, signed) if metric in PERCENT else interval.format(1.0, 4, signed)
+    return interval.format(100.0, 2, signed) if is_percent(metric) else interval.format(1.0, 4, signed)
 
 
 def _exact(interval: Interval | None, half_width: bool = False) -> float | str:
@@ -528,21 +553,24 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}.md"
+    runs = [run for p in points for run in p.runs]
+    tasks, reported = shown_tasks(runs), reported_metrics(runs)
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(TABLE_COLUMNS)
+        writer.writerow(["method", *reported, "backbone", *(f"{name}_run" for name in tasks), "n_seeds", "seeds",
+                         *(f"{metric}_ci95" for metric in reported)])
         for p in points:
-            writer.writerow([p.label, *(_exact(p.intervals.get(m)) for m in REPORTED), p.backbone,
-                             ";".join(str(r.seg.path) for r in p.runs), ";".join(str(r.depth.path) for r in p.runs),
+            writer.writerow([p.label, *(_exact(p.intervals.get(m)) for m in reported), p.backbone,
+                             *(";".join(str(r.runs[name].path) for r in p.runs if name in r.runs) for name in tasks),
                              p.n, ";".join("" if s is None else str(s) for s in p.seeds),
-                             *(_exact(p.intervals.get(m), half_width=True) for m in REPORTED)])
+                             *(_exact(p.intervals.get(m), half_width=True) for m in reported)])
     seeded = any(p.n > 1 for p in points)
     seeds_header, seeds_rule = (" seeds |", "---:|") if seeded else ("", "")
-    lines = [f"| method |{seeds_header} top-1 (%) | mIoU (%) | −ln RMSE | RMSE (m) | pixel acc. (%) | δ<1.25 (%) | "
-             "backbone |", f"|---|{seeds_rule}---:|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| method |{seeds_header} {' | '.join(metric_header(m) for m in reported)} | backbone |",
+             f"|---|{seeds_rule}{'---:|' * len(reported)}---|"]
     for p in points:
         seeds = f" {p.n} |" if seeded else ""
-        cells = " | ".join(_cell(p.intervals.get(metric), metric) for metric in REPORTED)
+        cells = " | ".join(_cell(p.intervals.get(metric), metric) for metric in reported)
         lines.append(f"| {p.label} |{seeds} {cells} | `{p.backbone}` |")
     lines += ["", (f"Mean ± half-width of the {100 * LEVEL:g} % confidence interval of the mean over the seeds "
                    "(Student t, n − 1 degrees of freedom); a backbone with 1 seed has no interval."
@@ -552,11 +580,11 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences:
                   f"Each +CMIM backbone minus its base method's, seed by seed (the backbones of the same seed); "
                   f"mean ± half-width of the {100 * LEVEL:g} % confidence interval of the mean difference (Student t "
                   "over the per-seed differences; 1 seed: no interval). Percentages in points.", "",
-                  "| +CMIM − base | seeds | top-1 (pp) | mIoU (pp) | −ln RMSE | RMSE (m) | pixel acc. (pp) | "
-                  "δ<1.25 (pp) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  f"| +CMIM − base | seeds | {' | '.join(metric_header(m, True) for m in reported)} |",
+                  f"|---|---|{'---:|' * len(reported)}"]
         for d in differences:
             cells = " | ".join(_cell(d.metrics[m].interval if m in d.metrics else None, m, signed=True)
-                               for m in REPORTED)
+                               for m in reported)
             lines.append(f"| {d.twin} − {d.base} | {seed_names(d.seeds)} | {cells} |")
     if notes:
         lines += [""] + [f"Note: {note}." for note in notes]

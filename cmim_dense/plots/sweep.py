@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.checkpoint import load_checkpoint_as
+from ..checkpoint_io import load_checkpoint_as
 from ..models.loading import require_meta
 from .common import Skipped, discover_files
 

@@ -1,8 +1,11 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects."""
+"""Checkpoint and JSON files: written atomically, read without unpickling arbitrary objects.
+
+The ground floor of the package: the training engine, the models' and dense models' rebuilding
+from files, the export and the figures all read and write through it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -13,7 +16,7 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-from ..cli import first_line
+from .cli import first_line
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
@@ -135,61 +138,3 @@ def load_checkpoint_as(path: str | Path, role: str, mmap: bool = False) -> dict[
     if missing:
         raise ValueError(f"{path} meta lacks {', '.join(missing)}; expected {expected} of this version")
     return checkpoint
-
-
-def resumable_state(out: str | Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint a run in ``out`` continues from: ``out/last.pt`` with ``--resume``, None
-    when there is none.  A run already in ``out`` is never overwritten without ``--resume``."""
-    last = Path(out) / "last.pt"
-    if not last.exists():
-        return None
-    if not resume:
-        raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
-    return load_checkpoint(last)
-
-
-def result_settings(config: Any, volatile: tuple[str, ...]) -> dict[str, Any]:
-    """A configuration dataclass's values that define the run's result (what ``--resume`` must
-    match): every field but the ``volatile`` ones, tuples as lists (as JSON reads them back)."""
-    values = dataclasses.asdict(config)
-    for key in volatile:
-        values.pop(key)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def require_same_settings(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
-    """``--resume`` continues only the run that wrote ``path``: every result-defining setting must match."""
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
-    if changed:
-        raise ValueError(f"--resume found {path} from a run with other settings ({'; '.join(changed)}); "
-                         "rerun the original command or choose another --out")
-
-
-def optimization_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
-    """What a checkpoint needs besides the model to continue training: optimizer, lr schedule, AMP scaler."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {}}
-
-
-def restore_optimization(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
-    """The inverse of :func:`optimization_state` (a run without AMP ignores a saved scaler, and vice versa)."""
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-
-
-def all_finite(model: torch.nn.Module) -> bool:
-    """Every floating-point parameter and buffer of ``model`` is finite (checked before a save)."""
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
-def divergence(event: str, out: Path, continue_with: str) -> FloatingPointError:
-    """The one-line error of a diverged run.  Runs save only finite states (:func:`all_finite`),
-    so ``out/last.pt``, when there is one, is the last finite one; ``continue_with`` says how to
-    go on from it (``{last}`` is replaced by its path)."""
-    last = out / "last.pt"
-    if not last.is_file():
-        return FloatingPointError(f"{event}; nothing was saved before it: rerun with a lower --lr")
-    return FloatingPointError(f"{event}; nothing of it was saved and {last} is the last finite state: "
-                              + continue_with.format(last=last))

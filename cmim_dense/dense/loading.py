@@ -1,0 +1,71 @@
+"""Rebuild dense models from files: over a pretraining checkpoint's backbone (to fine-tune it), or
+a fine-tuned model from its own checkpoint alone (to evaluate or draw it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+
+from ..checkpoint_io import load_checkpoint_as
+from ..cli import first_line
+from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
+from ..data.nyud import JointTransform, NYUDv2
+from ..data.nyud_source import nyud_root
+from .encoder import BinaryResNetEncoder
+from .model import create_dense_model
+from .tasks import get_task
+
+IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
+                              decoder_channels: int = 256, freeze: bool = True
+                              ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
+    """The dense model over the backbone saved at ``path`` by ``pretrain/run.py``, and that backbone's meta.
+
+    ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
+    statistics stay fixed, and it runs under ``no_grad``; only the head learns.
+    """
+    checkpoint = load_checkpoint_as(path, "backbone")
+    meta = checkpoint["meta"]
+    model = create_dense_model(meta["arch"], meta["method"], out_channels, head, output_stride, decoder_channels,
+                               meta.get("real_weights", False))
+    encoder: BinaryResNetEncoder = model.encoder
+    encoder.load_backbone(checkpoint["model"], str(path))
+    if freeze:
+        model.freeze_encoder()  # requires_grad off, BatchNorm in eval; smp's train() then skips the encoder
+        encoder.eval()
+    return model, meta
+
+
+def dense_model_from_checkpoint(path: str | Path) -> tuple[smp.SegmentationModel, dict[str, Any]]:
+    """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), and its meta."""
+    checkpoint = load_checkpoint_as(path, "dense")
+    meta = checkpoint["meta"]
+    identity = meta["backbone_meta"]
+    model = create_dense_model(identity["arch"], identity["method"], meta["out_channels"], meta["head"],
+                               meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit its own description ({first_line(error)})") from None
+    model.freeze_encoder()
+    return model.eval(), meta
+
+
+def input_normalization(backbone_meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation the backbone was pretrained with (ImageNet's when not recorded)."""
+    norm = backbone_meta.get("normalization", IMAGENET_NORMALIZATION)
+    return tuple(norm["mean"]), tuple(norm["std"])
+
+
+def evaluation_split(meta: dict[str, Any], data: str | None = None) -> NYUDv2:
+    """The test split a fine-tuned model (its checkpoint's ``meta``) is evaluated on: its own
+    ``--data`` or ``data``, its classes, depth ground truth and task target, normalised as its
+    backbone was pretrained."""
+    settings = meta["config"]
+    mean, std = input_normalization(meta["backbone_meta"])
+    return NYUDv2(nyud_root(data or settings["data"]), "test", settings["classes"], JointTransform(mean, std),
+                  depth=settings["depth_gt"], **get_task(meta["task"]).dataset_options())
