@@ -27,12 +27,12 @@ from .methods import base_method
 from .plots.analysis import sweep_chart
 from .plots.cmim_study import cmim_study_report
 from .plots.predictions import qualitative_chart
-from .plots.seg_depth import seg_depth_chart
+from .plots.seg_depth import headline_differences, seg_depth_chart
 from .run_folder import owned_folder
 from .stats import seed_names
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
-MAIN_TASKS = ("seg", "depth")  # the dense tasks every backbone is fine-tuned on (names of dense.TASKS)
+MAIN_TASKS = ("seg", "depth", "normals")  # the dense tasks every backbone is fine-tuned on (names of dense.TASKS)
 # One protocol for every method on the built-in world, sized so that the main job takes minutes on
 # 2 CPU cores: Adam 1e-3 with a cosine decay (the recipes' ImageNet SGD schedules need far more
 # steps), 2,000 object images of 32 px (docs/pretraining_world.md has every method's curve).
@@ -50,6 +50,7 @@ SWEEPS = {"lambda": ("lam", (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)), "n_nce": ("n_nce", 
 # from epoch 40 on (train 89-91 %, validation 79-83 %); the binary networks never fit even 130
 # images completely at these budgets.
 STUDY_METHODS = ("irnet", "rbnn")
+STUDY_TASKS = ("seg", "depth")  # the transfer the study reports (plots/cmim_study.py)
 STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of Table 3's grid
 STUDY_SEEDS = 3
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 650,
@@ -88,7 +89,7 @@ def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: di
 
 def chart_stage(root: Path, needs: list[str]) -> Stage:
     """The seg-vs-depth chart and tables of every run under ``root/finetune`` (seeds gathered into one
-    dot each); prints what it skipped, its notes and the paired +cmim differences of mIoU and −ln RMSE."""
+    dot each); prints what it skipped, its notes and the paired +cmim differences of each task's headline."""
 
     def run() -> Any:
         result = seg_depth_chart([root / "finetune"], root / "seg_vs_depth")
@@ -97,9 +98,8 @@ def chart_stage(root: Path, needs: list[str]) -> Stage:
         for note in result.notes:
             print(f"  note: {note}")
         for difference in result.differences:
-            miou, depth = difference.metrics["miou"].interval, difference.metrics["neg_log_rmse"].interval
             print(f"  {difference.twin} − {difference.base} (seeds {seed_names(difference.seeds)}): "
-                  f"mIoU {miou.format(100.0, 2, signed=True)} pp, −ln RMSE {depth.format(1.0, 4, signed=True)}")
+                  f"{headline_differences(difference)}")
         return result
 
     return Stage("chart", lambda: False, run, needs)
@@ -151,7 +151,7 @@ def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
 
 def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
                     progress: bool = True, teacher: str | None = None, seeds: int = 1) -> list[Stage]:
-    """The main job: every method pretrained, fine-tuned for seg and depth (``seeds`` times, seeds
+    """The main job: every method pretrained, fine-tuned for every task of MAIN_TASKS (``seeds`` times, seeds
     0..N-1), then the chart and table (mean ± 95 % CI over the seeds) and the qualitative grid (seed 0)."""
     pretrain = pretrain_settings(quick, teacher)
     finetune = QUICK_FINETUNE if quick else {}
@@ -209,7 +209,7 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, valu
     check_seeds(seeds)
     pretrain = QUICK_STUDY_PRETRAIN if quick else STUDY_PRETRAIN
     runs = sweep_runs("lambda", methods, values or STUDY_LAMBDAS)
-    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds)
+    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds, STUDY_TASKS)
     everything = [stage.name for stage in stages]
     report = Stage("CMIM study report", lambda: False, lambda: cmim_study_report(root, root / "cmim_study"), everything)
     return stages + [report, chart_stage(root, [s for s in everything if not s.startswith("pretrain")])]

@@ -1,7 +1,7 @@
 """The main job, one command, on the built-in data (or the paper's sweeps):
 
     python pipeline/run.py                       # pretrain fp, bnn, irnet, irnet+cmim, rbnn, rbnn+cmim;
-                                                 # seg + depth fine-tune each; chart + table
+                                                 # seg, depth, normals fine-tune each; chart + table
     python pipeline/run.py --sweep lambda --methods irnet,rbnn    # CMIM lambda grid (Table 3)
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
@@ -10,7 +10,8 @@
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
-ROOT/finetune/RUN/seed<k>/{seg,depth} (one seed: ROOT/pretrain/RUN, ROOT/finetune/RUN/{seg,depth}).
+ROOT/finetune/RUN/seed<k>/TASK (one seed: ROOT/pretrain/RUN, ROOT/finetune/RUN/TASK; TASK seg, depth,
+normals).
 The chart then draws each backbone at its means with 95 % confidence intervals (Student t over
 the seeds) as error bars, the table gives every metric as mean ± half-width, and a second table
 the paired difference of each method+cmim and its method, seed by seed.  Raising N later reuses

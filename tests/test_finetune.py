@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,29 @@ def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbon
     finetune(python, root, cache, "--evaluate", str(tmp_path / "seg" / "last.pt"), "--out", str(tmp_path / "again"))
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == pytest.approx(seg["miou"])
+
+
+@pytest.mark.timeout(300)  # the backbone fixture and one 300-iteration fine-tune plus an evaluation, subprocesses
+def test_a_short_normals_finetune_beats_the_mean_normal(python, root, cache, backbone, tmp_path) -> None:
+    """300 iterations of a surface-normals head on the fp backbone beat the constant mean training
+    normal on every angular metric (measured: mean 25.7 vs 49.5 degrees, median 14.7 vs 24.2, within
+    11.25 degrees 43 % vs 3 %, within 30 degrees 66 % vs 52 %; 60 iterations were not enough: mean 42.5,
+    median 41.3), and --evaluate reproduces them.
+
+    Catches: normals targets misaligned with the images (the flip negating the wrong axis, the
+    transform dropping them), a loss that ignores the validity mask, predictions not normalised
+    before the angles, a baseline that is not the mean normal of the training split."""
+    finetune(python, root, cache, "--task", "normals", "--backbone", str(backbone), "--iters", "300", "--out",
+             str(tmp_path / "normals"), *FAST)
+    normals = json.loads((tmp_path / "normals" / "metrics.json").read_text())
+    baseline = normals["baseline"]
+    assert normals["task"] == "normals" and "mean training normal" in baseline["predictor"]
+    assert normals["mean_angle"] < baseline["mean_angle"] - 10 and normals["median_angle"] < baseline["median_angle"]
+    assert normals["within_11_25"] > baseline["within_11_25"] + 0.2 and normals["within_30"] > baseline["within_30"]
+    assert normals["median_angle"] <= normals["mean_angle"] <= normals["rmse_angle"]
+    finetune(python, root, cache, "--evaluate", str(tmp_path / "normals" / "last.pt"), "--out", str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["mean_angle"] == pytest.approx(normals["mean_angle"])
 
 
 def test_sigkill_then_resume_is_bit_exact(python, root, cache, backbone, tmp_path) -> None:
@@ -175,14 +199,16 @@ def test_torchrun_two_processes_finetune_and_evaluate_together(python, root, cac
 def test_qualitative_grid_from_finetuned_heads(python, root, cache, backbone, tmp_path, monkeypatch) -> None:
     from cmim_dense.plots.predictions import qualitative_rows
 
-    for task in ("seg", "depth"):
+    for task in ("seg", "depth", "normals"):
         finetune(python, root, cache, "--task", task, "--backbone", str(backbone), "--iters", "2", "--out",
                  str(tmp_path / "fp" / task), *FAST)
     monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
     rows, classes = qualitative_rows([tmp_path / "fp"], [0, 2])
     assert classes == 40 and rows[0].name == "fp" and len(rows[0].samples) == 2
-    seg, depth = rows[0].samples[1].tasks
+    seg, depth, normals = rows[0].samples[1].tasks
     assert seg.prediction.shape == seg.truth.shape == depth.prediction.shape == depth.truth.shape == (96, 128)
+    assert normals.prediction.shape == normals.truth.shape == (96, 128, 3)
+    assert np.allclose(np.linalg.norm(normals.prediction, axis=-1), 1.0, atol=1e-5)  # unit predictions
     assert rows[0].samples[1].image.dtype.name == "uint8" and seg.prediction.max() < 40
     result = subprocess.run([python, str(root / "plots" / "qualitative.py"), str(tmp_path / "fp"), "--images", "0",
                              "--out", str(tmp_path / "grid")], capture_output=True, text=True, timeout=120,

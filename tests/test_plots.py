@@ -449,3 +449,33 @@ def test_a_backbone_at_zero_top1_is_plotted_and_visible(tmp_path: Path) -> None:
     assert areas.min() > 0 and areas.max() == pytest.approx(500.0)
     np.testing.assert_array_equal(scaled_areas(np.array([0.0, 0.25, np.nan]), 0.5), [MIN_DOT_AREA, 250.0, np.nan])
     np.testing.assert_array_equal(scaled_areas(np.array([0.0, np.nan]), 0.0), [MIN_DOT_AREA, np.nan])  # all at 0
+
+
+def test_a_normals_run_adds_its_columns_and_is_checked(tmp_path: Path) -> None:
+    """A backbone with a surface-normals run besides seg and depth: the table gains the normals
+    columns (headline after the chart's two), filled for that backbone and '–' for the other; an
+    impossible angle is skipped with its reason.
+
+    Catches: a third task dropped from the tables, a normals run taken for a seg or depth run,
+    a task's values never checked."""
+    for method in ("fp", "irnet"):
+        for task in ("seg", "depth"):
+            write_run(tmp_path / method / task, task, method, 0.6, 0.4, 0.7)
+    normals = {"task": "normals", "classes": 40, "backbone": "/runs/pretrain/fp/best.pt", "method": "fp", "top1": 0.6,
+               "mean_angle": 21.5, "median_angle": 10.25, "rmse_angle": 30.0, "within_11_25": 0.5,
+               "within_22_5": 0.68, "within_30": 0.74}
+    (tmp_path / "fp" / "normals").mkdir()
+    (tmp_path / "fp" / "normals" / "metrics.json").write_text(json.dumps(normals))
+    (tmp_path / "bad" / "normals").mkdir(parents=True)
+    (tmp_path / "bad" / "normals" / "metrics.json").write_text(json.dumps({**normals, "median_angle": 200.0}))
+    result = seg_depth_chart([tmp_path], tmp_path / "chart")
+    assert [(Path(s.name).parent.parent.name, s.reason) for s in result.skipped] == [
+        ("bad", "median_angle 200.0 is not an angle in [0, 180] degrees")]
+    markdown = (tmp_path / "chart.md").read_text()
+    assert ("| method | top-1 (%) | mIoU (%) | −ln RMSE | mean angle (°) | pixel acc. (%) | RMSE (m) | δ<1.25 (%) | "
+            "median angle (°) | < 11.25° (%) | < 30° (%) | backbone |") in markdown
+    assert "| fp | 60.00 | 40.00 | 0.3567 | 21.5000 | 70.00 | 0.7000 | 55.00 | 10.2500 | 50.00 | 74.00 |" in markdown
+    assert "| irnet | 60.00 | 40.00 | 0.3567 | – | 70.00 | 0.7000 | 55.00 | – | – | – |" in markdown
+    with (tmp_path / "chart.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert rows["fp"]["normals_run"].endswith("fp/normals/metrics.json") and rows["irnet"]["normals_run"] == ""

@@ -537,6 +537,13 @@ def _cell(interval: Interval | None, metric: str, signed: bool = False) -> str:
     return interval.format(100.0, 2, signed) if is_percent(metric) else interval.format(1.0, 4, signed)
 
 
+def headline_differences(difference: CmimDifference) -> str:
+    """Each task's headline difference of a +cmim backbone, e.g. ``mIoU (pp) +1.85 ± 0.33, −ln RMSE +0.0100``."""
+    keys = [get_task(name).headline.key for name in TASKS.registered()]
+    return ", ".join(f"{metric_header(key, True)} {_cell(difference.metrics[key].interval, key, signed=True)}"
+                     for key in keys if key in difference.metrics)
+
+
 def _exact(interval: Interval | None, half_width: bool = False) -> float | str:
     """A CSV cell: the exact mean (or half-width; empty when there is none)."""
     if interval is None or (half_width and not interval.has_interval):
