@@ -28,6 +28,11 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def remove(self, name: str) -> T:
+        """Take ``name`` out again (a plug-in unloaded, a test's temporary entry); returns its item."""
+        self.get(name)  # the one-line error for an unknown name
+        return self._items.pop(name)
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of :meth:`add`."""
 

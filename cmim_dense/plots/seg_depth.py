@@ -43,7 +43,6 @@ Y_TASK, X_TASK = "seg", "depth"  # the chart's axes: each task's headline metric
 Y_KEY, X_KEY = get_task(Y_TASK).headline.key, get_task(X_TASK).headline.key  # miou, neg_log_rmse
 PROTOCOL_TEXT = {"classes": "{} classes", "depth_gt": "depth ground truth: {}"}
 PAIRED = (Y_TASK, X_TASK)  # the tasks every dot needs; the others are optional columns
-METRIC_TASK = {key: name for name in TASKS.registered() for key in get_task(name).table}
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
 SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed01 is no seed folder (it would repeat seed1)
 ANY_SEED = "seed*"
@@ -85,8 +84,13 @@ class SeedRun:
         seed has no run of the metric's task)."""
         if metric == "top1":
             return self.seg.top1
-        run = self.runs.get(METRIC_TASK[metric])
+        run = self.runs.get(metric_task(metric))
         return None if run is None else float(run.metrics[metric])
+
+
+def metric_task(metric: str) -> str:
+    """The registered task whose results table shows ``metric``."""
+    return next(name for name in TASKS.registered() if metric in get_task(name).table)
 
 
 def shown_tasks(runs: Sequence[SeedRun]) -> list[str]:
@@ -104,12 +108,12 @@ def reported_metrics(runs: Sequence[SeedRun]) -> list[str]:
 
 def is_percent(metric: str) -> bool:
     """Whether ``metric`` is a fraction, shown in %."""
-    return metric == "top1" or get_task(METRIC_TASK[metric]).metric(metric).percent
+    return metric == "top1" or get_task(metric_task(metric)).metric(metric).percent
 
 
 def metric_header(metric: str, unit_of_difference: bool = False) -> str:
     """A table header: the metric's label with "(%)" (or "(pp)" for differences) for fractions."""
-    label = "top-1" if metric == "top1" else get_task(METRIC_TASK[metric]).metric(metric).label
+    label = "top-1" if metric == "top1" else get_task(metric_task(metric)).metric(metric).label
     return f"{label} ({'pp' if unit_of_difference else '%'})" if is_percent(metric) else label
 
 
