@@ -13,6 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmim_dense.engine.config import CMIM_CHOICES  # noqa: E402
+from cmim_dense.engine.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
 from cmim_dense.methods import list_recipes  # noqa: E402
 from cmim_dense.models import list_archs  # noqa: E402
 
@@ -29,9 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--lr", type=float, help="default: the recipe's, scaled by batch size")
-    parser.add_argument("--optimizer", choices=["sgd", "adam"])
+    parser.add_argument("--optimizer", choices=OPTIMIZERS.names(), help="default: the recipe's")
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--schedule", choices=["cos", "step", "linear"])
+    parser.add_argument("--schedule", choices=SCHEDULES.names(), help="default: the recipe's")
     parser.add_argument("--warmup", type=float, help="warm-up epochs")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
@@ -44,11 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-tau", type=float, help="critic temperature (default 0.1)")
     cmim.add_argument("--cmim-nce-n", type=int, help="negatives per anchor (default 16384; 256 on synthetic)")
     cmim.add_argument("--cmim-layers", help="stages, blocks or all (default stages)")
-    cmim.add_argument("--cmim-variant", choices=["paper", "code"],
+    cmim.add_argument("--cmim-variant", choices=CMIM_CHOICES["variant"],
                       help="paper: layer-wise a_B/a_F contrast (default); code: the official code's CRD with --teacher")
-    cmim.add_argument("--cmim-bank-dtype", choices=["float32", "float16"], help="memory bank precision (float16 halves it)")
-    cmim.add_argument("--cmim-embed", choices=["mlp", "none"], help="critic representation (default mlp)")
-    cmim.add_argument("--cmim-normalizer", choices=["running", "crd", "none"],
+    cmim.add_argument("--cmim-bank-dtype", choices=CMIM_CHOICES["bank_dtype"],
+                      help="memory bank precision (float16 halves it)")
+    cmim.add_argument("--cmim-embed", choices=CMIM_CHOICES["embed"], help="critic representation (default mlp)")
+    cmim.add_argument("--cmim-normalizer", choices=CMIM_CHOICES["normalizer"],
                       help="critic normaliser Z: running mean (default), fixed on the first batch (CRD), or none")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")

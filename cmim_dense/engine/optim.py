@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..binary import BinaryConv2d
+from ..registry import Registry
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, binary_weight_decay: float | None,
@@ -47,12 +49,15 @@ def build_optimizer(
     nesterov: bool = False,
     decay_scope: str = "all",
 ) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay, binary_weight_decay, decay_scope)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam")
+    build = OPTIMIZERS.get(name)
+    return build(parameter_groups(model, weight_decay, binary_weight_decay, decay_scope), lr, momentum, nesterov)
+
+
+OptimizerBuilder = Callable[[list[dict], float, float, bool], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
+OPTIMIZERS.add("sgd", lambda groups, lr, momentum, nesterov: torch.optim.SGD(groups, lr=lr, momentum=momentum,
+                                                                             nesterov=nesterov))
+OPTIMIZERS.add("adam", lambda groups, lr, momentum, nesterov: torch.optim.Adam(groups, lr=lr))  # its own betas
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, milestones: tuple[int, ...] = ()) -> float:
@@ -61,17 +66,18 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, milestones:
     Linear warm-up over ``warmup`` steps, then ``cos`` (cosine to 0), ``linear`` (to 0) or
     ``step`` (x0.1 at each milestone, in steps).
     """
+    decay = SCHEDULES.get(schedule)
     if step < warmup:
         return (step + 1) / warmup
-    if schedule == "step":
-        return 0.1 ** sum(step >= m for m in milestones)
-    span = max(total - warmup, 1)
-    done = min(max(step - warmup, 0) / span, 1.0)
-    if schedule == "cos":
-        return 0.5 * (1.0 + math.cos(math.pi * done))
-    if schedule == "linear":
-        return 1.0 - done
-    raise ValueError(f"unknown schedule {schedule!r}; valid: cos, step, linear")
+    done = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return decay(step, done, milestones)
+
+
+# schedule name -> factor(step, fraction of the post-warm-up steps done, milestones in steps)
+SCHEDULES: Registry[Callable[[int, float, tuple[int, ...]], float]] = Registry("schedule")
+SCHEDULES.add("cos", lambda step, done, milestones: 0.5 * (1.0 + math.cos(math.pi * done)))
+SCHEDULES.add("linear", lambda step, done, milestones: 1.0 - done)
+SCHEDULES.add("step", lambda step, done, milestones: 0.1 ** sum(step >= m for m in milestones))
 
 
 def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:

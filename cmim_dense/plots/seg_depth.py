@@ -299,8 +299,8 @@ def _pair_seed(runs: Sequence[MetricsRecord], folder_seed: int | None) -> tuple[
     seed; or the problem (the runs' seeds disagree with each other or with the folder)."""
     recorded = {run.seed for run in runs} - {None}
     if len(recorded) > 1:
-        return None, f"its {' and '.join(run.task for run in runs)} runs were fine-tuned with different seeds " \
-                     f"({seed_names(recorded)})"
+        tasks = " and ".join(run.task for run in runs)
+        return None, f"its {tasks} runs were fine-tuned with different seeds ({seed_names(recorded)})"
     if folder_seed is not None and recorded and recorded != {folder_seed}:
         return None, f"fine-tuned with seed {recorded.pop()} on the backbone of seed{folder_seed}"
     return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
