@@ -3,9 +3,10 @@
 Counts one forward pass at ``--image-size`` (default 224) and compares the totals with the
 full-precision twin (same architecture, classes and output stride), using the papers'
 convention OPs = BOPs / 64 + FLOPs (docs/accounting.md).  Without a checkpoint,
-``--method NAME --arch ARCH`` counts a freshly built model.  ``--head deeplabv3|deeplabv3plus``
-counts the dense model instead (default 480x640, output stride 8, 40 classes) and reports the
-binary backbone and the full-precision head separately: the head dominates.
+``--method NAME --arch ARCH`` counts a freshly built model.  ``--head NAME`` (a registered head:
+deeplabv3, deeplabv3plus, fpn, unet) counts the dense model instead (default 480x640, the head's
+smallest output stride, 256 wide, 40 classes) and reports the binary backbone and the
+full-precision head separately: the head dominates.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .accounting import Accounting, Totals, count_model
 from .arguments import image_size
 from .checkpoint_io import load_checkpoint_as, write_json
 from .cli import report_user_errors
-from .dense import create_dense_model
+from .dense import HEADS, create_dense_model
 from .models import create_model, list_archs, model_from_checkpoint
 from .models.resnet import BinaryResNet
 
@@ -32,9 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--method", help="count a fresh model of this method instead of a checkpoint")
     parser.add_argument("--arch", default="resnet18", choices=list_archs(), help="with --method (default resnet18)")
     parser.add_argument("--num-classes", type=int, default=1000, help="with --method (default 1000)")
-    parser.add_argument("--output-stride", type=int, choices=[8, 16], help="count the dilated backbone")
-    parser.add_argument("--head", choices=["deeplabv3", "deeplabv3plus"],
-                        help="count the DeepLab model over the backbone, backbone and head apart")
+    parser.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                        help="count the dilated backbone (with --head: default the head's smallest, 8 for DeepLab)")
+    parser.add_argument("--head", choices=HEADS.names(), help="count the dense model over the backbone, backbone and "
+                        "head apart")
+    parser.add_argument("--decoder-channels", type=int, default=256, help="with --head: its width (default 256)")
     parser.add_argument("--classes", type=int, default=40, help="with --head: output channels (default 40)")
     parser.add_argument("--image-size", type=image_size, metavar="N|HxW",
                         help="input size (default 224; 480x640 with --head)")
@@ -121,9 +124,9 @@ DENSE_PARTS = {"backbone": ["encoder."], "head": ["decoder.", "segmentation_head
 
 
 def dense_parts(method: str, arch: str, head: str, output_stride: int, image_size: tuple[int, int],
-                classes: int = 40) -> dict[str, Totals]:
+                classes: int = 40, decoder_channels: int = 256) -> dict[str, Totals]:
     """Backbone and head totals of the dense model (``head`` of dense.HEADS) over (arch, method) for one image."""
-    model = create_dense_model(arch, method, classes, head, output_stride)
+    model = create_dense_model(arch, method, classes, head, output_stride, decoder_channels)
     return count_model(model.eval(), (3, *image_size)).parts(DENSE_PARTS)
 
 
@@ -137,14 +140,16 @@ def format_parts(parts: dict[str, Totals]) -> str:
 
 
 def report_dense(args: argparse.Namespace) -> None:
-    """``--head``: the DeepLab model's backbone and head counted apart (default 480x640, OS 8)."""
+    """``--head``: the dense model's backbone and head counted apart (default 480x640, the head's
+    smallest output stride)."""
     if args.checkpoint:
         meta = load_checkpoint_as(args.checkpoint, "backbone")["meta"]
     else:
         meta = {"method": args.method, "arch": args.arch}
     size = args.image_size or (480, 640)
-    parts = dense_parts(meta["method"], meta["arch"], args.head, args.output_stride or 8, size, args.classes)
-    print(f"{args.head} over {meta['arch']} {meta['method']}, output stride {args.output_stride or 8}, "
+    stride = args.output_stride or HEADS.get(args.head).output_strides[0]
+    parts = dense_parts(meta["method"], meta["arch"], args.head, stride, size, args.classes, args.decoder_channels)
+    print(f"{args.head} ({args.decoder_channels} wide) over {meta['arch']} {meta['method']}, output stride {stride}, "
           f"{size[0]}x{size[1]}, {args.classes} outputs")
     print(format_parts(parts))
     if args.json:

@@ -12,7 +12,7 @@ from cmim_dense import create_model
 from cmim_dense.accounting import Totals, count_model
 from cmim_dense.binary import BinaryConv2d, Spec
 from cmim_dense.checkpoint_io import save_atomic
-from cmim_dense.summary import main
+from cmim_dense.summary import dense_parts, main
 
 SIGN = Spec("sign", estimator=Spec("ste_clip"))
 WSIGN = Spec("sign", estimator=Spec("ste"))
@@ -139,11 +139,11 @@ def test_cli_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_dense_summary_splits_backbone_and_head() -> None:
-    from cmim_dense.summary import dense_parts
-
     os8 = dense_parts("bireal", "resnet18", "deeplabv3", 8, (96, 128), classes=40)
     os16 = dense_parts("bireal", "resnet18", "deeplabv3", 16, (96, 128), classes=40)
     # the FP head is all real MACs and dominates the binary backbone's OPs; stride 16 cuts it ~4x
     assert os8["head"].bops == 0 and os8["head"].flops > 5 * os8["backbone"].ops
     assert 3.5 < os8["head"].flops / os16["head"].flops < 4.5
     assert os8["backbone"].binary_params == os16["backbone"].binary_params == 10_985_472
+    fpn = dense_parts("bireal", "resnet18", "fpn", 32, (96, 128), classes=40, decoder_channels=64)
+    assert fpn["backbone"].binary_params == 10_985_472 and 0 < fpn["head"].flops < os16["head"].flops / 4
