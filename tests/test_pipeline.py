@@ -25,7 +25,7 @@ def table_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["method"]: row for row in csv.DictReader(handle)}
 
 
-@pytest.mark.timeout(420)  # two quick jobs (4 fine-tunes, the chart and the grid, then a re-run) as subprocesses
+@pytest.mark.timeout(420)  # two quick jobs (6 fine-tunes, the chart and the grid, then a re-run) as subprocesses
 def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, data_cache) -> None:
     """The quick job (1 epoch of 64 images, 4 fine-tuning iterations) guarantees no learning: its seg
     heads score below the majority-class baseline (measured mIoU 1.0-1.3 % vs 3.1 %).  What it does
@@ -34,8 +34,8 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
     methods), the depth heads start at the mean training depth, so after 4 small steps their RMSE is
     within 10 % of the baseline's (measured 0.998 and 1.0007 x; a head starting from 0 would be at
     ~3 x), and the table holds exactly the metrics the stages wrote (top-1 from best.pt, mIoU,
-    pixel accuracy, RMSE, delta1 from metrics.json, -ln RMSE recomputed).  That the heads beat the
-    baselines at a real budget is test_finetune.py's test.
+    pixel accuracy, RMSE, delta1, the normals' mean angle from metrics.json, -ln RMSE recomputed).
+    That the heads beat the baselines at a real budget is test_finetune.py's test.
 
     Catches: a stage reading another method's backbone, a chart fed stale or swapped metrics, a
     depth head not initialised at the mean, a re-run that redoes finished stages."""
@@ -62,7 +62,10 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
         assert seg["method"] == depth["method"] == method
         top1 = torch.load(backbone, weights_only=True)["meta"]["top1"]
         assert float(row["top1"]) == pytest.approx(top1) and seg["top1"] == depth["top1"] == top1
-        for key, record in (("miou", seg), ("pixel_acc", seg), ("rmse", depth), ("delta1", depth)):
+        normals = metrics(main / "finetune" / method / "normals")
+        assert normals["backbone"] == row["backbone"] and normals["method"] == method
+        for key, record in (("miou", seg), ("pixel_acc", seg), ("rmse", depth), ("delta1", depth),
+                            ("mean_angle", normals), ("within_11_25", normals)):
             assert float(row[key]) == pytest.approx(record[key], rel=1e-12), (method, key)
         assert float(row["neg_log_rmse"]) == pytest.approx(-torch.tensor(depth["rmse"]).log().item(), rel=1e-6)
         assert abs(depth["rmse"] / depth["baseline"]["rmse"] - 1) < 0.1
@@ -72,7 +75,7 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already done") == 6  # 2 pretrainings + 4 fine-tunes; only the chart is redrawn
+    assert again.stdout.count("already done") == 8  # 2 pretrainings + 6 fine-tunes; only the chart is redrawn
 
 
 def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp_path) -> None:
@@ -95,13 +98,13 @@ def test_unknown_method_is_a_one_line_error(python, root, tmp_path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nosuch" in result.stderr
 
 
-@pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 8 fine-tunes) and its re-run, as subprocesses
+@pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 12 fine-tunes) and its re-run, as subprocesses
 def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,
                                                                              data_cache) -> None:
     """--seeds 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, the
     fine-tunes of seed k on the backbone of seed k, each run configured with its seed; the table
     gives mean ± interval over 2 seeds and the paired irnet+cmim − irnet differences; a re-run skips
-    all 12 finished runs.
+    all 16 finished runs.
 
     Catches: seeds written over one folder, a seed not passed to the pretraining or the fine-tuning
     (both would run seed 0), a fine-tune of seed 1 on seed 0's backbone, a table that does not
@@ -117,7 +120,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
         for seed in (0, 1):
             backbone = main / "pretrain" / method / f"seed{seed}" / "best.pt"
             assert torch.load(backbone, weights_only=True)["meta"]["config"]["seed"] == seed
-            for task in ("seg", "depth"):
+            for task in ("seg", "depth", "normals"):
                 run = main / "finetune" / method / f"seed{seed}" / task
                 assert json.loads((run / "config.json").read_text())["seed"] == seed
                 assert json.loads((run / "metrics.json").read_text())["backbone"] == str(backbone.resolve())
@@ -141,7 +144,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already done") == 12  # 4 pretrainings + 8 fine-tunes
+    assert again.stdout.count("already done") == 16  # 4 pretrainings + 12 fine-tunes
 
 
 def test_seeds_must_be_a_positive_integer(python, root, tmp_path) -> None:
