@@ -20,6 +20,8 @@ The state dict is unchanged: a folded BatchNorm keeps its tensors (:class:`Folde
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 from ..models.blocks import BasicBlock, BiRealBlock
@@ -66,8 +68,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
         if isinstance(module, (BasicBlock, BiRealBlock)):
             pairs += [(module, "conv1", "bn1"), (module, "conv2", "bn2")]
         elif isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            pairs += [(module, a, b) for a, b in zip(names, names[1:])]
+            pairs += [(module, a, b) for a, b in itertools.pairwise(module._modules)]
     return [(parent, c, b) for parent, c, b in pairs
             if isinstance(getattr(parent, c), PackedBinaryConv2d) and not getattr(parent, c).input_scale
             and type(getattr(parent, b)) is nn.BatchNorm2d]

@@ -61,7 +61,7 @@ def _load(enabled: str, cxx: str | None, directory: str) -> NativeLibrary | None
     if enabled.strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        return _build_and_load(cxx, Path(directory))
+        return build_library(Path(directory), cxx)
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
         message = " ".join(str(error).split())[:300]
         warnings.warn(f"cmim_dense: native XNOR kernel unavailable ({message}); using the pure-PyTorch packed path",
@@ -89,7 +89,8 @@ def _library_name(compiler: str) -> str:
     return f"xnor_conv-{key.hexdigest()[:16]}.so"
 
 
-def _build_and_load(cxx: str | None, directory: Path) -> NativeLibrary:
+def build_library(directory: Path, cxx: str | None = None) -> NativeLibrary:
+    """Load the library cached in ``directory``, compiling it there first if it is missing (raises on failure)."""
     compiler = _compiler(cxx)
     path = directory / _library_name(compiler)
     seconds = None
@@ -110,7 +111,7 @@ def _build_and_load(cxx: str | None, directory: Path) -> NativeLibrary:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(path))
-    for name in ("xnor_cpu_isa", "xnor_conv2d"):  # int64_t f(void) and int64_t f(const XnorConvArgs*)
-        getattr(lib, name).restype = ctypes.c_int64
-    lib.xnor_conv2d.argtypes = [ctypes.c_void_p]
+    lib.xnor_cpu_isa.restype = ctypes.c_int64
+    lib.xnor_conv2d.restype, lib.xnor_conv2d.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+    lib.xnor_popcount_rate.restype, lib.xnor_popcount_rate.argtypes = ctypes.c_double, [ctypes.c_int64] * 3
     return NativeLibrary(lib, path, seconds)

@@ -162,6 +162,13 @@ def cpu_isa(native: NativeLibrary) -> str:
     return ISAS[native.lib.xnor_cpu_isa()]
 
 
+def popcount_rate(native: NativeLibrary, isa: str | None = None, repeats: int = 20_000) -> float:
+    """Measured XOR + popcount throughput of the kernel's inner loop, in 64-bit words per second on
+    ``torch.get_num_threads()`` threads: 8 words in registers against a 4 KiB L1-resident buffer
+    (no other memory traffic), i.e. the ceiling the convolution tiles can approach."""
+    return native.lib.xnor_popcount_rate(requested_isa(isa), torch.get_num_threads(), repeats)
+
+
 def _pointer(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
