@@ -271,18 +271,18 @@ class PackedBinaryConv2d(BinaryConv2d):
             cache["tiles"] = weight_tiles(self.weight_bits)
             cache["tap_sums"] = (self.binary_weight().sum(dim=1).flatten(1).to(torch.int32).contiguous()
                                  if self.pad_value == 0.0 and any(self.padding) else None)
-            cache["epilogue"] = self._epilogue()
-        alpha, beta = cache["epilogue"]
+            cache["affine"] = self._epilogue()
+            cache["affine32"] = tuple(t.float().contiguous() for t in cache["affine"])
         bits = None
         if self._bits_to and self._bits_to[0].packed:
             if "thresholds" not in cache:
                 taps = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-                cache["thresholds"] = threshold_epilogue(alpha, beta, taps)
+                cache["thresholds"] = threshold_epilogue(*cache["affine"], taps)
             bits = (*cache["thresholds"], self._bits_to[0].geometry)
         packed_input, shift = x, None
         if not isinstance(x, PackedBits):
             packed_input, shift = self._sign_input(x)
-        out = xnor_conv2d_native(native, packed_input, self.geometry, cache["tiles"], alpha.float(), beta.float(),
+        out = xnor_conv2d_native(native, packed_input, self.geometry, cache["tiles"], *cache["affine32"],
                                  tap_sums=cache["tap_sums"], shift=shift, bits=bits)
         if self.input_scale:
             assert not isinstance(x, PackedBits) and not isinstance(out, PackedBits)

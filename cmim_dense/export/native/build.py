@@ -42,26 +42,27 @@ class NativeLibrary:
     build_seconds: float | None
 
 
-def cache_dir() -> Path:
-    """``$CMIM_DENSE_CACHE/native``, default ``~/.cache/cmim_dense/native``."""
-    root = os.environ.get("CMIM_DENSE_CACHE") or Path.home() / ".cache" / "cmim_dense"
-    return Path(root) / "native"
+def cache_dir(root: str | None = None) -> Path:
+    """``<root>/native`` for ``root`` = ``$CMIM_DENSE_CACHE``, default ``~/.cache/cmim_dense/native``."""
+    return Path(root or Path.home() / ".cache" / "cmim_dense") / "native"
 
 
 def native_library() -> NativeLibrary | None:
     """The kernel library, built if needed; None (after one warning) when it cannot be had.
 
-    The answer is remembered per value of ``CMIM_DENSE_NATIVE``, ``CXX`` and ``CMIM_DENSE_CACHE``.
+    The answer is remembered per value of ``CMIM_DENSE_NATIVE``, ``CXX`` and ``CMIM_DENSE_CACHE``
+    (this runs on every packed forward, so it only reads those three variables).
     """
-    return _load(os.environ.get("CMIM_DENSE_NATIVE", "1"), os.environ.get("CXX"), str(cache_dir()))
+    environ = os.environ
+    return _load(environ.get("CMIM_DENSE_NATIVE", "1"), environ.get("CXX"), environ.get("CMIM_DENSE_CACHE"))
 
 
 @functools.cache
-def _load(enabled: str, cxx: str | None, directory: str) -> NativeLibrary | None:
+def _load(enabled: str, cxx: str | None, cache_root: str | None) -> NativeLibrary | None:
     if enabled.strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        return build_library(Path(directory), cxx)
+        return build_library(cache_dir(cache_root), cxx)
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
         message = " ".join(str(error).split())[:300]
         warnings.warn(f"cmim_dense: native XNOR kernel unavailable ({message}); using the pure-PyTorch packed path",
