@@ -71,6 +71,19 @@ def test_integer_sums_are_exact(shape: tuple[int, ...], pad_value: float, isa: s
     assert torch.equal(out, float_conv_of_signs(binary_sign(x + shift[:, :, None, None]), weight, shape, pad_value))
 
 
+@pytest.mark.parametrize("isa", ISA_LIST)
+def test_long_rows_of_all_mismatching_words(isa: str) -> None:
+    """Every bit differs (popcount 64 per word) over 72 words per output: a kernel that lets 8-bit byte counts
+    run past 31 steps (AVX2) or drops a step overflows or miscounts here, not on random bits."""
+    shape = (1, 512, 16, 5, 9, 3, 1, 1, 1)
+    x = -torch.ones(1, 512, 5, 9)
+    weight = torch.ones(16, 512, 3, 3)
+    weight[1::2] = -1.0
+    out = run_kernel(x, weight, shape, 0.0, isa)
+    assert torch.equal(out, float_conv_of_signs(binary_sign(x), weight, shape, 0.0))
+    assert out[0, 0, 2, 4] == -9 * 512
+
+
 def unpack_layout(bits: PackedBits) -> torch.Tensor:
     """The +-1 activation a :class:`PackedBits` holds, ``(N, C, H, W)``."""
     layout = bits.layout
@@ -167,13 +180,16 @@ def test_build_is_cached_atomically(tmp_path: Path) -> None:
     assert again.path == built.path and again.build_seconds is None
 
 
-def randomize(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Random latent weights and BatchNorm statistics (some scales negative), in eval mode."""
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.1)
-        set_progress(model, 0.5)
-        model.train()
-        model(x)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.005, 0.02)
+    set_progress(model, 0.5)
     return model.eval()
 
 
@@ -182,7 +198,7 @@ def test_exported_backbone_runs_on_the_kernel(method: str, tmp_path: Path, monke
     """A ResNet-18 loaded from its .safetensors export with packed=True: every binary conv on the kernel (BNN's
     basic blocks passing packed bits from conv1 to conv2), outputs equal to the float model's."""
     x = torch.randn(1, 3, 64, 64)
-    model = randomize(create_model("resnet18", method, num_classes=10), torch.randn(2, 3, 64, 64))
+    model = randomize(create_model("resnet18", method, num_classes=10))
     path = tmp_path / f"{method}.safetensors"
     export_model(model, path, {"arch": "resnet18", "method": method, "num_classes": 10})
     packed, _ = load_exported(path, packed=True)
