@@ -224,7 +224,7 @@ class PackedBinaryConv2d(BinaryConv2d):
 
         Valid when the folded BatchNorm's output reaches ``consumer`` only through sign-preserving
         steps and ``consumer``'s input binarizer is the plain sign: then sign(alpha dot + beta) is a
-        per-channel threshold on the integer dot (:func:`~cmim_dense.export.native.threshold_epilogue`).
+        per-channel threshold on the integer dot (:func:`~cmim_dense.export.native.kernel.threshold_epilogue`).
         Used only when both layers run on the kernel; otherwise the float output is returned.
         """
         if self.folded_batchnorm is None:
