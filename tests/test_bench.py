@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cmim_dense.export.native import native_library
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_bench(script: str, *args: str, out: Path) -> dict:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
-                            capture_output=True, text=True, timeout=150)
+                            capture_output=True, text=True, timeout=150, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["machine"]["threads"] >= 1 and record["machine"]["torch"]
@@ -35,3 +39,25 @@ def test_binarizer_ops_bench_library_matches_the_formulas(tmp_path: Path) -> Non
     for row in record["rows"]:
         assert row["max_abs_difference"] < 1e-4, row
         assert row["library_ms"] > 0 and row["plain_ms"] > 0
+
+
+def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Path) -> None:
+    if native_library() is None:
+        pytest.skip("no C++ compiler: the native kernel cannot be built")
+    record = run_bench("packed_conv.py", "--batch", "1", "--repeats", "1", "--no-fallback", "--image-size", "64",
+                       out=tmp_path / "packed.json")
+    layers = record["layers"]
+    assert [(r["in_channels"], r["out_channels"], r["size"], r["stride"]) for r in layers] == [
+        (64, 64, 56, 1), (128, 128, 28, 1), (256, 256, 14, 1), (512, 512, 7, 1),
+        (64, 128, 56, 2), (128, 256, 28, 2), (256, 512, 14, 2)]
+    for row in layers:
+        assert row["batch"] == 1 and row["fp32_ms"] > 0 and row["packed_ms"] > 0, row
+        assert row["max_abs_difference"] < 1e-4, row  # the packed output is checked against the float one
+        outputs = row["out_channels"] * (row["size"] // row["stride"]) ** 2
+        assert row["gops"] == 2 * 9 * row["in_channels"] * outputs / (row["packed_ms"] * 1e6)
+        assert row["speedup"] == row["fp32_ms"] / row["packed_ms"]
+    network = record["network"]
+    assert network["input"] == [1, 3, 64, 64] and network["max_abs_difference"] < 1e-4
+    assert network["fp32_ms"] > 0 and network["packed_ms"] > 0 and "fallback_ms" not in network
+    assert set(network["packed_breakdown_ms"]) >= {"binary convs", "other (adds, activations, Python)"}
+    assert record["build_seconds"] > 0 and record["popcount_peak_gops"][record["isa"]] > 0

@@ -26,6 +26,7 @@ from ..checkpoint_io import write_atomic
 from ..cli import first_line
 from ..models import create_model
 from ..models.loading import require_meta
+from .fuse import fuse_epilogues
 from .packed import PackedBinaryConv2d, packed_layer_info
 
 FORMAT = "cmim-dense-1bit"
@@ -138,7 +139,8 @@ def load_exported(path: str | Path, model: nn.Module | None = None,
     method, num_classes, output_stride, real_weights)``); otherwise ``model`` is a freshly
     built training-time skeleton of the exported network (e.g. a DeepLab model), whose
     binary convs are packed and whose tensors are then all replaced by the file's.
-    ``packed=True`` switches on the XNOR-popcount forward (:func:`set_packed`).
+    ``packed=True`` switches on the XNOR-popcount forward (:func:`set_packed`) and fuses the
+    BatchNorms (and signs) that follow packed convs into their epilogues (:func:`fuse_epilogues`).
     """
     tensors, metadata = read_export(path)
     meta = metadata["meta"]
@@ -155,6 +157,7 @@ def load_exported(path: str | Path, model: nn.Module | None = None,
     model.eval()
     if packed:
         set_packed(model)
+        fuse_epilogues(model)
     return model, meta
 
 

@@ -9,9 +9,14 @@ Two forwards compute the same function:
 
 - float (default): the inherited ``BinaryConv2d.forward`` on the unpacked ``scale * B``,
   bit-identical to the training-time layer in eval mode;
-- packed (``packed = True``): :func:`xnor_conv2d`, i.e. ``scale[o] * (K - 2 popcount(x XOR w))``
-  on 64-bit words, followed by the same bias and K map.  The integer part is exact; the
-  result differs from the float forward only by float rounding of the per-channel scaling.
+- packed (``packed = True``): ``scale[o] * (K - 2 popcount(x XOR w))`` on 64-bit words, followed
+  by the same bias and K map; on the compiled kernel (:mod:`.native`) when it can be built, else
+  with :func:`xnor_conv2d` in plain PyTorch.  The integer part is exact; the result differs from
+  the float forward only by float rounding of the per-channel scaling.
+
+:mod:`.fuse` can fold the BatchNorm that follows a layer into it (:meth:`PackedBinaryConv2d.fold`)
+and, where that BatchNorm only feeds another binary conv's sign, make the layer emit packed bits
+(:meth:`PackedBinaryConv2d.emit_bits_to`).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..binary import BinaryConv2d, binary_sign
+from ..binary import BinaryConv2d, LearnableBias, PerSampleCenter, binary_sign
 from ..binary.conv import tensor_versions, unchanged
+from .native import ConvGeometry, NativeLibrary, PackedBits, native_library, xnor_conv2d_native
+from .native.kernel import threshold_epilogue, weight_tiles
 from .pack import BYTE_COUNT_SUMS, byte_counts_, bytes_to_words, pack_bits, packed_length, signs_from_bits, sum_bytes_
 
 # Block of the XNOR-popcount GEMM: 256K outputs, i.e. three int64 scratch buffers of 2 MiB.
@@ -149,7 +156,9 @@ class PackedBinaryConv2d(BinaryConv2d):
         self.register_buffer("weight_bits", bits)
         self.register_buffer("weight_scale", scale)
         self._packed = False
-        self._derived: tuple[list[tuple[Tensor, int]], dict[Any, Tensor]] = ([], {})
+        self._derived: tuple[list[tuple[Tensor, int]], dict[Any, Any]] = ([], {})
+        self._folded: tuple[nn.BatchNorm2d, ...] = ()  # not submodules: the model keeps them where they were
+        self._bits_to: tuple[PackedBinaryConv2d, ...] = ()
 
     @property
     def binary_weights(self) -> bool:
@@ -186,17 +195,132 @@ class PackedBinaryConv2d(BinaryConv2d):
             cache["weight"] = self.effective_weight()
         return cache["weight"]
 
-    def _derived_cache(self) -> dict[Any, Tensor]:
-        """Tensors derived from ``weight_bits``/``weight_scale``; emptied when either is replaced or modified."""
-        sources = [self.weight_bits, self.weight_scale]
+    @property
+    def geometry(self) -> ConvGeometry:
+        """Shape parameters for the compiled kernel."""
+        return ConvGeometry(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                            self.dilation, self.pad_value)
+
+    @property
+    def folded_batchnorm(self) -> nn.BatchNorm2d | None:
+        """The BatchNorm this layer applies to its output (:meth:`fold`), if any."""
+        return self._folded[0] if self._folded else None
+
+    def fold(self, batchnorm: nn.BatchNorm2d) -> None:
+        """Apply ``batchnorm`` (eval mode, running statistics) to this layer's output from now on.
+
+        On the kernel it becomes part of the per-channel epilogue ``alpha * dot + beta``; other
+        forwards call it after the convolution.  The caller makes the BatchNorm itself an identity
+        (:class:`~cmim_dense.export.fuse.FoldedBatchNorm2d`).
+        """
+        if self.input_scale:
+            raise ValueError("a layer with XNOR-Net's K map cannot fold the following BatchNorm (K is per pixel)")
+        if batchnorm.training or batchnorm.running_mean is None or batchnorm.running_var is None:
+            raise ValueError("only an eval-mode BatchNorm with running statistics can be folded")
+        self._folded = (batchnorm,)
+
+    def emit_bits_to(self, consumer: PackedBinaryConv2d) -> None:
+        """Hand ``consumer`` the packed sign of this layer's (folded) output instead of floats.
+
+        Valid when the folded BatchNorm's output reaches ``consumer`` only through sign-preserving
+        steps and ``consumer``'s input binarizer is the plain sign: then sign(alpha dot + beta) is a
+        per-channel threshold on the integer dot (:func:`~cmim_dense.export.native.kernel.threshold_epilogue`).
+        Used only when both layers run on the kernel; otherwise the float output is returned.
+        """
+        if self.folded_batchnorm is None:
+            raise ValueError("fold the following BatchNorm first: the bits are the sign of its output")
+        if not consumer.takes_bits:
+            raise ValueError("the consumer must binarize its input with a plain sign and have no K map")
+        self._bits_to = (consumer,)
+
+    @property
+    def takes_bits(self) -> bool:
+        """Whether this layer's input can arrive as packed bits: a plain sign(x) input, one group, no K map."""
+        return (self.supports_packed and isinstance(self.input_binarizer.pre, nn.Identity)
+                and not self.input_binarizer.rescales and not self.input_scale)
+
+    def _derived_cache(self) -> dict[Any, Any]:
+        """Tensors derived from the weights, bias and folded BatchNorm; emptied when any is replaced or modified."""
+        sources = [self.weight_bits, self.weight_scale, *([] if self.bias is None else [self.bias])]
+        if self._folded:
+            bn = self._folded[0]
+            sources += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
         held, cache = self._derived
         if not unchanged(held, sources):
             self._derived = held, cache = tensor_versions(sources), {}
         return cache
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.packed:
-            return super().forward(x)
+    def forward(self, x: Tensor | PackedBits) -> Tensor | PackedBits:
+        if self.packed:
+            native = native_library()
+            kernel_input = isinstance(x, PackedBits) or (x.dtype == torch.float32 and x.device.type == "cpu")
+            if native is not None and kernel_input:
+                return self._forward_native(x, native)
+            out = self._forward_packed_torch(x)
+        else:
+            out = super().forward(x)
+        bn = self.folded_batchnorm
+        if bn is None:
+            return out
+        return F.batch_norm(out, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def _forward_native(self, x: Tensor | PackedBits, native: NativeLibrary) -> Tensor | PackedBits:
+        """The compiled kernel: sign + packing, XNOR-popcount, padding correction, scale/bias/BN or bits."""
+        cache = self._derived_cache()
+        if "tiles" not in cache:
+            cache["tiles"] = weight_tiles(self.weight_bits)
+            cache["tap_sums"] = (self.binary_weight().sum(dim=1).flatten(1).to(torch.int32).contiguous()
+                                 if self.pad_value == 0.0 and any(self.padding) else None)
+            cache["affine"] = self._epilogue()
+            cache["affine32"] = tuple(t.float().contiguous() for t in cache["affine"])
+        bits = None
+        if self._bits_to and self._bits_to[0].packed:
+            if "thresholds" not in cache:
+                taps = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+                cache["thresholds"] = threshold_epilogue(*cache["affine"], taps)
+            bits = (*cache["thresholds"], self._bits_to[0].geometry)
+        packed_input, shift = x, None
+        if not isinstance(x, PackedBits):
+            packed_input, shift = self._sign_input(x)
+        out = xnor_conv2d_native(native, packed_input, self.geometry, cache["tiles"], *cache["affine32"],
+                                 tap_sums=cache["tap_sums"], shift=shift, bits=bits)
+        if self.input_scale:
+            assert not isinstance(x, PackedBits) and not isinstance(out, PackedBits)
+            out = out * self._xnor_k_map(x)
+        return out
+
+    def _epilogue(self) -> tuple[Tensor, Tensor]:
+        """``(alpha, beta)`` of ``alpha[o] dot + beta[o]``: the weight scale, the bias and the folded
+        BatchNorm ``gamma (y - mean) / sqrt(var + eps) + beta`` composed in float64."""
+        alpha = self.weight_scale.double()
+        beta = torch.zeros_like(alpha) if self.bias is None else self.bias.detach().double()
+        bn = self.folded_batchnorm
+        if bn is not None:
+            scale = (bn.running_var.double() + bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight.detach().double()
+            alpha, beta = alpha * scale, (beta - bn.running_mean.double()) * scale
+            if bn.bias is not None:
+                beta = beta + bn.bias.detach().double()
+        return alpha, beta
+
+    def _sign_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The tensor whose sign the kernel packs and the ``(N, C)`` shift it adds first: the input
+        binarizer's ``pre`` done inside the kernel where it is a shift (ReActNet's RSign ``x + b``,
+        RBNN's ``x - mean``), else computed here."""
+        assert self.input_binarizer is not None
+        pre = self.input_binarizer.pre
+        n, c = x.shape[:2]
+        if isinstance(pre, nn.Identity):
+            return x, None
+        if isinstance(pre, LearnableBias):
+            return x, pre.bias.detach().view(1, c).expand(n, c).contiguous()
+        if isinstance(pre, PerSampleCenter):  # x + (-mean) == x - mean exactly
+            return x, (-x.mean(dim=tuple(range(1, x.dim())))).view(n, 1).expand(n, c).contiguous()
+        return pre(x), None
+
+    def _forward_packed_torch(self, x: Tensor) -> Tensor:
+        """The pure-PyTorch packed forward (:func:`xnor_conv2d`): the fallback where the kernel is unavailable."""
         assert self.input_binarizer is not None
         positive = self.input_binarizer.pre(x) >= 0  # = binary_sign(...) > 0; the sign's forward is binary_sign
         ph, pw = self.padding

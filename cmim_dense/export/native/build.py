@@ -1,0 +1,118 @@
+"""Compile ``xnor_conv.cpp`` into a shared library on first use, cache it, and load it with ctypes.
+
+Nothing is downloaded: the source ships with the package and is built with the machine's own C++
+compiler (``$CXX``, else ``c++``/``g++``).  The library is cached in ``$CMIM_DENSE_CACHE/native``
+(default ``~/.cache/cmim_dense/native``) under a name keyed on the source, the compiler's identity,
+the flags and the platform; it is written to a temporary name and renamed into place, so concurrent
+builds never leave a partial file.  ``CMIM_DENSE_NATIVE=0`` disables it.  When the library cannot be
+built or loaded, one warning line says why and callers use the pure-PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("xnor_conv.cpp")
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
+BUILD_TIMEOUT_S = 300
+
+
+class NativeKernelWarning(RuntimeWarning):
+    """The compiled XNOR-popcount kernel is unavailable; the pure-PyTorch packed path is used instead."""
+
+
+@dataclass(frozen=True)
+class NativeLibrary:
+    """A loaded kernel library, where it lives, and how long building it took (None: found in the cache)."""
+
+    lib: ctypes.CDLL
+    path: Path
+    build_seconds: float | None
+
+
+def cache_dir(root: str | None = None) -> Path:
+    """``<root>/native`` for ``root`` = ``$CMIM_DENSE_CACHE``, default ``~/.cache/cmim_dense/native``."""
+    return Path(root or Path.home() / ".cache" / "cmim_dense") / "native"
+
+
+def native_library() -> NativeLibrary | None:
+    """The kernel library, built if needed; None (after one warning) when it cannot be had.
+
+    The answer is remembered per value of ``CMIM_DENSE_NATIVE``, ``CXX`` and ``CMIM_DENSE_CACHE``
+    (this runs on every packed forward, so it only reads those three variables).
+    """
+    environ = os.environ
+    return _load(environ.get("CMIM_DENSE_NATIVE", "1"), environ.get("CXX"), environ.get("CMIM_DENSE_CACHE"))
+
+
+@functools.cache
+def _load(enabled: str, cxx: str | None, cache_root: str | None) -> NativeLibrary | None:
+    if enabled.strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        return build_library(cache_dir(cache_root), cxx)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as error:
+        message = " ".join(str(error).split())[:300]
+        warnings.warn(f"cmim_dense: native XNOR kernel unavailable ({message}); using the pure-PyTorch packed path",
+                      NativeKernelWarning, stacklevel=3)
+        return None
+
+
+def _compiler(cxx: str | None) -> str:
+    candidates = [cxx] if cxx else ["c++", "g++", "clang++"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError(f"no C++ compiler found (tried {', '.join(candidates)}; set CXX)")
+
+
+def _library_name(compiler: str) -> str:
+    """``xnor_conv-<key>.so``, the key hashing the source, the compiler's path and version, flags and platform."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), compiler.encode(), version.stdout.encode(), " ".join(FLAGS).encode(),
+                 platform.machine().encode(), sys.platform.encode()):
+        key.update(part)
+        key.update(b"\0")
+    return f"xnor_conv-{key.hexdigest()[:16]}.so"
+
+
+def build_library(directory: Path, cxx: str | None = None) -> NativeLibrary:
+    """Load the library cached in ``directory``, compiling it there first if it is missing (raises on failure)."""
+    compiler = _compiler(cxx)
+    path = directory / _library_name(compiler)
+    seconds = None
+    if not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        try:
+            start = time.perf_counter()
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                                    timeout=BUILD_TIMEOUT_S, check=False)
+            seconds = time.perf_counter() - start
+            if result.returncode != 0:
+                detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[0]
+                raise RuntimeError(f"{Path(compiler).name} failed: {detail}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    lib.xnor_cpu_isa.restype = ctypes.c_int64
+    lib.xnor_conv2d.restype, lib.xnor_conv2d.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+    lib.xnor_popcount_rate.restype, lib.xnor_popcount_rate.argtypes = ctypes.c_double, [ctypes.c_int64] * 3
+    return NativeLibrary(lib, path, seconds)
