@@ -61,3 +61,17 @@ def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Pa
     assert network["fp32_ms"] > 0 and network["packed_ms"] > 0 and "fallback_ms" not in network
     assert set(network["packed_breakdown_ms"]) >= {"binary convs", "other (adds, activations, Python)"}
     assert record["build_seconds"] > 0 and record["popcount_peak_gops"][record["isa"]] > 0
+
+
+def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> None:
+    """Catches: a packed dense model that computes another function than the float one, a head
+    configuration left out, times or ratios that do not add up."""
+    record = run_bench("dense_latency.py", "--size", "64x64", "--repeats", "1", out=tmp_path / "dense.json")
+    assert [(r["head"], r["output_stride"], r["width"]) for r in record["rows"]] == [
+        ("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64)]
+    for row in record["rows"]:
+        assert row["max_abs_difference"] < 1e-3, row
+        assert row["speedup"] == row["fp32_ms"] / row["packed_ms"] and row["packed_backbone_ms"] > 0
+        assert row["packed_head_ms"] == row["packed_ms"] - row["packed_backbone_ms"]
+    heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3"}
+    assert heads[8] > 10 * record["rows"][2]["head_gops"]  # the slim head is far cheaper than the paper's

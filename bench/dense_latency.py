@@ -1,0 +1,97 @@
+"""The frozen dense model's whole inference cost: packed binary backbone + full-precision head, per head.
+
+    python bench/dense_latency.py [--method bireal] [--size 480x640] [--repeats 5] [--threads 2] [--json FILE]
+
+For each head configuration (the paper's DeepLabV3 at output stride 8 and 256 wide, DeepLabV3+ at
+16 and 256 wide, the slim DeepLabV3+ at 16 and 64 wide that the built-in rooms use, FPN 64 wide)
+at one image of ``--size``, in one run on one machine (median of ``--repeats`` after a warm-up):
+
+- ``fp32``: the same dense model over a full-precision ResNet-18 (oneDNN convolutions);
+- ``packed``: over the ``--method`` backbone with every binary convolution on the XNOR-popcount
+  path (the native kernel when it builds, with fused BatchNorm epilogues, as an exported model
+  runs), split into the backbone (the encoder alone) and the head (the rest), and checked
+  against the same model in float (``max_abs_difference``);
+
+with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Ratios are
+fp32 time / packed time (above 1 = the binary model is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import median_seconds, write_record  # noqa: E402
+
+from cmim_dense.arguments import image_size  # noqa: E402
+from cmim_dense.dense import create_dense_model  # noqa: E402
+from cmim_dense.export import pack_model, set_packed  # noqa: E402
+from cmim_dense.export.fuse import fuse_epilogues  # noqa: E402
+from cmim_dense.summary import dense_parts  # noqa: E402
+
+# (head, output stride, width): the paper's default, a wider V3+, the built-in rooms' slim V3+, FPN
+HEAD_CONFIGS = (("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64))
+
+
+def packed_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (eval mode) with its binary convolutions packed, on the XNOR-popcount path,
+    BatchNorms fused: as an exported model runs."""
+    packed = copy.deepcopy(model)
+    pack_model(packed)
+    set_packed(packed)
+    fuse_epilogues(packed)
+    return packed
+
+
+def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int, int], repeats: int) -> dict:
+    x = torch.randn(1, 3, *size)
+    fp = create_dense_model("resnet18", "fp", 40, head, stride, width).eval()
+    binary = create_dense_model("resnet18", method, 40, head, stride, width).eval()  # random weights: timing
+    packed = packed_copy(binary)                                                      # does not depend on them
+    parts = dense_parts(method, "resnet18", head, stride, size, 40, width)
+    with torch.no_grad():
+        row = {"head": head, "output_stride": stride, "width": width,
+               "max_abs_difference": (packed(x) - binary(x)).abs().max().item(),
+               "fp32_ms": 1e3 * median_seconds(lambda: fp(x), repeats),
+               "packed_ms": 1e3 * median_seconds(lambda: packed(x), repeats),
+               "fp32_backbone_ms": 1e3 * median_seconds(lambda: fp.encoder(x), repeats),
+               "packed_backbone_ms": 1e3 * median_seconds(lambda: packed.encoder(x), repeats),
+               "backbone_gops": parts["backbone"].ops / 1e9, "head_gops": parts["head"].ops / 1e9}
+    row["fp32_head_ms"] = row["fp32_ms"] - row["fp32_backbone_ms"]
+    row["packed_head_ms"] = row["packed_ms"] - row["packed_backbone_ms"]
+    row["speedup"] = row["fp32_ms"] / row["packed_ms"]
+    row["backbone_speedup"] = row["fp32_backbone_ms"] / row["packed_backbone_ms"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="bireal", help="the binary backbone's method (default bireal)")
+    parser.add_argument("--size", type=image_size, default=(480, 640), help="input HxW (default 480x640)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--json", default="runs/bench/dense_latency.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = [bench_head(args.method, *config, args.size, args.repeats) for config in HEAD_CONFIGS]
+    print(f"{'head':>24} {'GOPs bb+head':>13} {'fp32 ms':>9} {'packed ms':>10} {'(backbone':>10} {'head)':>7} "
+          f"{'speedup':>8} {'backbone speedup':>17}")
+    for r in rows:
+        name = f"{r['head']} os{r['output_stride']} w{r['width']}"
+        print(f"{name:>24} {r['backbone_gops']:>5.2f}+{r['head_gops']:<6.2f} {r['fp32_ms']:>9.1f} {r['packed_ms']:>10.1f} "
+              f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {r['speedup']:>7.2f}x "
+              f"{r['backbone_speedup']:>16.2f}x")
+    print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, median of "
+          f"{args.repeats}; speedup > 1 = the binary dense model is faster")
+    write_record(args.json, {"method": args.method, "size": list(args.size), "repeats": args.repeats, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
