@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'speedup':>8} {'backbone speedup':>17}")
     for r in rows:
         name = f"{r['head']} os{r['output_stride']} w{r['width']}"
-        print(f"{name:>24} {r['backbone_gops']:>5.2f}+{r['head_gops']:<6.2f} {r['fp32_ms']:>9.1f} {r['packed_ms']:>10.1f} "
+        print(f"{name:>24} {r['backbone_gops']:>5.2f}+{r['head_gops']:<6.2f} {r['fp32_ms']:>9.1f} "
+              f"{r['packed_ms']:>10.1f} "
               f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {r['speedup']:>7.2f}x "
               f"{r['backbone_speedup']:>16.2f}x")
     print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, median of "

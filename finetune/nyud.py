@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
     parser.add_argument("--head", choices=HEADS.names(), help="default deeplabv3 (deeplabv3plus on synthetic)")
-    parser.add_argument("--output-stride", type=int, choices=sorted({s for h in HEADS for s in HEADS.get(h).output_strides}),
+    strides = sorted({stride for head in HEADS for stride in HEADS.get(head).output_strides})
+    parser.add_argument("--output-stride", type=int, choices=strides,
                         help="default 8 (16 on synthetic; 32 for fpn and unet, their only one)")
     parser.add_argument("--decoder-channels", type=int, help="decoder width (default 256; 64 on synthetic)")
     parser.add_argument("--iters", type=int, help="iterations (default 30000; synthetic: 300 seg, 600 depth, normals)")

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from cmim_dense.binary import Spec
 from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.data.synthetic_nyud import ensure_synthetic_nyud
-from cmim_dense.dense import HEADS, TASKS, DenseHead, DenseTask, Metric, create_dense_model, register_head, register_task
+from cmim_dense.dense import (HEADS, TASKS, DenseHead, DenseTask, Metric, create_dense_model, register_head,
+                              register_task)
 from cmim_dense.engine import resolve_config, run_pretraining
 from cmim_dense.engine.finetune import run_finetuning
 from cmim_dense.engine.finetune_config import resolve_finetune_config

@@ -40,7 +40,8 @@ def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: flo
     metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
                "method": method, "top1": top1, **({} if seed is None else {"seed": seed})}
     if task == "seg":
-        metrics.update(miou=miou, pixel_acc=min(miou + 0.3, 1.0), mean_acc=min(miou + 0.1, 1.0), per_class_iou={"wall": 0.6})
+        metrics.update(miou=miou, pixel_acc=min(miou + 0.3, 1.0), mean_acc=min(miou + 0.1, 1.0),
+                       per_class_iou={"wall": 0.6})
     else:
         metrics.update(rmse=rmse, neg_log_rmse=-math.log(rmse), rmse_per_image=rmse, rmse_log=0.3, abs_rel=0.2,
                        sq_rel=0.1, log10=0.08, delta1=0.55, delta2=0.8, delta3=0.9, depth_gt="depths")
@@ -472,8 +473,8 @@ def test_a_normals_run_adds_its_columns_and_is_checked(tmp_path: Path) -> None:
     assert [(Path(s.name).parent.parent.name, s.reason) for s in result.skipped] == [
         ("bad", "median_angle 200.0 is not an angle in [0, 180] degrees")]
     markdown = (tmp_path / "chart.md").read_text()
-    assert ("| method | top-1 (%) | mIoU (%) | −ln RMSE | mean angle (°) | pixel acc. (%) | RMSE (m) | δ<1.25 (%) | "
-            "median angle (°) | < 11.25° (%) | < 30° (%) | backbone |") in markdown
+    assert ("| method | top-1 (%) | mIoU (%) | −ln RMSE | mean angle (°) | pixel acc. (%) | RMSE (m) | "
+            "δ<1.25 (%) | median angle (°) | < 11.25° (%) | < 30° (%) | backbone |") in markdown
     assert "| fp | 60.00 | 40.00 | 0.3567 | 21.5000 | 70.00 | 0.7000 | 55.00 | 10.2500 | 50.00 | 74.00 |" in markdown
     assert "| irnet | 60.00 | 40.00 | 0.3567 | – | 70.00 | 0.7000 | 55.00 | – | – | – |" in markdown
     with (tmp_path / "chart.csv").open() as handle:

@@ -63,10 +63,13 @@ class DenseTask(ABC):
 
     Class attributes: ``name`` (the ``--task`` value and the run folder name), ``title``,
     ``target`` (the sample key of its ground truth), ``metrics`` (reported, headline first),
-    ``table`` (the keys of the results table's columns), ``printed`` (the keys the command line prints), ``scale`` (the random-scale range of the
-    training augmentation), ``synthetic_schedule`` (overrides of the built-in data's fine-tuning
-    schedule), ``display`` (how predictions are drawn) and ``protocol_keys`` (metrics.json keys
-    that must agree across runs compared in one chart).
+    ``table`` (the keys of the results table's columns, unique across tasks), ``printed`` (the
+    keys the command line prints), ``scale`` (the random-scale range of the training
+    augmentation), ``synthetic_schedule`` (overrides of the built-in data's fine-tuning schedule),
+    ``display`` (how predictions are drawn) and ``protocol_keys`` (metrics.json keys that must
+    agree across runs compared in one chart).  Geometric target transforms (crops, flips, and the
+    x component of a normal negated by a flip) belong to the data's joint transform, which knows
+    each array's kind (:class:`~cmim_dense.data.nyud.JointTransform`).
     """
 
     name: str

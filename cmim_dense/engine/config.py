@@ -205,7 +205,8 @@ def validate(config: PretrainConfig) -> None:
         (config.synthetic_val_samples is None or config.synthetic_val_samples >= 5,
          f"--synthetic-val-samples must be >= 5, got {config.synthetic_val_samples}"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
-        (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
+        (config.optimizer in OPTIMIZERS,
+         f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}"),
     ]
     for ok, message in checks:
