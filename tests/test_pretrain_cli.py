@@ -91,13 +91,15 @@ def test_image_folder_data(python, root, tmp_path) -> None:
 def test_cmim_pretraining_saves_heads_and_banks(python, root, tmp_path) -> None:
     out = tmp_path / "rbnn_cmim"
     result = run(python, root, "--method", "rbnn+cmim", "--epochs", "1", "--max-steps", "3", "--batch-size", "8",
-                 "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages",
+                 "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages", "--cmim-lambda", "0.4",
                  "--cmim-bank-dtype", "float16", "--out", str(out),
                  "--no-progress")
     assert result.returncode == 0, result.stderr
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["meta"]["method"] == "rbnn+cmim"
     assert checkpoint["meta"]["config"]["cmim"]["n_nce"] == 16
+    # the recipe the model was built from records the settings used, not the defaults
+    assert checkpoint["meta"]["recipe"]["cmim"] == {"lam": 0.4, "beta": 2.0, "tau": 0.1, "n_nce": 16, "layers": "stages"}
     assert len(checkpoint["cmim"]["banks"]) == 4
     assert all(bank["values"].dtype == torch.float16 for bank in checkpoint["cmim"]["banks"].values())
     assert torch.isfinite(checkpoint["cmim"]["heads"]["log_z"]).all()
