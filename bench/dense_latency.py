@@ -10,7 +10,8 @@ at one image of ``--size``, in one run on one machine (median of ``--repeats`` a
 - ``packed``: over the ``--method`` backbone with every binary convolution on the XNOR-popcount
   path (the native kernel when it builds, with fused BatchNorm epilogues, as an exported model
   runs), split into the backbone (the encoder alone) and the head (the rest), and checked
-  against the same model in float (``max_abs_difference``);
+  against the same model in float (``max_abs_difference``; random backbone weights and
+  statistics, which timing does not depend on);
 
 with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Ratios are
 fp32 time / packed time (above 1 = the binary model is faster).
@@ -39,6 +40,19 @@ from cmim_dense.summary import dense_parts  # noqa: E402
 HEAD_CONFIGS = (("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64))
 
 
+def randomize_backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """Random latent weights and BatchNorm statistics in the encoder (some scales negative), so that
+    the packed model's check against its float self sees mixed signs, not an initialisation's."""
+    with torch.no_grad():
+        for parameter in model.encoder.parameters():
+            parameter.normal_(0.0, 0.1)
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.005, 0.02)
+    return model
+
+
 def packed_copy(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` (eval mode) with its binary convolutions packed, on the XNOR-popcount path,
     BatchNorms fused: as an exported model runs."""
@@ -52,8 +66,8 @@ def packed_copy(model: torch.nn.Module) -> torch.nn.Module:
 def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int, int], repeats: int) -> dict:
     x = torch.randn(1, 3, *size)
     fp = create_dense_model("resnet18", "fp", 40, head, stride, width).eval()
-    binary = create_dense_model("resnet18", method, 40, head, stride, width).eval()  # random weights: timing
-    packed = packed_copy(binary)                                                      # does not depend on them
+    binary = randomize_backbone(create_dense_model("resnet18", method, 40, head, stride, width).eval())
+    packed = packed_copy(binary)
     parts = dense_parts(method, "resnet18", head, stride, size, 40, width)
     with torch.no_grad():
         row = {"head": head, "output_stride": stride, "width": width,

@@ -475,7 +475,7 @@ def test_a_normals_run_adds_its_columns_and_is_checked(tmp_path: Path) -> None:
     markdown = (tmp_path / "chart.md").read_text()
     assert ("| method | top-1 (%) | mIoU (%) | −ln RMSE | mean angle (°) | pixel acc. (%) | RMSE (m) | "
             "δ<1.25 (%) | median angle (°) | < 11.25° (%) | < 30° (%) | backbone |") in markdown
-    assert "| fp | 60.00 | 40.00 | 0.3567 | 21.5000 | 70.00 | 0.7000 | 55.00 | 10.2500 | 50.00 | 74.00 |" in markdown
+    assert "| fp | 60.00 | 40.00 | 0.3567 | 21.50 | 70.00 | 0.7000 | 55.00 | 10.25 | 50.00 | 74.00 |" in markdown
     assert "| irnet | 60.00 | 40.00 | 0.3567 | – | 70.00 | 0.7000 | 55.00 | – | – | – |" in markdown
     with (tmp_path / "chart.csv").open() as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}

@@ -50,12 +50,13 @@ class Meter(Protocol):
 @dataclass(frozen=True)
 class Metric:
     """One reported number of a task: its metrics.json key, its label, whether it is a fraction
-    shown in %, and whether higher is better."""
+    shown in %, whether higher is better, and the decimals tables show it with (fractions: 2 in %)."""
 
     key: str
     label: str
     percent: bool = False
     higher_is_better: bool = True
+    decimals: int = 4
 
 
 class DenseTask(ABC):
@@ -243,9 +244,9 @@ class SurfaceNormals(DenseTask):
     ground truth; angular errors in degrees and the fractions within 11.25°, 22.5° and 30° (metrics.py)."""
 
     name, title, target, display = "normals", "surface normals", "normals", "unit_vectors"
-    metrics = (Metric("mean_angle", "mean angle (°)", higher_is_better=False),
-               Metric("median_angle", "median angle (°)", higher_is_better=False),
-               Metric("rmse_angle", "RMSE angle (°)", higher_is_better=False),
+    metrics = (Metric("mean_angle", "mean angle (°)", higher_is_better=False, decimals=2),
+               Metric("median_angle", "median angle (°)", higher_is_better=False, decimals=2),
+               Metric("rmse_angle", "RMSE angle (°)", higher_is_better=False, decimals=2),
                Metric("within_11_25", "< 11.25°", percent=True), Metric("within_22_5", "< 22.5°", percent=True),
                Metric("within_30", "< 30°", percent=True))
     table = ("mean_angle", "median_angle", "within_11_25", "within_30")

@@ -129,8 +129,12 @@ def qualitative_grid(rows: Sequence[QualitativeRow], classes: int = 40,
     for ax, title in zip(axes[0], columns):
         ax.set_title(title, fontsize=10)
     if depth_image is not None:
-        colorbar = figure.colorbar(depth_image, ax=depth_axes, shrink=0.9, aspect=30)
+        # under the depth columns: beside them it would push the next task's panels aside
+        colorbar = figure.colorbar(depth_image, ax=depth_axes, location="bottom", shrink=0.8, aspect=30, pad=0.02)
         colorbar.set_label("depth (m)")
+    if any(task.display == "unit_vectors" for task in rows[0].samples[0].tasks):
+        figure.text(0.99, 0.005, "normals as RGB = (n + 1) / 2: x right, y down, z forward; white: no ground truth",
+                    ha="right", va="bottom", fontsize=8)
     if legend and present:
         palette, names = nyud_palette(classes) / 255.0, class_names(classes)
         handles = [Patch(facecolor=palette[k], edgecolor="0.3", label=names[k]) for k in sorted(present)]

@@ -538,7 +538,9 @@ def _cell(interval: Interval | None, metric: str, signed: bool = False) -> str:
     """A table cell: mean ± 95 % half-width (just the mean with one seed), in % for fractions."""
     if interval is None:
         return "–"
-    return interval.format(100.0, 2, signed) if is_percent(metric) else interval.format(1.0, 4, signed)
+    if is_percent(metric):
+        return interval.format(100.0, 2, signed)
+    return interval.format(1.0, get_task(metric_task(metric)).metric(metric).decimals, signed)
 
 
 def headline_differences(difference: CmimDifference) -> str:
