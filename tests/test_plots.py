@@ -293,7 +293,7 @@ def test_palette_and_qualitative_grid() -> None:
         "GT surface normals", "predicted surface normals"]
     depth_images = [ax.images[0] for i, ax in enumerate(figure.axes[:-1]) if i % 7 in (3, 4)]  # row-major panels
     assert len(depth_images) == 12 and len({id(im.norm) for im in depth_images}) == 1
-    assert figure.axes[-1].get_ylabel() == "depth (m)"
+    assert figure.axes[-1].get_xlabel() == "depth (m)"  # a horizontal colorbar under the depth columns
     shown = figure.axes[5].images[0].get_array()  # GT normals of the first row: (n + 1) / 2, invalid white
     np.testing.assert_allclose(shown[0, 0], [1.0, 1.0, 1.0])
     np.testing.assert_allclose(shown[3, 4], (rows[0].samples[0].tasks[2].truth[3, 4] + 1) / 2)
