@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint_io import load_checkpoint
+from .dense import get_task
 from .engine import resolve_config, run_pretraining
 from .engine.finetune import run_finetuning
 from .engine.finetune_config import resolve_finetune_config
@@ -27,7 +28,7 @@ from .methods import base_method
 from .plots.analysis import sweep_chart
 from .plots.cmim_study import cmim_study_report
 from .plots.predictions import qualitative_chart
-from .plots.seg_depth import headline_differences, seg_depth_chart
+from .plots.seg_depth import PAIRED, headline_differences, seg_depth_chart
 from .run_folder import owned_folder
 from .stats import seed_names
 
@@ -149,13 +150,27 @@ def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
     return {**(QUICK_PRETRAIN if quick else MAIN_PRETRAIN), **({"teacher": teacher} if teacher else {})}
 
 
+def check_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """``tasks`` if each is a registered dense task and the chart's two are among them; else a one-line error."""
+    for name in tasks:
+        get_task(name)  # the registry's one-line error for an unknown name
+    missing = [name for name in PAIRED if name not in tasks]
+    if missing:
+        raise ValueError(f"--tasks must include {' and '.join(PAIRED)}, the chart's axes "
+                         f"(missing {', '.join(missing)})")
+    return tasks
+
+
 def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
-                    progress: bool = True, teacher: str | None = None, seeds: int = 1) -> list[Stage]:
-    """The main job: every method pretrained, fine-tuned for every task of MAIN_TASKS (``seeds`` times, seeds
-    0..N-1), then the chart and table (mean ± 95 % CI over the seeds) and the qualitative grid (seed 0)."""
+                    progress: bool = True, teacher: str | None = None, seeds: int = 1,
+                    tasks: tuple[str, ...] = MAIN_TASKS) -> list[Stage]:
+    """The main job: every method pretrained, fine-tuned for every task of ``tasks`` (``seeds`` times,
+    seeds 0..N-1), then the chart and table (mean ± 95 % CI over the seeds) and the qualitative grid
+    (seed 0)."""
     pretrain = pretrain_settings(quick, teacher)
     finetune = QUICK_FINETUNE if quick else {}
-    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress, seeds)
+    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress, seeds,
+                           check_tasks(tasks))
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
     return stages + [chart_stage(root, finetunes),
                      qualitative_stage(root, [run_folder(m, 0, seeds) for m in methods], finetunes)]

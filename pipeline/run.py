@@ -44,16 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
                         help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 3)")
+    parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
+                        "seg and depth are the chart's axes)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    from cmim_dense.pipeline import (MAIN_METHODS, STUDY_METHODS, STUDY_SEEDS, cmim_study_stages, main_job_stages,
-                                     run_stages, sweep_stages)
+    from cmim_dense.pipeline import (MAIN_METHODS, MAIN_TASKS, STUDY_METHODS, STUDY_SEEDS, cmim_study_stages,
+                                     main_job_stages, run_stages, sweep_stages)
     from cmim_dense.run_folder import FolderInUseError
 
     if args.study and args.sweep:
         print("error: --study and --sweep are separate jobs; give one", file=sys.stderr)
+        return 2
+    if args.tasks and (args.study or args.sweep):
+        print("error: --tasks chooses the main job's fine-tunes; drop it with --study or --sweep", file=sys.stderr)
         return 2
     methods = tuple(args.methods.split(",")) if args.methods else (STUDY_METHODS if args.study else MAIN_METHODS)
     kind = f"study_{args.study}" if args.study else f"sweep_{args.sweep}" if args.sweep else None
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.study:
             stages = cmim_study_stages(root, methods, values, args.quick, args.progress, seeds)
         elif args.sweep is None:
-            stages = main_job_stages(root, methods, args.quick, args.progress, args.teacher, seeds)
+            tasks = tuple(args.tasks.split(",")) if args.tasks else MAIN_TASKS
+            stages = main_job_stages(root, methods, args.quick, args.progress, args.teacher, seeds, tasks)
         else:
             stages = sweep_stages(args.sweep, methods, root, values, args.quick, args.progress, args.teacher, seeds)
     except ValueError as error:  # unknown method, bad values or seeds

@@ -87,12 +87,12 @@ def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbon
     assert again["miou"] == pytest.approx(seg["miou"])
 
 
-@pytest.mark.timeout(300)  # the backbone fixture and one 300-iteration fine-tune plus an evaluation, subprocesses
+@pytest.mark.timeout(300)  # the backbone fixture and one 300-iteration fine-tune, a subprocess
 def test_a_short_normals_finetune_beats_the_mean_normal(python, root, cache, backbone, tmp_path) -> None:
     """300 iterations of a surface-normals head on the fp backbone beat the constant mean training
     normal on every angular metric (measured: mean 25.7 vs 49.5 degrees, median 14.7 vs 24.2, within
     11.25 degrees 43 % vs 3 %, within 30 degrees 66 % vs 52 %; 60 iterations were not enough: mean 42.5,
-    median 41.3), and --evaluate reproduces them.
+    median 41.3).  (--evaluate, task-independent, is checked on the segmentation head above.)
 
     Catches: normals targets misaligned with the images (the flip negating the wrong axis, the
     transform dropping them), a loss that ignores the validity mask, predictions not normalised
@@ -105,9 +105,6 @@ def test_a_short_normals_finetune_beats_the_mean_normal(python, root, cache, bac
     assert normals["mean_angle"] < baseline["mean_angle"] - 10 and normals["median_angle"] < baseline["median_angle"]
     assert normals["within_11_25"] > baseline["within_11_25"] + 0.2 and normals["within_30"] > baseline["within_30"]
     assert normals["median_angle"] <= normals["mean_angle"] <= normals["rmse_angle"]
-    finetune(python, root, cache, "--evaluate", str(tmp_path / "normals" / "last.pt"), "--out", str(tmp_path / "again"))
-    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
-    assert again["mean_angle"] == pytest.approx(normals["mean_angle"])
 
 
 def test_sigkill_then_resume_is_bit_exact(python, root, cache, backbone, tmp_path) -> None:

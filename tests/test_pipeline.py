@@ -98,13 +98,24 @@ def test_unknown_method_is_a_one_line_error(python, root, tmp_path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nosuch" in result.stderr
 
 
-@pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 12 fine-tunes) and its re-run, as subprocesses
+def test_main_job_tasks_are_registered_and_include_the_charts_two() -> None:
+    """Catches: a typo'd task reaching the stages, a job without the chart's axes that fails only at its end."""
+    from cmim_dense.pipeline import check_tasks
+
+    assert check_tasks(("seg", "depth", "normals")) == ("seg", "depth", "normals")
+    with pytest.raises(ValueError, match="unknown task 'normal'; valid: depth, normals, seg"):
+        check_tasks(("seg", "depth", "normal"))
+    with pytest.raises(ValueError, match="--tasks must include seg and depth, the chart's axes .missing depth."):
+        check_tasks(("seg", "normals"))
+
+
+@pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 8 fine-tunes) and its re-run, as subprocesses
 def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,
                                                                              data_cache) -> None:
     """--seeds 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, the
     fine-tunes of seed k on the backbone of seed k, each run configured with its seed; the table
     gives mean ± interval over 2 seeds and the paired irnet+cmim − irnet differences; a re-run skips
-    all 16 finished runs.
+    all 12 finished runs (``--tasks seg,depth``: the quick job above covers normals).
 
     Catches: seeds written over one folder, a seed not passed to the pretraining or the fine-tuning
     (both would run seed 0), a fine-tune of seed 1 on seed 0's backbone, a table that does not
@@ -112,7 +123,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     seed, seeded stages that are not skipped when finished."""
     main = tmp_path / "main"
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--seeds", "2", "--methods", "irnet,irnet+cmim",
-               "--root", str(main), "--no-progress"]
+               "--tasks", "seg,depth", "--root", str(main), "--no-progress"]
     env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     first = subprocess.run(command, capture_output=True, text=True, timeout=360, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -120,7 +131,8 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
         for seed in (0, 1):
             backbone = main / "pretrain" / method / f"seed{seed}" / "best.pt"
             assert torch.load(backbone, weights_only=True)["meta"]["config"]["seed"] == seed
-            for task in ("seg", "depth", "normals"):
+            assert not (main / "finetune" / method / f"seed{seed}" / "normals").exists()  # --tasks seg,depth
+            for task in ("seg", "depth"):
                 run = main / "finetune" / method / f"seed{seed}" / task
                 assert json.loads((run / "config.json").read_text())["seed"] == seed
                 assert json.loads((run / "metrics.json").read_text())["backbone"] == str(backbone.resolve())
@@ -144,7 +156,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already done") == 16  # 4 pretrainings + 12 fine-tunes
+    assert again.stdout.count("already done") == 12  # 4 pretrainings + 8 fine-tunes
 
 
 def test_seeds_must_be_a_positive_integer(python, root, tmp_path) -> None:
