@@ -15,7 +15,7 @@ from ..data.nyud import JointTransform, NYUDv2
 from ..data.nyud_source import nyud_root
 from .encoder import BinaryResNetEncoder
 from .model import create_dense_model
-from .tasks import get_task
+from .tasks import DenseTask, get_task
 
 IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -61,11 +61,18 @@ def input_normalization(backbone_meta: dict[str, Any]) -> tuple[tuple[float, ...
     return tuple(norm["mean"]), tuple(norm["std"])
 
 
+def task_split(root: Path, split: str, task: DenseTask, classes: int, depth_gt: str,
+               backbone_meta: dict[str, Any] | None = None) -> NYUDv2:
+    """One split of the prepared layout at ``root`` with ``task``'s target loaded; with
+    ``backbone_meta``, transformed for evaluation (normalised as that backbone was pretrained)."""
+    transform = None if backbone_meta is None else JointTransform(*input_normalization(backbone_meta))
+    return NYUDv2(root, split, classes, transform, depth=depth_gt, **task.dataset_options())
+
+
 def evaluation_split(meta: dict[str, Any], data: str | None = None) -> NYUDv2:
     """The test split a fine-tuned model (its checkpoint's ``meta``) is evaluated on: its own
     ``--data`` or ``data``, its classes, depth ground truth and task target, normalised as its
     backbone was pretrained."""
     settings = meta["config"]
-    mean, std = input_normalization(meta["backbone_meta"])
-    return NYUDv2(nyud_root(data or settings["data"]), "test", settings["classes"], JointTransform(mean, std),
-                  depth=settings["depth_gt"], **get_task(meta["task"]).dataset_options())
+    return task_split(nyud_root(data or settings["data"]), "test", get_task(meta["task"]), settings["classes"],
+                      settings["depth_gt"], meta["backbone_meta"])

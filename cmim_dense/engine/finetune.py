@@ -22,7 +22,7 @@ from ..data.nyud import JointTransform, NYUDv2
 from ..data.nyud_source import nyud_root
 from ..dense import (DenseTask, dense_model_from_backbone, dense_model_from_checkpoint, evaluate_constant, get_task,
                      head_parameters)
-from ..dense.loading import evaluation_split, input_normalization
+from ..dense.loading import evaluation_split, input_normalization, task_split
 from ..dense.tasks import TaskSettings
 from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
@@ -124,10 +124,8 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
         nyud_root(config.data, progress=config.progress_bar)
     context.barrier()
     root = nyud_root(config.data)
-    mean, std = input_normalization(backbone_meta)
-    options = task.dataset_options()
-    train = NYUDv2(root, "train", config.classes, depth=config.depth_gt, **options)
-    test = NYUDv2(root, "test", config.classes, JointTransform(mean, std), depth=config.depth_gt, **options)
+    train = task_split(root, "train", task, config.classes, config.depth_gt)
+    test = task_split(root, "test", task, config.classes, config.depth_gt, backbone_meta)
     task.initialise_head(model.segmentation_head[0].bias, train)
     model.to(context.device)
     optimizer = torch.optim.SGD(head_parameters(model), lr=config.lr, momentum=config.momentum,
@@ -257,7 +255,7 @@ def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None
     model.to(device)
     test = evaluation_split(meta, config.data)
     results = evaluate_dense(model, test, task, config, device)
-    train = NYUDv2(test.root, "train", config.classes, depth=config.depth_gt, **task.dataset_options())
+    train = task_split(test.root, "train", task, config.classes, config.depth_gt)
     baseline = evaluate_constant(task, config, train, test)
     record = metrics_record(config, meta, results, baseline, test, None)
     write_json(Path(config.out) / "metrics.json", record)  # creates the folder

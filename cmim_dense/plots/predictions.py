@@ -45,17 +45,14 @@ def qualitative_rows(runs: Sequence[str | Path], indices: Sequence[int]) -> tupl
         if shown is not None and tasks != shown:
             raise ValueError(f"{run} holds {', '.join(tasks)} runs, the first folder {', '.join(shown)}")
         shown = tasks
-        predictions = {name: predict(run / name / "last.pt", indices) for name in tasks}
-        meta = predictions[tasks[0]][0]
+        metas, outputs = zip(*(predict(run / name / "last.pt", indices) for name in tasks))
         samples = []
-        for j in range(len(indices)):
-            raw = predictions[tasks[0]][1][j][1]
-            panels = [TaskPanels(get_task(name).title, get_task(name).display,
-                                 predictions[name][1][j][1][get_task(name).target], predictions[name][1][j][0])
-                      for name in tasks]
-            samples.append(QualitativeSample(raw["image"], panels))
-        rows.append(QualitativeRow(meta["backbone_meta"].get("method", run.name), samples))
-        classes.update(predictions[name][0]["classes"] for name in tasks)
+        for per_task in zip(*outputs):  # one image: (prediction, raw sample) of each task
+            panels = [TaskPanels(task.title, task.display, raw[task.target], prediction)
+                      for task, (prediction, raw) in zip(map(get_task, tasks), per_task)]
+            samples.append(QualitativeSample(per_task[0][1]["image"], panels))
+        rows.append(QualitativeRow(metas[0]["backbone_meta"].get("method", run.name), samples))
+        classes.update(meta["classes"] for meta in metas)
     if len(classes) > 1:
         raise ValueError(f"the runs segment into different class sets ({sorted(classes)}); choose runs of one")
     return rows, classes.pop()
