@@ -1,6 +1,7 @@
 """The frozen dense model's whole inference cost: packed binary backbone + full-precision head, per head.
 
-    python bench/dense_latency.py [--method bireal] [--size 480x640] [--repeats 5] [--threads 2] [--json FILE]
+    python bench/dense_latency.py [--method bireal] [--size 480x640] [--repeats 5] [--threads 2]
+                                  [--check-draws 8] [--seed 0] [--json FILE]
 
 For each head configuration (the paper's DeepLabV3 at output stride 8 and 256 wide, DeepLabV3+ at
 16 and 256 wide, the slim DeepLabV3+ at 16 and 64 wide that the built-in rooms use, FPN 64 wide)
@@ -10,8 +11,9 @@ at one image of ``--size``, in one run on one machine (median of ``--repeats`` a
 - ``packed``: over the ``--method`` backbone with every binary convolution on the XNOR-popcount
   path (the native kernel when it builds, with fused BatchNorm epilogues, as an exported model
   runs), split into the backbone (the encoder alone) and the head (the rest), and checked
-  against the same model in float (``max_abs_difference``; random backbone weights and
-  statistics, which timing does not depend on);
+  against the same model in float on ``--check-draws`` random 64x64 images (``agreeing_draws``
+  and each draw's max abs difference, :func:`common.agreement`; random backbone weights and
+  statistics, which timing does not depend on; ``--seed`` fixes them and the inputs);
 
 with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Ratios are
 fp32 time / packed time (above 1 = the binary model is faster).
@@ -28,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import median_seconds, write_record  # noqa: E402
+from common import agreement, median_seconds, write_record  # noqa: E402
 
 from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.dense import create_dense_model  # noqa: E402
@@ -63,15 +65,15 @@ def packed_copy(model: torch.nn.Module) -> torch.nn.Module:
     return packed
 
 
-def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int, int], repeats: int) -> dict:
+def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int, int], repeats: int,
+               check_draws: int) -> dict:
     x = torch.randn(1, 3, *size)
     fp = create_dense_model("resnet18", "fp", 40, head, stride, width).eval()
     binary = randomize_backbone(create_dense_model("resnet18", method, 40, head, stride, width).eval())
     packed = packed_copy(binary)
     parts = dense_parts(method, "resnet18", head, stride, size, 40, width)
     with torch.no_grad():
-        row = {"head": head, "output_stride": stride, "width": width,
-               "max_abs_difference": (packed(x) - binary(x)).abs().max().item(),
+        row = {"head": head, "output_stride": stride, "width": width, **agreement(packed, binary, check_draws),
                "fp32_ms": 1e3 * median_seconds(lambda: fp(x), repeats),
                "packed_ms": 1e3 * median_seconds(lambda: packed(x), repeats),
                "fp32_backbone_ms": 1e3 * median_seconds(lambda: fp.encoder(x), repeats),
@@ -90,21 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=image_size, default=(480, 640), help="input HxW (default 480x640)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--check-draws", type=int, default=8, help="random images for the packed-vs-float check")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random weights and images (default 0)")
     parser.add_argument("--json", default="runs/bench/dense_latency.json", help="where to write the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [bench_head(args.method, *config, args.size, args.repeats) for config in HEAD_CONFIGS]
+    torch.manual_seed(args.seed)
+    rows = [bench_head(args.method, *config, args.size, args.repeats, args.check_draws) for config in HEAD_CONFIGS]
     print(f"{'head':>24} {'GOPs bb+head':>13} {'fp32 ms':>9} {'packed ms':>10} {'(backbone':>10} {'head)':>7} "
-          f"{'speedup':>8} {'backbone speedup':>17}")
+          f"{'speedup':>8} {'backbone speedup':>17} {'agree':>6}")
     for r in rows:
         name = f"{r['head']} os{r['output_stride']} w{r['width']}"
         print(f"{name:>24} {r['backbone_gops']:>5.2f}+{r['head_gops']:<6.2f} {r['fp32_ms']:>9.1f} "
               f"{r['packed_ms']:>10.1f} "
               f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {r['speedup']:>7.2f}x "
-              f"{r['backbone_speedup']:>16.2f}x")
+              f"{r['backbone_speedup']:>16.2f}x {r['agreeing_draws']:>3}/{len(r['max_abs_differences'])}")
     print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, median of "
-          f"{args.repeats}; speedup > 1 = the binary dense model is faster")
-    write_record(args.json, {"method": args.method, "size": list(args.size), "repeats": args.repeats, "rows": rows})
+          f"{args.repeats}; speedup > 1 = the binary dense model is faster; agree = random 64x64 images on which "
+          f"packed and float outputs agree to {rows[0]['tolerance']:g} (a sign tie explains a rare miss)")
+    write_record(args.json, {"method": args.method, "size": list(args.size), "repeats": args.repeats,
+                             "seed": args.seed, "rows": rows})
     return 0
 
 

@@ -1,6 +1,7 @@
 """Packed XNOR-popcount binary convolution vs FP32 ``F.conv2d`` at ResNet-18's shapes, and whole networks.
 
-    python bench/packed_conv.py [--batch 1 8] [--repeats 7] [--threads 2] [--json runs/bench/packed_conv.json]
+    python bench/packed_conv.py [--batch 1 8] [--repeats 7] [--threads 2] [--check-draws 8] [--seed 0]
+                                [--json runs/bench/packed_conv.json]
 
 Every 3x3 binary convolution shape of ResNet-18 at 224x224 (the stride-1 convs at 64x56x56 ...
 512x7x7 and the stride-2 first convs of stages 2-4), per batch size, all in one run on the same
@@ -17,7 +18,8 @@ with the binary throughput ``2 K outputs / time`` (K = 9 C_in) against the measu
 (:func:`~cmim_dense.export.native.kernel.popcount_rate`, 128 binary operations per 64-bit word), and
 checks the packed output against the float one.  Then whole networks at 1x3x``--image-size``:
 FP32 ResNet-18, Bi-Real-18 in float, Bi-Real-18 packed + fused on the kernel (and on the fallback),
-with where the packed network's time goes.  Also the kernel's build time (a fresh build into a
+with where the packed network's time goes, and the packed network checked against its float self on
+``--check-draws`` random 64x64 images (:func:`common.agreement`).  ``--seed`` fixes every random draw.  Also the kernel's build time (a fresh build into a
 temporary cache).  Tables go to stdout, all numbers and the machine to ``--json``.
 """
 
@@ -39,7 +41,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_seconds, write_record
+from common import agreement, best_seconds, write_record
 
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec
@@ -127,7 +129,7 @@ def time_categories(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str
     return {name: statistics.median(values[1:]) for name, values in samples.items()}
 
 
-def bench_networks(size: int, repeats: int, fallback: bool) -> dict[str, object]:
+def bench_networks(size: int, repeats: int, fallback: bool, check_draws: int) -> dict[str, object]:
     """FP32 ResNet-18 against Bi-Real-18 (float, and packed + fused on the kernel / the fallback)."""
     fp = create_model("resnet18", "fp").eval()
     binary = create_model("resnet18", "bireal").eval()
@@ -143,7 +145,7 @@ def bench_networks(size: int, repeats: int, fallback: bool) -> dict[str, object]
             "fp32_ms": 1e3 * best_seconds(lambda: fp(x), repeats),
             "binary_float_ms": 1e3 * best_seconds(lambda: binary(x), repeats),
             "packed_ms": 1e3 * best_seconds(lambda: packed(x), repeats),
-            "max_abs_difference": (packed(x) - binary(x)).abs().max().item(),
+            **agreement(packed, binary, check_draws),
             "packed_breakdown_ms": time_categories(packed, x, repeats),
         }
         if fallback:
@@ -169,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="whole-network input size")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="skip timing the pure-PyTorch fallback (slow)")
+    parser.add_argument("--check-draws", type=int, default=8,
+                        help="random 64x64 images for the whole network's packed-vs-float check")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random weights and inputs (default 0)")
     parser.add_argument("--json", default="runs/bench/packed_conv.json", help="where to write the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     native = native_library()
     if native is None:
         print("the native kernel is unavailable (see the warning above); nothing to benchmark", file=sys.stderr)
@@ -189,16 +195,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.get('packed_avx2_ms', float('nan')):>7.3f} {r.get('fallback_ms', float('nan')):>8.2f} "
               f"{r['speedup']:>6.1f}x {r['gops']:>6.0f} {r['peak_fraction']:>7.0%} {r['max_abs_difference']:>10.1e}")
     print(f"times in ms, best of {args.repeats}; speedup = fp32 / packed")
-    network = bench_networks(args.image_size, args.repeats, args.fallback)
+    network = bench_networks(args.image_size, args.repeats, args.fallback, args.check_draws)
     print(f"\nwhole network, 1x3x{args.image_size}x{args.image_size}: FP32 ResNet-18 {network['fp32_ms']:.2f} ms, "
           f"Bi-Real-18 float {network['binary_float_ms']:.2f} ms, packed {network['packed_ms']:.2f} ms "
-          f"({network['speedup']:.2f}x faster than FP32; max |diff| {network['max_abs_difference']:.1e})"
+          f"({network['speedup']:.2f}x faster than FP32; packed = float to {network['tolerance']:g} on "
+          f"{network['agreeing_draws']}/{len(network['max_abs_differences'])} random 64x64 images)"
           + (f", fallback {network['fallback_ms']:.1f} ms" if "fallback_ms" in network else ""))
     for name, ms in network["packed_breakdown_ms"].items():
         print(f"  {name:>36}: {ms:6.2f} ms")
     seconds = build_seconds()
     print(f"\nfresh build of the kernel: {seconds:.2f} s ({native.path.name})")
-    write_record(args.json, {"repeats": args.repeats, "isa": isa, "popcount_peak_gops": peak,
+    write_record(args.json, {"repeats": args.repeats, "seed": args.seed, "isa": isa, "popcount_peak_gops": peak,
                              "popcount_peak_method": "xnor_popcount_rate: XOR+popcount+add of a 4 KiB L1 buffer "
                                                      "against 8 register words, all threads, 128 ops per word",
                              "build_seconds": seconds, "layers": layers, "network": network})

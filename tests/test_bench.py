@@ -41,6 +41,13 @@ def test_binarizer_ops_bench_library_matches_the_formulas(tmp_path: Path) -> Non
         assert row["library_ms"] > 0 and row["plain_ms"] > 0
 
 
+def assert_packed_agrees(record: dict) -> None:
+    """A packed model that computes another function differs from its float self on every image; a sign
+    tie (an activation within float rounding of zero, common.agreement) on a rare one: at most 2 of 8."""
+    assert record["check_input"] == [1, 3, 64, 64] and len(record["max_abs_differences"]) == 8, record
+    assert record["agreeing_draws"] == sum(d < 1e-4 for d in record["max_abs_differences"]) >= 6, record
+
+
 def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Path) -> None:
     if native_library() is None:
         pytest.skip("no C++ compiler: the native kernel cannot be built")
@@ -57,7 +64,8 @@ def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Pa
         assert row["gops"] == 2 * 9 * row["in_channels"] * outputs / (row["packed_ms"] * 1e6)
         assert row["speedup"] == row["fp32_ms"] / row["packed_ms"]
     network = record["network"]
-    assert network["input"] == [1, 3, 64, 64] and network["max_abs_difference"] < 1e-4
+    assert network["input"] == [1, 3, 64, 64]
+    assert_packed_agrees(network)
     assert network["fp32_ms"] > 0 and network["packed_ms"] > 0 and "fallback_ms" not in network
     assert set(network["packed_breakdown_ms"]) >= {"binary convs", "other (adds, activations, Python)"}
     assert record["build_seconds"] > 0 and record["popcount_peak_gops"][record["isa"]] > 0
@@ -70,7 +78,7 @@ def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> 
     assert [(r["head"], r["output_stride"], r["width"]) for r in record["rows"]] == [
         ("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64)]
     for row in record["rows"]:
-        assert row["max_abs_difference"] < 1e-3, row
+        assert_packed_agrees(row)
         assert row["speedup"] == row["fp32_ms"] / row["packed_ms"] and row["packed_backbone_ms"] > 0
         assert row["packed_head_ms"] == row["packed_ms"] - row["packed_backbone_ms"]
     heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3"}
