@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,3 +25,17 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def entry_script(root: Path):
+    """Loads an entry script (``"finetune/nyud"``, ``"plots/seg_vs_depth"``) as a module, to call its
+    ``main(argv)`` in this process: argument and input errors without a fresh interpreter's imports."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"entry_{name.replace('/', '_')}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -4,7 +4,6 @@ method and a training objective by registering one entry, then use it by name.""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -40,13 +39,6 @@ def rooms(tmp_path_factory) -> Path:
     return ensure_synthetic_nyud(tmp_path_factory.mktemp("rooms"), train=16, test=4, height=48, width=64)
 
 
-def load_entry_script(root: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), root / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class LogDepth(DenseTask):
     """docs/architecture.md, "Add a dense task": depth regressed in log space, evaluated in metres."""
 
@@ -80,12 +72,12 @@ def log_depth_task():
     TASKS.remove("log_depth")
 
 
-def test_add_a_task(log_depth_task, rooms, root, tmp_path) -> None:
+def test_add_a_task(log_depth_task, rooms, root, tmp_path, entry_script) -> None:
     """The registered task is a --task choice, fine-tunes and writes its metrics and baseline, and its
     column joins the results table beside the seg and depth runs of the same backbone."""
     backbone = tmp_path / "backbone.pt"
     save_backbone(backbone, "irnet")
-    assert "log_depth" in load_entry_script(root, "finetune/nyud").parse_args(["--task", "log_depth"]).task
+    assert "log_depth" in entry_script("finetune/nyud").parse_args(["--task", "log_depth"]).task
     records = {}
     for task in ("seg", "depth", "log_depth"):
         config = resolve_finetune_config({**TINY_FINETUNE, "task": task, "backbone": str(backbone), "data": str(rooms),

@@ -135,27 +135,31 @@ def test_sigkill_then_resume_is_bit_exact(python, root, cache, backbone, tmp_pat
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
-def test_bad_input_gives_one_line_errors(python, root, cache, tmp_path) -> None:
-    missing = finetune(python, root, cache, "--task", "seg", "--backbone", str(tmp_path / "none.pt"), check=False)
-    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+def test_bad_input_gives_one_line_errors(entry_script, cache, tmp_path, capsys, monkeypatch) -> None:
+    """finetune/nyud.py's main() in this process: each bad input is status 2 and one line on stderr."""
+    monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
+    script = entry_script("finetune/nyud")
+
+    def error(*args: str) -> str:
+        assert script.main(list(args)) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.endswith("\n") and captured.err.count("\n") == 1, captured
+        return captured.err
+
+    assert "does not exist" in error("--task", "seg", "--backbone", str(tmp_path / "none.pt"))
     cifar = tmp_path / "cifar.pt"
     save_backbone(cifar, arch="resnet18_cifar")
-    wrong = finetune(python, root, cache, "--task", "seg", "--backbone", str(cifar), check=False)
-    assert wrong.returncode == 2 and "resnet18_cifar has no stride-2 stem" in wrong.stderr
-    crop = finetune(python, root, cache, "--task", "seg", "--backbone", str(cifar), "--crop", "60x90", check=False)
-    assert crop.returncode == 2 and "must divide by the output stride 16" in crop.stderr
+    assert "resnet18_cifar has no stride-2 stem" in error("--task", "seg", "--backbone", str(cifar))
+    assert "must divide by the output stride 16" in error("--task", "seg", "--backbone", str(cifar), "--crop", "60x90")
     good = tmp_path / "bireal.pt"
     save_backbone(good)
-    data = finetune(python, root, cache, "--task", "depth", "--backbone", str(good), "--data", str(tmp_path),
-                    check=False)
-    assert data.returncode == 2 and "is not a prepared NYUD-v2 layout" in data.stderr
-    backbone_as_head = finetune(python, root, cache, "--evaluate", str(good), check=False)  # a pretraining checkpoint
-    assert backbone_as_head.returncode == 2 and backbone_as_head.stderr == (
+    assert "is not a prepared NYUD-v2 layout" in error("--task", "depth", "--backbone", str(good), "--data",
+                                                       str(tmp_path))
+    assert error("--evaluate", str(good)) == (  # a pretraining checkpoint
         f"error: {good} is a pretrained backbone (best.pt or last.pt of pretrain/run.py); expected a fine-tuned dense "
         "model (last.pt of finetune/nyud.py)\n")
-    narrow = finetune(python, root, cache, "--task", "seg", "--backbone", str(good), "--decoder-channels", "0",
-                      check=False)
-    assert narrow.returncode == 2 and narrow.stderr == "error: --decoder-channels must be >= 1, got 0\n"
+    assert error("--task", "seg", "--backbone", str(good), "--decoder-channels", "0") == (
+        "error: --decoder-channels must be >= 1, got 0\n")
 
 
 def test_iteration_batches_resume_and_shard() -> None:

@@ -92,10 +92,11 @@ def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp
     assert (out / "last.pt").read_bytes() == b"not a checkpoint"  # nothing written over it
 
 
-def test_unknown_method_is_a_one_line_error(python, root, tmp_path) -> None:
-    result = subprocess.run([python, str(root / "pipeline" / "run.py"), "--methods", "fp,nosuch", "--root",
-                             str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nosuch" in result.stderr
+def test_unknown_method_is_a_one_line_error(entry_script, tmp_path, capsys) -> None:
+    assert entry_script("pipeline/run").main(["--methods", "fp,nosuch", "--root", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "nosuch" in error
+    assert not any(tmp_path.iterdir())
 
 
 def test_main_job_tasks_are_registered_and_include_the_charts_two() -> None:
@@ -159,12 +160,12 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     assert again.stdout.count("already done") == 12  # 4 pretrainings + 8 fine-tunes
 
 
-def test_seeds_must_be_a_positive_integer(python, root, tmp_path) -> None:
+def test_seeds_must_be_a_positive_integer(entry_script, tmp_path, capsys) -> None:
     """Catches: --seeds 0 accepted (a job of no runs that 'succeeds'), a negative or non-numeric
     count reaching the stages, or an argparse usage dump instead of one line."""
+    script = entry_script("pipeline/run")
     for value in ("0", "-2", "two"):
-        result = subprocess.run([python, str(root / "pipeline" / "run.py"), "--seeds", value, "--root", str(tmp_path)],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert result.stderr.startswith("error: --seeds must be a positive integer, got ")
+        assert script.main(["--seeds", value, "--root", str(tmp_path)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("error: --seeds must be a positive integer, got "), error
     assert not any(tmp_path.iterdir())

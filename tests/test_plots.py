@@ -1,7 +1,6 @@
 """Figures: the segmentation-vs-depth chart, the qualitative grid, t-SNE, correlation maps, sweeps."""
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,6 @@ from cmim_dense.plots.seg_depth import (
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # method: (top-1 fraction, mIoU, RMSE m)
 BACKBONES = {"irnet": (0.580, 0.25, 0.78), "irnet+cmim": (0.612, 0.27, 0.74), "rbnn": (0.599, 0.26, 0.77),
@@ -140,7 +138,7 @@ def bar_extents(ax, gid: str) -> list[tuple[float, float, float, float]]:
     return sorted(tuple(float(v) for v in np.asarray(segment).ravel()) for segment in segments)
 
 
-def test_seeded_runs_are_one_dot_with_95_percent_error_bars(tmp_path: Path, capsys) -> None:
+def test_seeded_runs_are_one_dot_with_95_percent_error_bars(tmp_path: Path, capsys, entry_script) -> None:
     """Three seeds of irnet and of irnet+cmim are two dots at their means; the error bars span the
     Student-t 95 % interval: irnet mIoU 20, 22, 24 % -> 22 ± 4.968275423500662 (s = 2 pp, t_{0.975,2}
     = 4.302652729749464), -ln RMSE 0.1, 0.2, 0.3 -> 0.2 ± 0.2484137711750331; irnet+cmim mIoU 25, 26,
@@ -159,7 +157,7 @@ def test_seeded_runs_are_one_dot_with_95_percent_error_bars(tmp_path: Path, caps
     write_run(root / "fp" / "seg", "seg", "fp", 0.7, 0.4, 0.6)
     write_run(root / "fp" / "depth", "depth", "fp", 0.7, 0.4, 0.6)
 
-    script = load_script("seg_vs_depth")
+    script = entry_script("plots/seg_vs_depth")
     assert script.main([str(root), "--out", str(tmp_path / "chart")]) == 0
     assert "3 backbones from 7 seed runs (0 inputs skipped)" in capsys.readouterr().out
     markdown = (tmp_path / "chart.md").read_text()
@@ -242,15 +240,8 @@ def test_a_single_seed_chart_says_it_has_no_error_bars(finetune_runs: Path, tmp_
     assert seed_folder("/r/pretrain/seed3") == (None, "/r/pretrain/seed3")  # a file name is no folder
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "plots" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_seg_vs_depth_script(finetune_runs: Path, tmp_path: Path, capsys) -> None:
-    script = load_script("seg_vs_depth")
+def test_seg_vs_depth_script(finetune_runs: Path, tmp_path: Path, capsys, entry_script) -> None:
+    script = entry_script("plots/seg_vs_depth")
     assert script.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: no backbone has both") and "\n" not in error
@@ -431,8 +422,8 @@ def test_activation_figures_from_a_checkpoint(tmp_path: Path) -> None:
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(activations.class_names)
 
 
-def test_analysis_script_errors_in_one_line(tmp_path: Path, capsys) -> None:
-    script = load_script("analysis")
+def test_analysis_script_errors_in_one_line(tmp_path: Path, capsys, entry_script) -> None:
+    script = entry_script("plots/analysis")
     assert script.main(["tsne", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "t")]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"error: checkpoint {tmp_path / 'missing.pt'} does not exist"
