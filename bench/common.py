@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from cmim_dense.checkpoint_io import write_json
+from cmim_dense.export.agreement import agreement
 
 
 def timed_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -42,29 +43,16 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(timed_calls(fn, repeats, warmup))
 
 
-# the packed-vs-float check's inputs: small enough that a sign tie (below) is rare in one image
-CHECK_SHAPE = (1, 3, 64, 64)
+# the packed-vs-float check's images: small enough that a sign tie (cmim_dense.export.agreement) is rare in one
+CHECK_SIZE = (64, 64)
 
 
-def agreement(model: Callable[[torch.Tensor], torch.Tensor], reference: Callable[[torch.Tensor], torch.Tensor],
-              draws: int, tolerance: float = 1e-4) -> dict[str, object]:
-    """How often ``model`` (a packed, fused binary network) and ``reference`` (its float self) agree to
-    ``tolerance`` on ``draws`` random images of :data:`CHECK_SHAPE`.
-
-    Folding BatchNorm into the epilogue and summing in integers changes float rounding (about 1e-6
-    relative, docs/export.md); a real value that lands within that rounding of zero takes the other
-    sign at the next binary layer, and the flip spreads through everything after it (a global pooling
-    carries it to every output).  Such ties are rare in a small image and fall on different images for
-    different inputs, whereas a packed path that computes another function differs on every draw: so
-    the record is the count of agreeing draws and each draw's max abs difference, not one number.
-    """
-    differences = []
-    with torch.no_grad():
-        for _ in range(draws):
-            x = torch.randn(*CHECK_SHAPE)
-            differences.append((model(x) - reference(x)).abs().max().item())
-    return {"check_input": list(CHECK_SHAPE), "tolerance": tolerance, "max_abs_differences": differences,
-            "agreeing_draws": sum(difference < tolerance for difference in differences)}
+def packed_check(model: Callable[[torch.Tensor], torch.Tensor], reference: Callable[[torch.Tensor], torch.Tensor],
+                 draws: int) -> dict[str, object]:
+    """``model`` (packed, fused) against ``reference`` (its float self) on ``draws`` random images of
+    :data:`CHECK_SIZE` in one batch: how many agree to 1e-4, and each image's max abs difference."""
+    images = torch.randn(draws, 3, *CHECK_SIZE)
+    return {"check_input": list(images.shape), **agreement(model, reference, images).record()}
 
 
 def cpu_info() -> tuple[str, list[str]]:

@@ -12,7 +12,7 @@ at one image of ``--size``, in one run on one machine (median of ``--repeats`` a
   path (the native kernel when it builds, with fused BatchNorm epilogues, as an exported model
   runs), split into the backbone (the encoder alone) and the head (the rest), and checked
   against the same model in float on ``--check-draws`` random 64x64 images (``agreeing_draws``
-  and each draw's max abs difference, :func:`common.agreement`; random backbone weights and
+  and each draw's max abs difference, :func:`common.packed_check`; random backbone weights and
   statistics, which timing does not depend on; ``--seed`` fixes them and the inputs);
 
 with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Ratios are
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import agreement, median_seconds, write_record  # noqa: E402
+from common import median_seconds, packed_check, write_record  # noqa: E402
 
 from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.dense import create_dense_model  # noqa: E402
@@ -73,7 +73,7 @@ def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int,
     packed = packed_copy(binary)
     parts = dense_parts(method, "resnet18", head, stride, size, 40, width)
     with torch.no_grad():
-        row = {"head": head, "output_stride": stride, "width": width, **agreement(packed, binary, check_draws),
+        row = {"head": head, "output_stride": stride, "width": width, **packed_check(packed, binary, check_draws),
                "fp32_ms": 1e3 * median_seconds(lambda: fp(x), repeats),
                "packed_ms": 1e3 * median_seconds(lambda: packed(x), repeats),
                "fp32_backbone_ms": 1e3 * median_seconds(lambda: fp.encoder(x), repeats),

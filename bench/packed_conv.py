@@ -19,8 +19,9 @@ with the binary throughput ``2 K outputs / time`` (K = 9 C_in) against the measu
 checks the packed output against the float one.  Then whole networks at 1x3x``--image-size``:
 FP32 ResNet-18, Bi-Real-18 in float, Bi-Real-18 packed + fused on the kernel (and on the fallback),
 with where the packed network's time goes, and the packed network checked against its float self on
-``--check-draws`` random 64x64 images (:func:`common.agreement`).  ``--seed`` fixes every random draw.  Also the kernel's build time (a fresh build into a
-temporary cache).  Tables go to stdout, all numbers and the machine to ``--json``.
+``--check-draws`` random 64x64 images (:func:`common.packed_check`).  Also the kernel's build time (a
+fresh build into a temporary cache).  ``--seed`` fixes every random draw.  Tables go to stdout, all
+numbers and the machine to ``--json``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import agreement, best_seconds, write_record
+from common import best_seconds, packed_check, write_record
 
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec
@@ -145,7 +146,7 @@ def bench_networks(size: int, repeats: int, fallback: bool, check_draws: int) ->
             "fp32_ms": 1e3 * best_seconds(lambda: fp(x), repeats),
             "binary_float_ms": 1e3 * best_seconds(lambda: binary(x), repeats),
             "packed_ms": 1e3 * best_seconds(lambda: packed(x), repeats),
-            **agreement(packed, binary, check_draws),
+            **packed_check(packed, binary, check_draws),
             "packed_breakdown_ms": time_categories(packed, x, repeats),
         }
         if fallback:

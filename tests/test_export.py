@@ -23,6 +23,7 @@ from cmim_dense.export import (
 )
 from cmim_dense.export import packed as packed_module
 from cmim_dense.export.__main__ import main
+from cmim_dense.export.agreement import agreement
 from cmim_dense.export.pack import byte_counts_, pack_bits, sum_bytes_, unpack_bits
 from cmim_dense.export.packed import pack_weight, unpack_weight
 from cmim_dense.methods import get_recipe
@@ -234,3 +235,15 @@ def test_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(ValueError, match="not a cmim-dense 1-bit export"):
         read_export(plain)
+
+
+def test_agreement_compares_image_by_image() -> None:
+    """Catches: a difference taken over the whole batch (one tie would fail every image), the wrong axis,
+    a signed instead of an absolute difference, the tolerance not applied."""
+    bump = torch.zeros(3, 2, 2, 2)
+    bump[1, 0, 1, 1], bump[2, 1, 0, 0] = 5e-5, -2e-3
+    images = torch.randn(3, 2, 2, 2)
+    check = agreement(lambda x: x + bump, lambda x: x, images)
+    assert check.differences == pytest.approx((0.0, 5e-5, 2e-3), abs=1e-7)
+    assert check.agreeing == 2 and agreement(lambda x: x + bump, lambda x: x, images, tolerance=1e-5).agreeing == 1
+    assert check.record() == {"tolerance": 1e-4, "max_abs_differences": list(check.differences), "agreeing_draws": 2}
