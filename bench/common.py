@@ -16,20 +16,36 @@ from cmim_dense.checkpoint_io import write_json
 from cmim_dense.export.agreement import agreement
 
 
+def seconds_of_one_call(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn`` (CUDA is synchronized around it so the time covers the
+    queued kernels)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls
-    (CUDA is synchronized around each call so the time covers the queued kernels)."""
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    return [seconds_of_one_call(fn) for _ in range(repeats)]
+
+
+def interleaved_calls(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of one call of each of ``fns`` per round, in turn, for ``rounds`` rounds (after
+    ``warmup`` untimed calls of each): the calls of one round share the machine's state, so the
+    ratio of two of them round by round is a paired measurement that drift and neighbours disturb less."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(seconds_of_one_call(fn))
     return times
 
 

@@ -1,11 +1,13 @@
 """The frozen dense model's whole inference cost: packed binary backbone + full-precision head, per head.
 
-    python bench/dense_latency.py [--method bireal] [--size 480x640] [--repeats 5] [--threads 2]
+    python bench/dense_latency.py [--method bireal] [--size 480x640] [--repeats 9] [--threads 2]
                                   [--check-draws 8] [--seed 0] [--json FILE]
 
 For each head configuration (the paper's DeepLabV3 at output stride 8 and 256 wide, DeepLabV3+ at
 16 and 256 wide, the slim DeepLabV3+ at 16 and 64 wide that the built-in rooms use, FPN 64 wide)
-at one image of ``--size``, in one run on one machine (median of ``--repeats`` after a warm-up):
+at one image of ``--size``, in one run on one machine: ``--repeats`` rounds after a warm-up, each
+timing one call of each model below in turn (:func:`common.interleaved_calls`), times the median
+over rounds:
 
 - ``fp32``: the same dense model over a full-precision ResNet-18 (oneDNN convolutions);
 - ``packed``: over the ``--method`` backbone with every binary convolution on the XNOR-popcount
@@ -15,14 +17,16 @@ at one image of ``--size``, in one run on one machine (median of ``--repeats`` a
   and each draw's max abs difference, :func:`common.packed_check`; random backbone weights and
   statistics, which timing does not depend on; ``--seed`` fixes them and the inputs);
 
-with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Ratios are
-fp32 time / packed time (above 1 = the binary model is faster).
+with each model's operations (OPs = BOPs / 64 + FLOPs, docs/accounting.md).  Speed-ups are
+fp32 time / packed time of the same round (above 1 = the binary model is faster): the median over
+rounds and, in ``*_range``, the lowest and highest round.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import median_seconds, packed_check, write_record  # noqa: E402
+from common import interleaved_calls, packed_check, write_record  # noqa: E402
 
 from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.dense import create_dense_model  # noqa: E402
@@ -73,24 +77,31 @@ def bench_head(method: str, head: str, stride: int, width: int, size: tuple[int,
     packed = packed_copy(binary)
     parts = dense_parts(method, "resnet18", head, stride, size, 40, width)
     with torch.no_grad():
+        rounds = interleaved_calls({"fp32": lambda: fp(x), "packed": lambda: packed(x),
+                                    "fp32_backbone": lambda: fp.encoder(x),
+                                    "packed_backbone": lambda: packed.encoder(x)}, repeats)
         row = {"head": head, "output_stride": stride, "width": width, **packed_check(packed, binary, check_draws),
-               "fp32_ms": 1e3 * median_seconds(lambda: fp(x), repeats),
-               "packed_ms": 1e3 * median_seconds(lambda: packed(x), repeats),
-               "fp32_backbone_ms": 1e3 * median_seconds(lambda: fp.encoder(x), repeats),
-               "packed_backbone_ms": 1e3 * median_seconds(lambda: packed.encoder(x), repeats),
+               **{f"{name}_ms": 1e3 * statistics.median(seconds) for name, seconds in rounds.items()},
+               "round_ms": {name: [1e3 * second for second in seconds] for name, seconds in rounds.items()},
                "backbone_gops": parts["backbone"].ops / 1e9, "head_gops": parts["head"].ops / 1e9}
     row["fp32_head_ms"] = row["fp32_ms"] - row["fp32_backbone_ms"]
     row["packed_head_ms"] = row["packed_ms"] - row["packed_backbone_ms"]
-    row["speedup"] = row["fp32_ms"] / row["packed_ms"]
-    row["backbone_speedup"] = row["fp32_backbone_ms"] / row["packed_backbone_ms"]
+    for name, prefix in (("speedup", ""), ("backbone_speedup", "_backbone")):
+        ratios = [fp32 / packed_ for fp32, packed_ in zip(rounds[f"fp32{prefix}"], rounds[f"packed{prefix}"])]
+        row[name], row[f"{name}_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
     return row
+
+
+def speedup(row: dict, name: str) -> str:
+    low, high = row[f"{name}_range"]
+    return f"{row[name]:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="bireal", help="the binary backbone's method (default bireal)")
     parser.add_argument("--size", type=image_size, default=(480, 640), help="input HxW (default 480x640)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--check-draws", type=int, default=8, help="random images for the packed-vs-float check")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random weights and images (default 0)")
@@ -100,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rows = [bench_head(args.method, *config, args.size, args.repeats, args.check_draws) for config in HEAD_CONFIGS]
     print(f"{'head':>24} {'GOPs bb+head':>13} {'fp32 ms':>9} {'packed ms':>10} {'(backbone':>10} {'head)':>7} "
-          f"{'speedup':>8} {'backbone speedup':>17} {'agree':>6}")
+          f"{'speedup (range)':>19} {'backbone speedup':>22} {'agree':>6}")
     for r in rows:
         name = f"{r['head']} os{r['output_stride']} w{r['width']}"
         print(f"{name:>24} {r['backbone_gops']:>5.2f}+{r['head_gops']:<6.2f} {r['fp32_ms']:>9.1f} "
               f"{r['packed_ms']:>10.1f} "
-              f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {r['speedup']:>7.2f}x "
-              f"{r['backbone_speedup']:>16.2f}x {r['agreeing_draws']:>3}/{len(r['max_abs_differences'])}")
-    print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, median of "
-          f"{args.repeats}; speedup > 1 = the binary dense model is faster; agree = random 64x64 images on which "
+              f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {speedup(r, 'speedup'):>19} "
+              f"{speedup(r, 'backbone_speedup'):>22} {r['agreeing_draws']:>3}/{len(r['max_abs_differences'])}")
+    print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, medians of "
+          f"{args.repeats} rounds (speed-up range: lowest and highest round); speedup > 1 = the binary dense model is faster; agree = random 64x64 images on which "
           f"packed and float outputs agree to {rows[0]['tolerance']:g} (a sign tie explains a rare miss)")
     write_record(args.json, {"method": args.method, "size": list(args.size), "repeats": args.repeats,
                              "seed": args.seed, "rows": rows})

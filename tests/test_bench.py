@@ -74,12 +74,16 @@ def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Pa
 def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> None:
     """Catches: a packed dense model that computes another function than the float one, a head
     configuration left out, times or ratios that do not add up."""
-    record = run_bench("dense_latency.py", "--size", "64x64", "--repeats", "1", out=tmp_path / "dense.json")
+    record = run_bench("dense_latency.py", "--size", "64x64", "--repeats", "2", out=tmp_path / "dense.json")
     assert [(r["head"], r["output_stride"], r["width"]) for r in record["rows"]] == [
         ("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64)]
     for row in record["rows"]:
         assert_packed_agrees(row)
-        assert row["speedup"] == row["fp32_ms"] / row["packed_ms"] and row["packed_backbone_ms"] > 0
+        rounds = row["round_ms"]
+        assert [len(rounds[name]) for name in ("fp32", "packed", "fp32_backbone", "packed_backbone")] == [2] * 4
+        assert row["packed_backbone_ms"] == pytest.approx(sum(rounds["packed_backbone"]) / 2)  # median of 2
+        ratios = sorted(fp32 / packed for fp32, packed in zip(rounds["fp32"], rounds["packed"]))
+        assert row["speedup"] == pytest.approx(sum(ratios) / 2) and row["speedup_range"] == pytest.approx(ratios)
         assert row["packed_head_ms"] == row["packed_ms"] - row["packed_backbone_ms"]
     heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3"}
     assert heads[8] > 10 * record["rows"][2]["head_gops"]  # the slim head is far cheaper than the paper's
