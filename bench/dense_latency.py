@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['packed_backbone_ms']:>10.1f} {r['packed_head_ms']:>7.1f} {speedup(r, 'speedup'):>19} "
               f"{speedup(r, 'backbone_speedup'):>22} {r['agreeing_draws']:>3}/{len(r['max_abs_differences'])}")
     print(f"1x3x{args.size[0]}x{args.size[1]}, {args.method} backbone packed vs FP32 ResNet-18, medians of "
-          f"{args.repeats} rounds (speed-up range: lowest and highest round); speedup > 1 = the binary dense model is faster; agree = random 64x64 images on which "
-          f"packed and float outputs agree to {rows[0]['tolerance']:g} (a sign tie explains a rare miss)")
+          f"{args.repeats} rounds (speed-up range: lowest and highest round); speedup > 1 = the binary dense model "
+          f"is faster; agree = random 64x64 images on which packed and float outputs agree to "
+          f"{rows[0]['tolerance']:g} (a sign tie explains a rare miss)")
     write_record(args.json, {"method": args.method, "size": list(args.size), "repeats": args.repeats,
                              "seed": args.seed, "rows": rows})
     return 0
