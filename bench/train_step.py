@@ -49,7 +49,8 @@ def step_seconds(method: str, batch: int, size: int, steps: int, device: torch.d
     trained = [model]
     if has_cmim(method):
         config = resolve_config(method, {"out": "/tmp/unused", "cmim_nce_n": 4096})
-        dataset = torch.utils.data.TensorDataset(torch.zeros(8192, 1))  # only its length sizes the bank
+        dataset = torch.utils.data.TensorDataset(torch.zeros(8192, 1))  # its length sizes the banks
+        dataset.targets = [i % 1000 for i in range(8192)]  # the classes the negatives avoid
         cmim, sites = build_cmim_loss(config, model, None, dataset, device)
         trained.append(cmim)
     params = [p for m in trained for p in m.parameters()]

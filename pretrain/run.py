@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-lambda", type=float, help="weight of the CMIM loss (default 0.8)")
     cmim.add_argument("--cmim-beta", type=float, help="layer weighting base, > 1 (default 2)")
     cmim.add_argument("--cmim-tau", type=float, help="critic temperature (default 0.1)")
-    cmim.add_argument("--cmim-nce-n", type=int, help="negatives per anchor (default 16384; 256 on synthetic)")
+    cmim.add_argument("--cmim-nce-n", type=int, help="negatives per anchor, well below the training set size (default "
+                      "16384; on the built-in data 256 or a quarter of its samples)")
     cmim.add_argument("--cmim-layers", help="stages, blocks or all (default stages)")
     cmim.add_argument("--cmim-variant", choices=CMIM_CHOICES["variant"],
                       help="paper: layer-wise a_B/a_F contrast (default); code: the official code's CRD with --teacher")
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmim.add_argument("--cmim-embed", choices=CMIM_CHOICES["embed"], help="critic representation (default mlp)")
     cmim.add_argument("--cmim-normalizer", choices=CMIM_CHOICES["normalizer"],
                       help="critic normaliser Z: running mean (default), fixed on the first batch (CRD), or none")
+    cmim.add_argument("--cmim-negatives", choices=CMIM_CHOICES["negatives"],
+                      help="negatives from other classes only (default, the official code's) or any other sample "
+                           "(label-free)")
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")

@@ -42,42 +42,71 @@ def indexed_bank(size: int, seed: int = 1) -> MemoryBank:
     return bank
 
 
-def test_bank_negatives_exclude_the_anchor_and_cover_every_other_row() -> None:
-    """``MemoryBank.sample`` itself, on a bank whose rows name their index: 16 draws for each of 200
-    anchors (40 per row) never return the anchor's own row, and each of the 4 other rows gets about a
-    quarter of an anchor's 640 draws (160 expected, binomial sd 11; bounds 110..210 are 4.5 sd).
+def test_bank_negatives_are_distinct_other_rows_drawn_uniformly() -> None:
+    """``MemoryBank.sample`` itself, on a bank whose rows name their index: 4 negatives for each of
+    420 anchors (60 per row, in chunks of 2 anchors) are 4 distinct rows, never the anchor's own, and
+    each of the 6 other rows gets about a sixth of an anchor's 240 draws (40 expected, sd about 5.5;
+    bounds 20..60 are 3.6 sd); asking for more negatives than the other rows is refused.
 
-    Catches: offsets drawn from 0 (the anchor is its own negative one time in 5), an off-by-one range
-    that never reaches row i - 1, offsets not taken modulo the bank size (IndexError), negatives drawn
-    for the wrong anchor, float16 negatives handed to the critic."""
-    bank = indexed_bank(5)
-    anchors = torch.arange(5).repeat(40)
-    drawn = bank.sample(anchors, 16)
-    assert drawn.shape == (200, 16, 2) and drawn.dtype == torch.float32
+    Catches: draws with replacement (the old sampler gave 6.6 % duplicates), the anchor as its own
+    negative, negatives drawn for the wrong anchor (chunks misaligned), a biased draw."""
+    bank = indexed_bank(7)
+    anchors = torch.arange(7).repeat(60)
+    drawn = bank.sample(anchors, 4, chunk_elements=14)
+    assert drawn.shape == (420, 4, 2) and drawn.dtype == torch.float32
     rows = drawn[..., 0].long()
     assert not (rows == anchors[:, None]).any()
-    for anchor in range(5):
-        counts = torch.bincount(rows[anchors == anchor].flatten(), minlength=5)
-        others = counts[torch.arange(5) != anchor]
-        assert counts[anchor] == 0 and ((others > 110) & (others < 210)).all(), (anchor, counts.tolist())
+    assert (rows.sort(dim=1).values.diff(dim=1) > 0).all()  # distinct within each anchor
+    for anchor in range(7):
+        counts = torch.bincount(rows[anchors == anchor].flatten(), minlength=7)
+        others = counts[torch.arange(7) != anchor]
+        assert counts[anchor] == 0 and ((others > 20) & (others < 60)).all(), (anchor, counts.tolist())
+    assert bank.sample(torch.tensor([3]), 6)[0, :, 0].sort().values.tolist() == [0, 1, 2, 4, 5, 6]
+    with pytest.raises(ValueError, match="7 negatives per anchor exceed the 6 allowed rows"):
+        bank.sample(torch.tensor([0]), 7)
 
 
-def test_class_aware_negatives_avoid_the_anchor_class() -> None:
-    """With labels set, 50 negatives each for anchors of classes 0, 1 and 2 never share the anchor's
-    class, while without labels the same bank does draw same-class rows (the test can see them).
+def test_class_aware_negatives_come_from_other_classes_without_replacement() -> None:
+    """With labels set, each anchor's negatives are distinct rows of other classes; asking for all
+    the rows the largest class leaves gives exactly the other classes' rows; without labels the
+    same bank does draw same-class rows (the test can see them).
 
     Catches: labels ignored, the comparison made against the negative's own index instead of its
-    class, redrawn negatives not written back."""
-    bank = indexed_bank(6)
-    classes = torch.tensor([0, 0, 1, 1, 2, 2])
-    anchors = torch.tensor([0, 2, 4])
-    plain = bank.sample(anchors, 50)[..., 0].long()
+    class, a pool size that ignores the largest class."""
+    bank = indexed_bank(7)
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    anchors = torch.tensor([0, 2, 4] * 20)
+    plain = bank.sample(anchors, 4)[..., 0].long()
     assert (classes[plain] == classes[anchors][:, None]).any()
     bank.set_labels(classes)
-    drawn = bank.sample(anchors, 50)[..., 0].long()
+    assert bank.max_negatives == 4  # 7 rows less the 3 of class 2
+    drawn = bank.sample(anchors, 4)[..., 0].long()
     assert not (classes[drawn] == classes[anchors][:, None]).any()
-    with pytest.raises(ValueError, match="need 6 labels"):
+    assert (drawn.sort(dim=1).values.diff(dim=1) > 0).all()
+    assert drawn[anchors == 4].sort(dim=1).values.unique(dim=0).tolist() == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="5 negatives per anchor exceed the 4 allowed rows"):
+        bank.sample(anchors, 5)
+    with pytest.raises(ValueError, match="need 7 labels"):
         bank.set_labels(torch.zeros(5, dtype=torch.long))
+
+
+def test_shared_negatives_are_distinct_rows_and_mask_the_anchor_and_its_class() -> None:
+    """One batch's shared draw is n distinct rows; the mask leaves out exactly the anchor itself
+    (label-free) or every row of the anchor's class (labels set)."""
+    bank = indexed_bank(9)
+    anchors = torch.tensor([0, 4, 8])
+    negatives, excluded = bank.sample_shared(anchors, 9)
+    rows = negatives[:, 0].long()
+    assert sorted(rows.tolist()) == list(range(9)) and excluded.shape == (3, 9)
+    assert torch.equal(excluded, rows[None, :] == anchors[:, None])
+    classes = torch.arange(9) // 3
+    bank.set_labels(classes)
+    negatives, excluded = bank.sample_shared(anchors, 5)
+    rows = negatives[:, 0].long()
+    assert rows.unique().numel() == 5
+    assert torch.equal(excluded, classes[rows][None, :] == classes[anchors][:, None])
+    with pytest.raises(ValueError, match="10 shared negatives exceed the bank's 9 rows"):
+        bank.sample_shared(anchors, 10)
 
 
 def test_bank_update_is_a_normalised_momentum_average() -> None:
@@ -111,7 +140,7 @@ def test_float16_bank_stores_half_precision_and_hands_out_float32() -> None:
     assert torch.allclose(half.values[[3, 7]].float(), full.values[[3, 7]], atol=2e-3)
     assert not torch.allclose(full.values[3], MemoryBank(1000, 128, seed=2).values[3])  # the update did move it
     loss_fn = CMIMLoss({"a": 8, "b": 16}, dataset_size=10, config=CMIMConfig(n_nce=4), bank_dtype=torch.float16)
-    assert {bank.values.dtype for bank in loss_fn.banks.values()} == {torch.float16}
+    assert {bank.values.dtype for banks in loss_fn.banks.values() for bank in banks.values()} == {torch.float16}
 
 
 def test_bank_state_round_trip_gives_same_negatives() -> None:
@@ -147,8 +176,8 @@ def test_cmim_on_a_binary_resnet_trains_backbone_and_heads() -> None:
     out.total.backward()
     assert model.layer3[1].conv2.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in loss_fn.parameters())
-    bank = loss_fn.banks["layer4.1.conv2"].values
-    assert torch.allclose(bank.norm(dim=1), torch.ones(20), atol=1e-5)
+    for bank in loss_fn.banks["layer4.1.conv2"].values():
+        assert torch.allclose(bank.values.norm(dim=1), torch.ones(20), atol=1e-5)
 
 
 def test_config_validation() -> None:
@@ -183,8 +212,10 @@ def test_running_mean_in_log_space() -> None:
 
 
 def test_running_normalizer_keeps_the_loss_bounded_when_the_bank_collapses() -> None:
-    """Once every bank row is the same embedding, a Z frozen on the random first bank puts all
-    negatives at h ~ 1 and the summed negative term explodes; a running Z follows the scores."""
+    """Once every bank row is the same latent, a Z frozen on the random first bank puts all
+    negatives at h ~ 1 and the summed negative term explodes; a running Z follows the scores.
+    (Raw latents, ``embed="none"``: the mlp embedding standardises over the batch, which
+    undoes this collapse.)"""
     torch.manual_seed(0)
     config = CMIMConfig(tau=0.1, n_nce=64, layers="stages")
     latent = torch.randn(1, 8, 2, 2).expand(16, -1, -1, -1) + 0.01 * torch.randn(16, 8, 2, 2)
@@ -192,7 +223,8 @@ def test_running_normalizer_keeps_the_loss_bounded_when_the_bank_collapses() -> 
     losses = {}
     for normalizer in ("crd", "running"):
         torch.manual_seed(1)
-        loss_fn = CMIMLoss({"s": 8}, dataset_size=256, config=config, normalizer=normalizer, momentum=0.0)
+        loss_fn = CMIMLoss({"s": 8}, dataset_size=256, config=config, normalizer=normalizer, momentum=0.0,
+                           embed="none", site_dims={"s": 32})
         for step in range(16):  # 16 x 16 indices: every bank row replaced by the collapsed embedding
             value = loss_fn(tap, torch.arange(step * 16, step * 16 + 16)).total.item()
         losses[normalizer] = value
@@ -221,29 +253,44 @@ def test_official_code_variant_is_two_sided_crd() -> None:
     assert all(p.requires_grad for p in trainable.parameters())
 
 
-def test_shared_negatives_leave_out_the_anchor_itself() -> None:
-    bank = MemoryBank(3, 4, seed=0)
-    negatives, own = bank.sample_shared(torch.tensor([0, 2]), 40)
-    assert negatives.shape == (40, 4) and own.shape == (2, 40)
-    for row in range(2):
-        anchor = bank.values[[0, 2][row]]
-        assert torch.equal(own[row], (negatives == anchor).all(dim=1))
-    assert own.any() and not own.all()
-
-    # with per-anchor draws excluded, an anchor's own bank row cannot change its loss
-    config = CMIMConfig(tau=0.5, n_nce=32, layers="stages")
+def test_left_out_pairs_change_nothing_and_the_negative_term_is_n_times_the_kept_mean() -> None:
+    """Eq. 13's N E_neg[log(1 - h)] over the kept pairs, in both directions averaged: with the
+    anchor's own bank rows drawn and left out, their values cannot change the loss, and the loss
+    equals the hand formula with each direction's kept negatives' mean log(1 - h) times N."""
+    config = CMIMConfig(tau=0.5, n_nce=2, layers="stages")
     latent = torch.randn(1, 2, 2, 2)
     taps = {"s": Tap("s", latent, binary_sign(latent))}
-    losses = []
+    rows = {"latent": ([0.5, 0.0], [0.0, -0.25]), "binary": ([-0.75, 0.5], [0.25, 1.0])}
+    losses, draws = [], {}
     for own_row in (torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])):
-        loss_fn = CMIMLoss({"s": 2}, dataset_size=2, config=config, embed="none", site_dims={"s": 8},
+        loss_fn = CMIMLoss({"s": 2}, dataset_size=3, config=config, embed="none", site_dims={"s": 8},
                            normalizer="none", seed=3)
-        bank = loss_fn.banks["s"]
-        bank.values = torch.zeros(2, 8)
-        bank.values[1, 0] = 0.5
-        bank.values[0, :2] = own_row
+        for side, bank in loss_fn.banks["s"].items():
+            bank.values = torch.zeros(3, 8)
+            bank.values[1, :2], bank.values[2, :2] = torch.tensor(rows[side][0]), torch.tensor(rows[side][1])
+            bank.values[0, :2] = own_row
+            state = bank.generator.get_state()
+            draws[side] = torch.randperm(3, generator=bank.generator)[:2].tolist()
+            assert 0 in draws[side]  # the anchor's own row is among the draws, to be left out
+            bank.generator.set_state(state)
+        banked = {side: bank.values.clone() for side, bank in loss_fn.banks["s"].items()}
         losses.append(loss_fn(taps, torch.tensor([0])).total)
     assert torch.isfinite(losses[0]) and torch.equal(losses[0], losses[1])
+    # by hand: a_B and a_F / r (r its RMS); positive <a_B, a_F/r>/tau; a_B against banked latents, a_F/r
+    # against banked binaries
+    flat = latent.flatten(1)[0]
+    binary, scaled = binary_sign(flat), flat / flat.pow(2).mean().sqrt()
+    noise = 2 / 3
+    h = lambda s: math.exp(s) / (math.exp(s) + noise)  # noqa: E731
+    positive = math.log(h(float(binary @ scaled) / 0.5))
+
+    def direction(anchor: torch.Tensor, side: str) -> float:
+        kept = [j for j in draws[side] if j != 0]
+        mean_log = sum(math.log(1 - h(float(anchor @ banked[side][j]) / 0.5)) for j in kept) / len(kept)
+        return -(positive + 2 * mean_log)
+
+    expected = (direction(binary, "latent") + direction(scaled, "binary")) / 2
+    assert losses[1].item() == pytest.approx(config.lam * config.beta * expected, rel=1e-5)
 
 
 def test_per_anchor_negatives_score_each_anchor_against_its_own_draws() -> None:
@@ -255,9 +302,69 @@ def test_per_anchor_negatives_score_each_anchor_against_its_own_draws() -> None:
     loss_fn = CMIMLoss({"s": 2}, dataset_size=10, config=config, embed="none", site_dims={"s": 8},
                        normalizer="none", shared_negatives=False)
     row = torch.randn(8)
-    loss_fn.banks["s"].values = row.expand(10, 8).clone()
-    anchor, flat = binary_sign(latent).flatten(1), latent.flatten(1)
-    positive = (anchor * flat).sum(dim=1) / config.tau
-    scores = (anchor @ row / config.tau)[:, None].expand(3, config.n_nce)
-    expected = config.lam * layer_weights(1, config.beta)[0] * nce_loss(positive, scores, config.n_nce / 10)
+    for bank in loss_fn.banks["s"].values():
+        bank.values = row.expand(10, 8).clone()
+    binary, flat = binary_sign(latent).flatten(1), latent.flatten(1)
+    scaled = flat / flat.pow(2).mean().sqrt()
+    positive = (binary * scaled).sum(dim=1) / config.tau
+    directions = [nce_loss(positive, (anchor @ row / config.tau)[:, None].expand(3, config.n_nce), config.n_nce / 10)
+                  for anchor in (binary, scaled)]
+    expected = config.lam * layer_weights(1, config.beta)[0] * (directions[0] + directions[1]) / 2
     assert torch.allclose(loss_fn(taps, torch.tensor([0, 1, 2])).total, expected)
+
+
+def test_default_path_matches_a_hand_computation_over_two_steps() -> None:
+    """Issue #21, item 4: the default CMIM path (two embedding heads per site, shared class-aware
+    negatives drawn without replacement, the running normaliser) against a float64 computation
+    written from the equations, two sites, two steps: lambda multiplies Eq. 14's weighted sum
+    (weights 1 and beta for K = 2) of each site's L_NCE, the two directions' Eq. 13 averaged.
+
+    Catches: lambda applied per layer or not at all, the layer weights reversed, the directions
+    summed instead of averaged, the positive left out of Z, Z's running mean weighted the wrong
+    way, the excluded pairs counted in the negative mean, the bank read after its update."""
+    torch.manual_seed(0)
+    config = CMIMConfig(lam=0.7, beta=3.0, tau=0.2, n_nce=5)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    channels = {"a": 3, "b": 4}
+    loss_fn = CMIMLoss(channels, 10, config, embed_dim=6, labels=labels, seed=5)
+    indices = [torch.tensor([1, 4, 8]), torch.tensor([0, 2, 9])]
+    log_z: dict[tuple[str, str], float] = {}
+    for step, batch in enumerate(indices):
+        taps = {site: Tap(site, latent := torch.randn(3, c, 2, 2), binary_sign(latent)) for site, c in channels.items()}
+        banks = {site: {side: bank.values.double().clone() for side, bank in sides.items()}
+                 for site, sides in loss_fn.banks.items()}
+        generators = {site: {side: bank.generator.get_state() for side, bank in sides.items()}
+                      for site, sides in loss_fn.banks.items()}
+        total = loss_fn(taps, batch).total
+        expected = 0.0
+        for k, (site, tap) in enumerate(taps.items()):
+            embedded = {}
+            for side, activation in (("binary", tap.binary), ("latent", tap.latent)):
+                head = loss_fn.heads[site]
+                pooled = activation.double().mean(dim=(2, 3))
+                centred = pooled - pooled.mean(dim=0)
+                relative = centred / centred.pow(2).mean().sqrt()
+                standard = relative / (relative.pow(2).mean(dim=0) + 1e-5).sqrt()
+                first, second = head[side].mlp[0], head[side].mlp[2]
+                hidden = (standard @ first.weight.double().T + first.bias.double()).clamp(min=0)
+                out = hidden @ second.weight.double().T + second.bias.double()
+                embedded[side] = out / out.norm(dim=1, keepdim=True)
+            site_loss = 0.0
+            for anchor_side, bank_side in (("binary", "latent"), ("latent", "binary")):
+                generator = torch.Generator().manual_seed(0)
+                generator.set_state(generators[site][bank_side])
+                drawn = torch.randperm(10, generator=generator)[:5]
+                anchor, partner = embedded[anchor_side], embedded[bank_side]
+                positive = (anchor * partner).sum(dim=1) / 0.2
+                scores = anchor @ banks[site][bank_side][drawn].T / 0.2
+                kept = labels[drawn][None, :] != labels[batch][:, None]
+                values = torch.cat([positive, scores[kept]])
+                batch_log_z = math.log(values.exp().mean().item() * 10)
+                key = (site, anchor_side)
+                log_z[key] = batch_log_z if step == 0 else math.log(0.9 * math.exp(log_z[key]) + 0.1 * math.exp(batch_log_z))
+                noise = 5 / 10
+                h = lambda s: (s - log_z[key]).exp() / ((s - log_z[key]).exp() + noise)  # noqa: E731
+                negative = [math.fsum(torch.log(1 - h(scores[i][kept[i]])).tolist()) / int(kept[i].sum()) for i in range(3)]
+                site_loss += -sum(math.log(h(positive[i]).item()) + 5 * negative[i] for i in range(3)) / 3 / 2
+            expected += [1.0, 3.0][k] * site_loss
+        assert total.item() == pytest.approx(0.7 * expected, rel=1e-5), step

@@ -306,8 +306,8 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp
     assert finish_despite_kills(args, tmp_path / "killed", seed=0) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
-    assert all(torch.equal(bank["values"], b["cmim"]["banks"][site]["values"])
-               for site, bank in a["cmim"]["banks"].items())
+    assert all(torch.equal(bank["values"], b["cmim"]["banks"][site][side]["values"])
+               for site, banks in a["cmim"]["banks"].items() for side, bank in banks.items())
     assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 

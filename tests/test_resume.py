@@ -43,8 +43,9 @@ def test_sigkill_then_resume_is_bit_exact(python, root, tmp_path) -> None:
     assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    for site, bank in a["cmim"]["banks"].items():
-        assert torch.equal(bank["values"], b["cmim"]["banks"][site]["values"]), site
+    for site, banks in a["cmim"]["banks"].items():
+        for side, bank in banks.items():
+            assert torch.equal(bank["values"], b["cmim"]["banks"][site][side]["values"]), (site, side)
     assert (reference / "metrics.jsonl").read_text().count("\n") == (killed / "metrics.jsonl").read_text().count("\n") == 3
 
 

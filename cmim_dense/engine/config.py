@@ -22,14 +22,16 @@ from .run_state import result_settings
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
 # how the CMIM loss is computed (CMIMSettings): the values each option takes, the default first
 CMIM_CHOICES = {"embed": ("mlp", "none"), "variant": ("paper", "code"), "bank_dtype": ("float32", "float16"),
-                "normalizer": ("running", "crd", "none")}
+                "normalizer": ("running", "crd", "none"), "negatives": ("other-class", "any")}
 
 
 @dataclass(frozen=True)
 class CMIMSettings:
     """The CMIM loss of one run: the paper's hyper-parameters (:class:`~cmim_dense.methods.CMIMConfig`,
     Eq. 13-14) and how this toolkit computes it: the projection (``embed``), the paper's loss or
-    the official code's (``variant``), the memory bank's dtype and the critic's normaliser."""
+    the official code's (``variant``), the memory bank's dtype, the critic's normaliser and
+    where negatives come from (``other-class``: other classes only, as the official code;
+    ``any``: label-free, for unlabeled data)."""
 
     lam: float
     beta: float
@@ -40,6 +42,7 @@ class CMIMSettings:
     variant: str = "paper"
     bank_dtype: str = "float32"
     normalizer: str = "running"
+    negatives: str = "other-class"
 
     @property
     def loss_config(self) -> CMIMConfig:
@@ -106,7 +109,8 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         with_cmim = f"use --method {method}+cmim, or " if get_recipe(method).is_binary else ""
         raise ValueError(f"{flags} only apply to a method with CMIM: {with_cmim}drop them")
     data = given.get("data", "synthetic")
-    recipe = get_recipe(method, cmim_config(given, data) if has_cmim(method) else None)
+    samples = int(given.get("synthetic_samples", 2000))
+    recipe = get_recipe(method, cmim_config(given, data, samples) if has_cmim(method) else None)
     train = recipe.training
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
         "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 32 if find_cifar(data) else 224
@@ -139,7 +143,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         init_from=given.get("init_from"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
-        synthetic_samples=int(given.get("synthetic_samples", 2000)),
+        synthetic_samples=samples,
         synthetic_val_samples=None if given.get("synthetic_val_samples") is None else int(given["synthetic_val_samples"]),
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
@@ -169,10 +173,13 @@ def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     return values
 
 
-def cmim_config(given: dict[str, Any], data: str) -> CMIMConfig:
-    """CMIM hyper-parameters from ``cmim_*`` overrides; the built-in data defaults to fewer negatives."""
+def cmim_config(given: dict[str, Any], data: str, synthetic_samples: int) -> CMIMConfig:
+    """CMIM hyper-parameters from ``cmim_*`` overrides.  The built-in data defaults to 256
+    negatives or a quarter of its training samples, whichever is fewer (N well below M, as the
+    paper's 16,384 of ImageNet's 1.28M and the official code's 4,096 of CIFAR's 50,000)."""
     defaults = CMIMConfig()
-    n_nce = given.get("cmim_nce_n", SYNTHETIC_DEFAULTS["cmim_nce_n"] if data == "synthetic" else defaults.n_nce)
+    synthetic = min(SYNTHETIC_DEFAULTS["cmim_nce_n"], synthetic_samples // 4)
+    n_nce = given.get("cmim_nce_n", synthetic if data == "synthetic" else defaults.n_nce)
     return CMIMConfig(
         lam=float(given.get("cmim_lambda", defaults.lam)),
         beta=float(given.get("cmim_beta", defaults.beta)),

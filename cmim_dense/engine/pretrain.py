@@ -88,9 +88,10 @@ def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: Binary
             model(torch.zeros(2, 3, config.image_size, config.image_size, device=device))
         model.train()
         dims = {site: tap.latent[0].numel() for site, tap in taps.items()}
+    labels = dataset_labels(train) if cmim.negatives == "other-class" else None
     loss = CMIMLoss(channels, dataset_size, cmim.loss_config, embed=cmim.embed, site_dims=dims,
-                    bank_dtype=getattr(torch, cmim.bank_dtype), normalizer=cmim.normalizer, device=device,
-                    seed=config.seed).to(device)
+                    bank_dtype=getattr(torch, cmim.bank_dtype), normalizer=cmim.normalizer, labels=labels,
+                    device=device, seed=config.seed).to(device)
     return loss, sites
 
 

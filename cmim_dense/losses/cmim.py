@@ -25,23 +25,32 @@ def critic_logits(a_f: Tensor, tau: float) -> Tensor:
     return binary_sign(a_f) @ a_f.T / tau
 
 
-def nce_loss(positive: Tensor, negatives: Tensor, noise: float) -> Tensor:
+def nce_loss(positive: Tensor, negatives: Tensor, noise: float, excluded: Tensor | None = None) -> Tensor:
     """Negative of Eq. 13, averaged over anchors.
 
     With the critic h(s) = e^s / (e^s + N/M) (Eq. 10) and ``noise`` = N/M:
-    loss = -mean_i [ log h(s_ii) + sum_{j in negatives} log(1 - h(s_ij)) ],
-    computed in log space (``positive``: (B,), ``negatives``: (B, n) critic exponents).
+    loss = -mean_i [ log h(s_ii) + N E_j log(1 - h(s_ij)) ],
+    computed in log space (``positive``: (B,), ``negatives``: (B, N) critic exponents).  The
+    expectation over negatives is their mean, over the pairs ``excluded`` (B, N) leaves in when
+    given (shared draws that hit the anchor or its class), so N E_j is the plain sum otherwise.
     """
     log_noise = math.log(noise)
     noise_t = positive.new_tensor(log_noise)
     log_h_pos = positive - torch.logaddexp(positive, noise_t)
     log_not_h_neg = log_noise - torch.logaddexp(negatives, noise_t)
-    return -(log_h_pos + log_not_h_neg.sum(dim=1)).mean()
+    if excluded is None:
+        negative_term = log_not_h_neg.sum(dim=1)
+    else:
+        kept = (~excluded).sum(dim=1).clamp(min=1)
+        negative_term = log_not_h_neg.masked_fill(excluded, 0.0).sum(dim=1) * (negatives.shape[1] / kept)
+    return -(log_h_pos + negative_term).mean()
 
 
 def crd_log_z(scores: Tensor, dataset_size: int) -> Tensor:
-    """log Z for CRD's normaliser Z = M mean(exp(s)) over a batch of critic exponents (DDP-averaged)."""
+    """log Z for CRD's normaliser Z = M mean(exp(s)) over a batch of critic exponents (DDP-averaged);
+    entries of -inf (pairs left out) are not counted."""
     flat = scores.detach().flatten()
+    flat = flat[flat > float("-inf")]
     return all_reduce_mean(torch.logsumexp(flat, 0) - math.log(flat.numel()) + math.log(dataset_size))
 
 
@@ -61,54 +70,82 @@ def layer_weights(num_layers: int, beta: float) -> list[float]:
     return [beta ** -(num_layers - 1 - k) for k in range(1, num_layers + 1)]
 
 
+def unit_rms(x: Tensor) -> Tensor:
+    """``x`` divided by its root mean square (one number for the whole batch), differentiated
+    as ``x`` itself.
+
+    A positive rescale changes no sign, so a_B and I(a_B; a_F) are the same for a_F and a_F / r:
+    the critic then reads a latent of any scale (RBNN's BatchNorm gamma starts at 1e-8), and the
+    backward pass skips the rescale, as the taps do for a recipe's own rescale, so the loss
+    reaches a_F at a_F's own scale instead of multiplied by 1 / r."""
+    scale = x.detach().pow(2).mean().sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+    return x + (x / scale - x).detach()
+
+
+def standardize_over_batch(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each column of ``x`` (B, C) centred over the batch and scaled to unit variance.
+
+    The overall scale is removed by :func:`unit_rms` (so a uniformly tiny activation is read
+    like any other and its gradient is not blown up), then each channel is divided by its
+    relative standard deviation, as the official code's BatchNorm1d before its embedding does;
+    the centring makes the result blind to a per-channel shift (a BatchNorm's beta).
+    """
+    relative = unit_rms(x - x.mean(dim=0, keepdim=True))
+    return relative * torch.rsqrt(relative.pow(2).mean(dim=0, keepdim=True) + eps)
+
+
 class EmbeddingHead(nn.Module):
-    """The "additional MLP module": global average pool, Linear-ReLU-Linear, L2 normalisation."""
+    """The paper's "additional MLP module" for one side of one site: global average pool,
+    standardisation over the batch (:func:`standardize_over_batch`, as the official code's
+    BatchNorm1d before its embedding), Linear-ReLU-Linear, L2 normalisation."""
 
     def __init__(self, channels: int, dim: int = 128) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.mlp(x.mean(dim=(2, 3))), dim=1)
+        return F.normalize(self.mlp(standardize_over_batch(x.float().mean(dim=(2, 3)))), dim=1)
 
 
 @dataclass
 class CMIMOutput:
     """The weighted total (Eq. 14) and, per tapped site, detached diagnostics: ``loss``
     (L_NCE^k before weighting), ``positive`` and ``negative`` (mean critic h of the positive
-    pairs and of the negatives, Eq. 10) and ``log_z`` (the normaliser, 0 without one)."""
+    pairs and of the negatives, Eq. 10, over both directions) and ``log_z`` (the normaliser,
+    mean of the two directions', 0 without one)."""
 
     total: Tensor
     per_layer: dict[str, dict[str, Tensor]]
 
 
+SIDES = ("binary", "latent")  # a_B and a_F: each side's embedding, bank and direction of contrast
+
+
 class CMIMLoss(nn.Module):
     """lambda * sum_{k=1..K} L_NCE^k / beta^(K-1-k) over the K tapped sites (Eq. 13-14).
 
-    For each site the anchor is the binary activation a_B^i, the positive the latent a_F^i of
-    the same sample, and the negatives ``n_nce`` latents of other samples drawn from a
-    momentum memory bank of size M = data set size (noise ratio N/M in the critic, Eq. 10).
+    For each site the pairs (a_B^i, a_F^j) are positive for i = j and negative otherwise
+    (Eq. 9-13).  As in CRD and the official code, L_NCE^k is computed in both directions and
+    averaged (so it keeps Eq. 13's scale): a_B^i anchored against a_F^i and ``n_nce`` other
+    samples' a_F from a momentum memory bank of size M = data set size (noise ratio N/M in the
+    critic, Eq. 10), and a_F^i against a_B^i and banked a_B.  Negatives are drawn without
+    replacement; with ``labels`` (every training sample's class) from other classes only, as in
+    the official code, without them label-free.
 
     ``embed`` chooses the representation the critic compares:
 
-    - ``"mlp"`` (default): a trained :class:`EmbeddingHead` (pool, MLP, L2) maps a_B and a_F to
-      128-d unit vectors, critic <e(a_B^i), e(a_F^j)> / tau.  This is the paper's "additional
-      MLP module" and the only choice whose bank fits ImageNet (M = 1.28M).
-    - ``"none"``: Eq. 12 exactly, on the flattened activations, <a_B^i, a_F^j> / tau.  The bank
-      then stores full activations, so use it for small inputs.
+    - ``"mlp"`` (default): per site and side a trained :class:`EmbeddingHead` (pool, standardise
+      over the batch, MLP, L2), e_B for a_B and e_F for a_F as CRD and the official code keep one
+      per side, critic <e_B(a_B^i), e_F(a_F^j)> / tau.  This is the paper's "additional MLP
+      module" and the only choice whose banks fit ImageNet (M = 1.28M).
+    - ``"none"``: Eq. 12 on the flattened activations, <a_B^i, a_F^j / r> / tau with r the
+      batch's RMS of a_F (:func:`unit_rms`).  The banks then store full activations, so use it
+      for small inputs.
 
     ``normalizer`` divides exp(s) by CRD's Z = M mean(exp(s)), so that a typical negative has
-    h ~ 1/(N+1):
-
-    - ``"running"`` (default): Z is a running mean over batches (``z_momentum``, saved with the
-      loss).  The bank starts as random unit vectors and fills with real embeddings, which in
-      a young network all point the same way; a Z frozen on the random first batch then puts
-      every negative at h ~ 1 and the summed negative term grows without bound (we measured
-      the CMIM term rising 50x over 8 epochs on the built-in data).  A running Z follows the
-      scores, so the term stays of order log(N).
-    - ``"crd"``: Z estimated on the first batch and then fixed, as CRD and the official code do.
-    - ``"none"``: Eq. 10 literally, where every one of the N negatives of an untrained network
-      has h ~ 1/(1 + N/M) and the negative term, summed over N, swamps the positive one.
+    h ~ 1/(N+1): ``"running"`` (default) a running mean over batches (``z_momentum``, saved
+    with the loss), ``"crd"`` the first batch's estimate kept fixed (CRD, the official code),
+    ``"none"`` Eq. 10 literally.  docs/methods.md says why the running one is the default.
     """
 
     def __init__(
@@ -124,6 +161,7 @@ class CMIMLoss(nn.Module):
         normalizer: str = "running",
         z_momentum: float = 0.9,
         shared_negatives: bool = True,
+        labels: Tensor | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
     ) -> None:
@@ -140,69 +178,94 @@ class CMIMLoss(nn.Module):
         self.shared_negatives = shared_negatives
         self.sites = list(site_channels)
         self.dataset_size = dataset_size
-        self.register_buffer("log_z", torch.full((len(self.sites),), float("nan")))
+        self.register_buffer("log_z", torch.full((len(self.sites), len(SIDES)), float("nan")))
         self.weights = layer_weights(len(self.sites), config.beta)
         self.noise = config.n_nce / dataset_size
         self.heads = nn.ModuleDict()
-        self.banks: dict[str, MemoryBank] = {}
+        self.banks: dict[str, dict[str, MemoryBank]] = {}
         for k, (site, channels) in enumerate(site_channels.items()):
-            key = site.replace(".", "_")
             dim = embed_dim if embed == "mlp" else site_dims[site]
             if embed == "mlp":
-                self.heads[key] = EmbeddingHead(channels, embed_dim)
-            self.banks[site] = MemoryBank(
-                dataset_size, dim, momentum, normalize=embed == "mlp", dtype=bank_dtype, device=device, seed=seed + k
-            )
+                self.heads[site.replace(".", "_")] = nn.ModuleDict(
+                    {side: EmbeddingHead(channels, embed_dim) for side in SIDES})
+            self.banks[site] = {}
+            for j, side in enumerate(SIDES):
+                bank = MemoryBank(dataset_size, dim, momentum, normalize=embed == "mlp", dtype=bank_dtype,
+                                  device=device, seed=seed + len(SIDES) * k + j)
+                if labels is not None:
+                    bank.set_labels(labels)
+                self.banks[site][side] = bank
+        allowed = min(bank.max_negatives for banks in self.banks.values() for bank in banks.values())
+        if config.n_nce > allowed:
+            kind = "of other classes" if labels is not None else "other"
+            raise ValueError(f"--cmim-nce-n {config.n_nce} asks for more negatives than the {allowed} {kind} samples "
+                             f"each of the {dataset_size} training samples has: use --cmim-nce-n {allowed // 2} or "
+                             "fewer (well below the data set size)")
 
     def represent(self, site: str, tap: Tap) -> tuple[Tensor, Tensor]:
-        """(anchor, latent) representations of one site: (e(a_B), e(a_F)) or flattened (a_B, a_F)."""
+        """The (binary, latent) representations of one site: (e_B(a_B), e_F(a_F)) or flattened (a_B, a_F / r)."""
         if self.embed == "mlp":
-            head = self.heads[site.replace(".", "_")]
-            return head(tap.binary), head(tap.latent)
-        return tap.binary.flatten(1), tap.latent.flatten(1)
+            heads = self.heads[site.replace(".", "_")]
+            return heads["binary"](tap.binary), heads["latent"](tap.latent)
+        return tap.binary.flatten(1), unit_rms(tap.latent.flatten(1))
+
+    def contrast(self, slot: tuple[int, int], anchor: Tensor, partner: Tensor, bank: MemoryBank,
+                 indices: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 13 for one direction: ``anchor`` (B, D) against its own ``partner`` (the positive)
+        and ``n_nce`` negatives from ``bank``; the loss and its detached diagnostics.
+        ``slot`` (site, side) names the normaliser."""
+        positive = (anchor * partner).sum(dim=1).float() / self.config.tau
+        if self.shared_negatives:
+            negatives, excluded = bank.sample_shared(indices, self.config.n_nce)
+            scores = anchor.float() @ negatives.T / self.config.tau
+        else:
+            negatives, excluded = bank.sample(indices, self.config.n_nce), None
+            scores = torch.einsum("bd,bnd->bn", anchor.float(), negatives) / self.config.tau
+        log_z = positive.new_zeros(())
+        if self.normalizer != "none":
+            kept = scores if excluded is None else scores.masked_fill(excluded, float("-inf"))
+            log_z = self._log_z(slot, torch.cat([positive[:, None], kept], dim=1))
+            positive, scores = positive - log_z, scores - log_z
+        loss = nce_loss(positive, scores, self.noise, excluded)
+        with torch.no_grad():
+            negative_h = critic(scores, self.noise)
+            if excluded is not None:  # the pairs left out are left out of the mean too
+                negative_h = negative_h.masked_select(~excluded)
+            stats = {"positive": critic(positive, self.noise).mean(), "negative": negative_h.mean(),
+                     "log_z": log_z.detach().clone()}
+        return loss, stats
 
     def forward(self, taps: dict[str, Tap], indices: Tensor) -> CMIMOutput:
         total = None
         per_layer: dict[str, dict[str, Tensor]] = {}
         for k, (site, weight) in enumerate(zip(self.sites, self.weights)):
-            anchor, latent = self.represent(site, taps[site])
-            bank = self.banks[site]
-            positive = (anchor * latent).sum(dim=1).float() / self.config.tau
-            if self.shared_negatives:
-                negatives, own = bank.sample_shared(indices, self.config.n_nce)
-                scores = (anchor.float() @ negatives.T / self.config.tau).masked_fill(own, float("-inf"))
-            else:
-                negatives = bank.sample(indices, self.config.n_nce)
-                scores = torch.einsum("bd,bnd->bn", anchor.float(), negatives) / self.config.tau
-            log_z = positive.new_zeros(())
-            if self.normalizer != "none":
-                log_z = self._log_z(k, positive, scores)
-                positive, scores = positive - log_z, scores - log_z
-            loss = nce_loss(positive, scores, self.noise)
-            bank.update(indices, latent)
-            with torch.no_grad():
-                negative_h = critic(scores, self.noise)
-                if self.shared_negatives:  # the anchors' own draws are left out of the mean
-                    negative_h = negative_h.masked_select(~own)
-                per_layer[site] = {"loss": loss.detach(), "positive": critic(positive, self.noise).mean(),
-                                   "negative": negative_h.mean(), "log_z": log_z.detach().clone()}
+            binary, latent = self.represent(site, taps[site])
+            banks = self.banks[site]
+            loss_b, stats_b = self.contrast((k, 0), binary, latent, banks["latent"], indices)
+            loss_f, stats_f = self.contrast((k, 1), latent, binary, banks["binary"], indices)
+            banks["binary"].update(indices, binary)
+            banks["latent"].update(indices, latent)
+            loss = (loss_b + loss_f) / 2
+            per_layer[site] = {"loss": loss.detach(), **{key: (stats_b[key] + stats_f[key]) / 2 for key in stats_b}}
             total = weight * loss if total is None else total + weight * loss
         assert total is not None
         return CMIMOutput(self.config.lam * total, per_layer)
 
-    def _log_z(self, k: int, positive: Tensor, scores: Tensor) -> Tensor:
-        """log Z: the first batch's estimate, then fixed ("crd") or a running mean ("running")."""
-        old = self.log_z[k]
+    def _log_z(self, slot: tuple[int, int], scores: Tensor) -> Tensor:
+        """log Z of a batch's critic exponents (-inf: pairs left out): the first batch's estimate,
+        then fixed ("crd") or a running mean ("running")."""
+        old = self.log_z[slot]
         if self.normalizer == "running":  # decided on the device: no host synchronisation per step
-            batch = crd_log_z(torch.cat([positive[:, None], scores], dim=1), self.dataset_size)
-            self.log_z[k] = torch.where(torch.isnan(old), batch, running_log_mean(old, batch, self.z_momentum))
+            batch = crd_log_z(scores, self.dataset_size)
+            self.log_z[slot] = torch.where(torch.isnan(old), batch, running_log_mean(old, batch, self.z_momentum))
         elif torch.isnan(old):  # "crd": measured once (with a collective under DDP), then fixed
-            self.log_z[k] = crd_log_z(torch.cat([positive[:, None], scores], dim=1), self.dataset_size)
-        return self.log_z[k]
+            self.log_z[slot] = crd_log_z(scores, self.dataset_size)
+        return self.log_z[slot]
 
-    def bank_state(self) -> dict[str, dict[str, Tensor]]:
-        return {site: bank.state_dict() for site, bank in self.banks.items()}
+    def bank_state(self) -> dict[str, dict[str, dict[str, Tensor]]]:
+        return {site: {side: bank.state_dict() for side, bank in banks.items()} for site, banks in self.banks.items()}
 
-    def load_bank_state(self, state: dict[str, dict[str, Tensor]]) -> None:
-        for site, bank in self.banks.items():
-            bank.load_state_dict(state[site])
+    def load_bank_state(self, state: dict[str, dict[str, dict[str, Tensor]]]) -> None:
+        for site, banks in self.banks.items():
+            for side, bank in banks.items():
+                bank.load_state_dict(state[site][side])

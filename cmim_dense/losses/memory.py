@@ -29,10 +29,14 @@ def all_reduce_mean(x: Tensor) -> Tensor:
 class MemoryBank:
     """``size`` x ``dim`` stored representations, one per training sample.
 
-    - ``sample(indices, n)`` draws ``n`` negatives per anchor uniformly among the *other*
-      samples, in one vectorised call: index (i + 1 + U{0..M-2}) mod M is uniform over every
-      index but i.  With ``labels`` set, negatives of the anchor's own class are redrawn a few
-      times (the official CMIM code's class-aware negatives) without per-class index lists.
+    Negatives follow the official CMIM code (and CRD's data wrapper): drawn **without
+    replacement**, never the anchor itself and, once :meth:`set_labels` has given every sample
+    its class, never a sample of the anchor's class (the paper's negative term is the
+    "inter-class decorrelation" one).  Without labels the draws are label-free, for unlabeled data.
+
+    - ``sample(indices, n)``: ``n`` negatives per anchor, (B, n, dim).
+    - ``sample_shared(indices, n)``: ``n`` distinct rows for the whole batch and the (B, n) mask
+      of the pairs an anchor must leave out (itself, its class).
     - ``update(indices, values)`` blends in new values with momentum, after gathering them
       from every DDP rank, so all ranks keep identical banks.
     - ``dtype=torch.float16`` halves the memory (an ImageNet bank of 1.28M x 128 takes 328 MB).
@@ -67,32 +71,51 @@ class MemoryBank:
             raise ValueError(f"need {self.size} labels, got shape {tuple(labels.shape)}")
         self.labels = labels.to(self.values.device)
 
-    def sample(self, indices: Tensor, n: int, redraws: int = 10) -> Tensor:
-        """(B, n, dim) float32 negatives for the anchors ``indices`` (B,)."""
+    @property
+    def max_negatives(self) -> int:
+        """The most negatives every anchor can be given without replacement: the other samples,
+        or with labels the samples outside the largest class."""
+        if self.labels is None:
+            return self.size - 1
+        return self.size - int(torch.bincount(self.labels).max())
+
+    def excluded(self, indices: Tensor, rows: Tensor) -> Tensor:
+        """Whether row ``rows[b, j]`` may not be a negative of anchor ``indices[b]``: the anchor
+        itself or, with labels, a sample of its class."""
+        if self.labels is None:
+            return rows == indices[:, None]
+        return self.labels[rows] == self.labels[indices][:, None]
+
+    def sample(self, indices: Tensor, n: int, chunk_elements: int = 1 << 22) -> Tensor:
+        """(B, n, dim) float32 negatives for the anchors ``indices`` (B,), each anchor's drawn
+        uniformly without replacement among its allowed rows: the ``n`` smallest of one uniform
+        key per row, with the excluded rows' keys set to 2 (anchors in chunks of
+        ``chunk_elements`` keys, to bound the memory on a large bank)."""
+        if n > self.max_negatives:
+            raise ValueError(f"{n} negatives per anchor exceed the {self.max_negatives} allowed rows of this bank")
         indices = indices.to(self.values.device)
-        offsets = torch.randint(1, self.size, (indices.shape[0], n), generator=self.generator, device=indices.device)
-        negatives = (indices[:, None] + offsets) % self.size
-        if self.labels is not None:
-            for _ in range(redraws):
-                same = self.labels[negatives] == self.labels[indices][:, None]
-                if not same.any():
-                    break
-                fresh = torch.randint(0, self.size, (int(same.sum()),), generator=self.generator, device=indices.device)
-                negatives[same] = fresh
-        return self.values[negatives].float()
+        every = torch.arange(self.size, device=indices.device)
+        rows = []
+        for part in indices.split(max(1, chunk_elements // self.size)):
+            keys = torch.rand(part.shape[0], self.size, generator=self.generator, device=indices.device)
+            keys = keys.masked_fill(self.excluded(part, every.expand(part.shape[0], -1)), 2.0)
+            rows.append(keys.topk(n, dim=1, largest=False).indices)
+        return self.values[torch.cat(rows)].float()
 
     def sample_shared(self, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """``n`` negatives shared by the whole batch, (n, dim) float32, and the (B, n) mask of the
-        pairs where a drawn negative is the anchor itself (to be left out).
+        """``n`` distinct rows shared by the whole batch, (n, dim) float32, and the (B, n) mask of
+        the pairs to leave out (the anchor itself, its class: :meth:`excluded`).
 
         Scoring B anchors against one set is a (B, dim) x (dim, n) product on n gathered rows,
         instead of B x n gathered rows for per-anchor negatives: B times less memory traffic,
-        which is what dominates the CMIM term's cost.  Each anchor still sees n uniform draws
-        from the bank (minus the rare hit on itself), so the loss has the same expectation.
+        which is what dominates the CMIM term's cost.  Each anchor keeps the drawn rows it is
+        allowed, a uniform draw without replacement from its allowed rows of random size.
         """
-        drawn = torch.randint(0, self.size, (n,), generator=self.generator, device=self.values.device)
-        own = indices.to(self.values.device)[:, None] == drawn[None, :]
-        return self.values[drawn].float(), own
+        if n > self.size:
+            raise ValueError(f"{n} shared negatives exceed the bank's {self.size} rows")
+        drawn = torch.randperm(self.size, generator=self.generator, device=self.values.device)[:n]
+        indices = indices.to(self.values.device)
+        return self.values[drawn].float(), self.excluded(indices, drawn.expand(indices.shape[0], -1))
 
     @torch.no_grad()
     def update(self, indices: Tensor, values: Tensor) -> None:
