@@ -53,10 +53,15 @@ SWEEPS = {"lambda": ("lam", (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)), "n_nce": ("n_nce", 
 STUDY_METHODS = ("irnet", "rbnn")
 STUDY_TASKS = ("seg", "depth")  # the transfer the study reports (plots/cmim_study.py)
 STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of Table 3's grid
-STUDY_SEEDS = 3
-STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 650,
+# Seeds: a paired 95 % interval of validation top-1 at most 2 points wide on each side needs
+# t(n-1) sd / sqrt(n) <= 2; the pilot's paired sd was about 2 points (docs/methods.md), so 10.
+# The transfer fine-tunes (the larger cost per backbone) run for the first STUDY_TRANSFER_SEEDS.
+STUDY_SEEDS = 10
+STUDY_TRANSFER_SEEDS = 5
+STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 390,
                                   "image_size": 32, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "schedule": "cos"}
 QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "synthetic_val_samples": 32}
+QUICK_STUDY_SEEDS = 3
 
 
 @dataclass
@@ -129,9 +134,10 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
 
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool, seeds: int = 1,
-                  tasks: tuple[str, ...] = MAIN_TASKS) -> list[Stage]:
+                  tasks: tuple[str, ...] = MAIN_TASKS, finetune_seeds: int | None = None) -> list[Stage]:
     """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
-    pretrain with seed k, then a fine-tune (seed k) of that backbone per task of ``tasks`` (see :func:`run_folder`)."""
+    pretrain with seed k, then, for k < ``finetune_seeds`` (default every seed), a fine-tune (seed k)
+    of that backbone per task of ``tasks`` (see :func:`run_folder`)."""
     stages = []
     for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
         for folder, (method, extra) in runs.items():
@@ -140,6 +146,8 @@ def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretr
             out = root / "pretrain" / run
             stages.append(pretrain_stage(f"pretrain {name}", method, out, {**pretrain, **extra, "seed": seed},
                                          progress))
+            if finetune_seeds is not None and seed >= finetune_seeds:
+                continue
             for task in tasks:
                 stages.append(finetune_stage(f"{task} {name}", task, out / "best.pt", root / "finetune" / run / task,
                                              {**finetune, "seed": seed}, progress, [f"pretrain {name}"]))
@@ -215,16 +223,18 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
 
 
 def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, values: tuple[float, ...] | None = None,
-                      quick: bool = False, progress: bool = True, seeds: int = STUDY_SEEDS) -> list[Stage]:
+                      quick: bool = False, progress: bool = True, seeds: int = STUDY_SEEDS,
+                      transfer_seeds: int = STUDY_TRANSFER_SEEDS) -> list[Stage]:
     """The CMIM evidence study: each method without CMIM and with CMIM at each lambda (``values``,
     default Table 3's 0.8 and 3.2) pretrained ``seeds`` times in the over-fitting regime
-    :data:`STUDY_PRETRAIN`, each backbone fine-tuned on the built-in rooms (seg and depth); then
-    the report (curves, final top-1 and transfer as mean ± 95 % CI, paired CMIM gains) and the
-    seg-vs-depth chart."""
+    :data:`STUDY_PRETRAIN`, the backbones of the first ``transfer_seeds`` seeds fine-tuned on the
+    built-in rooms (seg and depth); then the report (curves, final top-1 and transfer as mean ±
+    95 % CI, paired CMIM gains) and the seg-vs-depth chart."""
     check_seeds(seeds)
     pretrain = QUICK_STUDY_PRETRAIN if quick else STUDY_PRETRAIN
     runs = sweep_runs("lambda", methods, values or STUDY_LAMBDAS)
-    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds, STUDY_TASKS)
+    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds, STUDY_TASKS,
+                           min(seeds, check_seeds(transfer_seeds)))
     everything = [stage.name for stage in stages]
     report = Stage("CMIM study report", lambda: False, lambda: cmim_study_report(root, root / "cmim_study"), everything)
     return stages + [report, chart_stage(root, [s for s in everything if not s.startswith("pretrain")])]

@@ -6,7 +6,7 @@
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
     python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
-    python pipeline/run.py --study cmim                           # the CMIM evidence study (3 seeds)
+    python pipeline/run.py --study cmim                           # the CMIM evidence study (10 seeds)
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
@@ -39,19 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
     parser.add_argument("--study", choices=["cmim"],
                         help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
-                             "regime, 3 seeds, with transfer to the built-in rooms (about 45 minutes on 2 CPU cores)")
+                             "regime, 10 seeds, the first 5 transferred to the built-in rooms (docs/methods.md)")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
-                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 3)")
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 10, "
+                        "its transfer fine-tunes for the first 5; --study --quick: 3)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
                         "seg and depth are the chart's axes)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    from cmim_dense.pipeline import (MAIN_METHODS, MAIN_TASKS, STUDY_METHODS, STUDY_SEEDS, cmim_study_stages,
-                                     main_job_stages, run_stages, sweep_stages)
+    from cmim_dense.pipeline import (MAIN_METHODS, MAIN_TASKS, QUICK_STUDY_SEEDS, STUDY_METHODS, STUDY_SEEDS,
+                                     cmim_study_stages, main_job_stages, run_stages, sweep_stages)
     from cmim_dense.run_folder import FolderInUseError
 
     if args.study and args.sweep:
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root or (f"runs/{kind}" if kind else "runs/main"))
     try:
         values = tuple(float(v) for v in args.values.split(",")) if args.values else None
-        given = args.seeds if args.seeds is not None else str(STUDY_SEEDS if args.study else 1)
+        study_seeds = QUICK_STUDY_SEEDS if args.quick else STUDY_SEEDS
+        given = args.seeds if args.seeds is not None else str(study_seeds if args.study else 1)
         seeds = int(given) if given.strip().isdigit() else given  # check_seeds names a bad one
         if args.study:
             stages = cmim_study_stages(root, methods, values, args.quick, args.progress, seeds)

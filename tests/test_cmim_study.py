@@ -59,11 +59,27 @@ def test_table_gives_final_top1_as_mean_and_t_interval_and_the_paired_gain(study
     report of the best epoch instead of the final one."""
     rows, written = cmim_study_report(study)
     table = (study / "cmim_study.md").read_text()
-    assert "| irnet | 0 | 3 | 100.0 ± 0.0 | 60.0 ± 24.8 | 21.0 ± 2.5 | -0.100 ± 0.000 |" in table
+    assert "| irnet | 0 | 3 | 100.0 ± 0.0 | 60.0 ± 24.8 | 3 | 21.0 ± 2.5 | -0.100 ± 0.000 |" in table
     assert "| irnet | 0.8 | +5.0 ± 12.4 | +2.0 ± 0.0 | +0.040 ± 0.025 |" in table
     gain = next(row for row in rows if row.lam == 0.8).gain
     assert gain["val_top1"].mean == pytest.approx(0.05) and gain["val_top1"].half_width == pytest.approx(0.124207, 1e-4)
     assert {path.suffix for path in written} == {".png", ".svg", ".md"}
+
+
+def test_transfer_of_fewer_seeds_is_counted_and_paired_on_those_seeds(study: Path) -> None:
+    """The study transfers the first seeds only: without seed 2's fine-tunes the table says 2
+    transfer seeds and the transfer gains pair seeds 0 and 1 (mIoU +2 pp each), while top-1 keeps
+    all three. Catches transfer intervals over seeds that have none, or a transfer count of the
+    pretraining seeds."""
+    import shutil
+
+    for folder in ("irnet", "irnet+cmim_lam0.8"):
+        shutil.rmtree(study / "finetune" / folder / "seed2")
+    rows, _ = cmim_study_report(study)
+    table = (study / "cmim_study.md").read_text()
+    assert "| irnet | 0 | 3 | 100.0 ± 0.0 | 60.0 ± 24.8 | 2 | 20.5 ± 6.4 | -0.100 ± 0.000 |" in table
+    gain = next(row for row in rows if row.lam == 0.8).gain
+    assert gain["miou"].n == 2 and gain["miou"].mean == pytest.approx(0.02) and gain["val_top1"].n == 3
 
 
 def test_figure_draws_train_and_val_curves_per_lambda(study: Path) -> None:
@@ -88,14 +104,19 @@ def test_empty_study_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_study_stages_cover_every_method_lambda_and_seed(tmp_path: Path) -> None:
     """The study pretrains each method at lambda 0 (the method itself) and each lambda, for every
-    seed, in the over-fitting regime with its own validation size, fine-tunes each backbone for seg
-    and depth, then reports; catches a lambda or seed left out, or the main job's budget used."""
-    from cmim_dense.pipeline import STUDY_PRETRAIN, cmim_study_stages
+    seed, in the over-fitting regime with its own validation size, fine-tunes the backbones of the
+    first transfer seeds for seg and depth, then reports; catches a lambda or seed left out, the
+    transfer run for the wrong seeds, or the main job's budget used."""
+    from cmim_dense.pipeline import STUDY_PRETRAIN, STUDY_SEEDS, STUDY_TRANSFER_SEEDS, cmim_study_stages
 
-    stages = cmim_study_stages(tmp_path, ("irnet", "rbnn"), (0.8, 3.2), seeds=3)
+    stages = cmim_study_stages(tmp_path, ("irnet", "rbnn"), (0.8, 3.2), seeds=4, transfer_seeds=2)
     pretrains = [stage.name for stage in stages if stage.name.startswith("pretrain")]
-    assert len(pretrains) == 2 * 3 * 3 and "pretrain rbnn+cmim_lam3.2 seed2" in pretrains
-    assert sum(stage.name.startswith(("seg ", "depth ")) for stage in stages) == 2 * len(pretrains)
+    assert len(pretrains) == 2 * 3 * 4 and "pretrain rbnn+cmim_lam3.2 seed3" in pretrains
+    finetunes = [stage.name for stage in stages if stage.name.startswith(("seg ", "depth "))]
+    assert len(finetunes) == 2 * 2 * 3 * 2 and "depth rbnn+cmim_lam3.2 seed1" in finetunes
+    assert not any(name.endswith(("seed2", "seed3")) for name in finetunes)
+    assert len(cmim_study_stages(tmp_path, ("irnet",), (0.8,), seeds=1)) == 2 + 2 * 2 + 2  # transfer seeds capped
+    assert STUDY_SEEDS >= 10 and 1 <= STUDY_TRANSFER_SEEDS <= STUDY_SEEDS
     assert [stage.name for stage in stages[-2:]] == ["CMIM study report", "chart"]
     assert STUDY_PRETRAIN["synthetic_val_samples"] > STUDY_PRETRAIN["synthetic_samples"]
     assert stages[0].name == "pretrain irnet seed0"

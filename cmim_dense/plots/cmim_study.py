@@ -119,13 +119,14 @@ def summarize(runs: Sequence[StudyRun]) -> list[StudyRow]:
 
 def study_table(rows: Sequence[StudyRow]) -> str:
     """Markdown: each metric as mean ± 95 % CI over seeds, and the paired CMIM gains."""
-    lines = ["| method | lambda | seeds | train top-1 (%) | val top-1 (%) | mIoU (%) | -ln RMSE |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | lambda | seeds | train top-1 (%) | val top-1 (%) | transfer seeds | mIoU (%) | -ln RMSE |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         transfer = [row.transfer[m].format(scale, 3 if scale == 1.0 else 1) if m in row.transfer else ""
                     for m, (_, _, scale) in TRANSFER.items()]
+        transferred = max((row.transfer[m].n for m in row.transfer), default=0)
         lines.append(f"| {row.method} | {row.lam:g} | {len(row.seeds)} | {row.train_top1.format(100, 1)} | "
-                     f"{row.val_top1.format(100, 1)} | {' | '.join(transfer)} |")
+                     f"{row.val_top1.format(100, 1)} | {transferred} | {' | '.join(transfer)} |")
     lines += ["", "Paired CMIM gain (same seed, lambda minus lambda = 0):", "",
               "| method | lambda | val top-1 (pp) | mIoU (pp) | -ln RMSE |", "|---|---:|---:|---:|---:|"]
     for row in rows:
