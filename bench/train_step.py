@@ -30,6 +30,7 @@ from common import median_seconds, write_record  # noqa: E402
 from cmim_dense import create_model  # noqa: E402
 from cmim_dense.engine.optim import backward_step  # noqa: E402
 from cmim_dense.engine.pretrain import build_cmim_loss  # noqa: E402
+from cmim_dense.losses.cmim import SIDES  # noqa: E402
 from cmim_dense.engine.config import resolve_config  # noqa: E402
 from cmim_dense.methods import base_method, has_cmim  # noqa: E402
 from cmim_dense.models import collect_taps  # noqa: E402
@@ -91,8 +92,9 @@ def resident_mb(field: str) -> float:
 
 
 def bank_megabytes(sites: int, dim: int = 128) -> dict[str, float]:
-    """The paper variant's banks for ImageNet: one (1.28M x dim) bank per tapped site."""
-    return {dtype: IMAGENET * dim * sites * width / 2**20 for dtype, width in (("float32", 4), ("float16", 2))}
+    """The paper variant's banks for ImageNet: one (1.28M x dim) bank per tapped site and side (a_B, a_F)."""
+    banks = sites * len(SIDES)
+    return {dtype: IMAGENET * dim * banks * width / 2**20 for dtype, width in (("float32", 4), ("float16", 2))}
 
 
 def main() -> None:
@@ -132,7 +134,7 @@ def main() -> None:
         print(f"{run:<12} {1000 * seconds[run]:9.1f} {args.batch / seconds[run]:8.1f} "
               f"{seconds[run] / seconds['fp']:6.2f}x {versus_base:>8} {memory.get(run, float('nan')):9.0f}")
     banks = bank_megabytes(sites=4)
-    print(f"CMIM memory bank for ImageNet ({IMAGENET:,} samples, 4 sites x 128-d): "
+    print(f"CMIM memory banks for ImageNet ({IMAGENET:,} samples, 4 sites x 2 sides x 128-d): "
           f"{banks['float32']:,.0f} MB float32, {banks['float16']:,.0f} MB float16")
     write_record(args.json, {"device": str(device), "batch": args.batch, "image_size": args.image_size,
                              "amp": args.amp, "step_seconds": seconds,

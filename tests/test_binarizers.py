@@ -143,6 +143,24 @@ def test_rotation_binarizer_forward_and_refit_once_per_progress() -> None:
     assert w.grad.abs().sum() > 0
 
 
+def test_rotation_binarizer_runs_under_autocast_and_refits_in_float32() -> None:
+    """RBNN under mixed precision (--amp): the refit's SVD runs in float32 (CUDA has no half SVD)
+    and the half-precision rotated weight meets the float32 standardized one; the result equals
+    the float32 computation (rotations refitted from the same weights). Found on a GPU: rbnn
+    with --amp failed in the first step."""
+    w = torch.randn(4, 2, 3, 3, requires_grad=True)
+    spec = Spec("rotation", estimator=Spec("rbnn"))
+    mixed, plain = build_weight_binarizer(spec, w), build_weight_binarizer(spec, w)
+    plain.load_state_dict(mixed.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixed(w)
+    reference = plain(w)
+    assert mixed.r1.dtype == torch.float32 and torch.allclose(mixed.r1, plain.r1, atol=1e-5)
+    assert torch.allclose(out.float(), reference, atol=1e-2)
+    out.float().sum().backward()
+    assert mixed.theta.grad.abs().sum() > 0
+
+
 def test_rotation_refit_is_recorded_in_the_state_dict() -> None:
     w = torch.randn(4, 2, 3, 3)
     a = build_weight_binarizer(Spec("rotation", estimator=Spec("rbnn")), w)

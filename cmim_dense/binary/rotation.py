@@ -99,9 +99,11 @@ class BiRotationWeight(ProgressAware, nn.Module):
 
     @torch.no_grad()
     def refit(self, standardized: Tensor) -> None:
-        """Re-fit R1 and R2 to the current (detached) standardized weights."""
-        x = standardized.reshape(standardized.shape[0], *self.shape_ab)
-        r1, r2 = update_rotations(x, self.r1, self.r2, self.iterations)
+        """Re-fit R1 and R2 to the current (detached) standardized weights, in float32 whatever
+        autocast is on (CUDA has no half-precision SVD)."""
+        x = standardized.float().reshape(standardized.shape[0], *self.shape_ab)
+        with torch.autocast(x.device.type, enabled=False):
+            r1, r2 = update_rotations(x, self.r1.float(), self.r2.float(), self.iterations)
         self.r1.copy_(r1)
         self.r2.copy_(r2)
         self.updated_at.fill_(self.progress)
@@ -112,7 +114,7 @@ class BiRotationWeight(ProgressAware, nn.Module):
         if self._needs_update():
             self.refit(w2.detach())
         x = w2.detach().reshape(w.shape[0], *self.shape_ab)
-        rotated = rotate_filters(x, self.r1, self.r2).view_as(w)
+        rotated = rotate_filters(x, self.r1, self.r2).view_as(w).to(w2.dtype)  # autocast computes it in half
         w3 = torch.lerp(w2, rotated, self.theta.sin().abs())
         return self.sign(w3) * self.scale
 
