@@ -59,7 +59,8 @@ STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of
 STUDY_SEEDS = 10
 STUDY_TRANSFER_SEEDS = 5
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 390,
-                                  "image_size": 32, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "schedule": "cos"}
+                                  "eval_every": 5, "image_size": 32, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
+                                  "schedule": "cos"}
 QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "synthetic_val_samples": 32}
 QUICK_STUDY_SEEDS = 3
 

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-from", metavar="CKPT",
                         help="start from the weights of this checkpoint (same architecture), e.g. the last.pt of a "
                              "diverged run, with any other settings; optimizer and CMIM state start afresh")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="validate every N epochs and after the last (default 1); best.pt is the best validated "
+                             "epoch")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)
 

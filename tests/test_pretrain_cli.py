@@ -106,3 +106,26 @@ def test_cmim_pretraining_saves_heads_and_banks(python, root, tmp_path) -> None:
     assert torch.isfinite(checkpoint["cmim"]["heads"]["log_z"]).all()
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_cmim"] > 0
+
+
+def test_eval_every_validates_less_and_trains_the_same_weights(tmp_path) -> None:
+    """--eval-every 2 over 3 epochs validates epochs 2 and 3 only (the last always), best.pt is a
+    validated epoch, last.pt carries the latest validation, and the weights equal those of a run validated every epoch (validation changes no
+    training state). Catches a skipped last validation, a best.pt from an unvalidated epoch, and
+    validation that leaks into training (BatchNorm statistics, RNG)."""
+    from cmim_dense.engine import resolve_config, run_pretraining
+
+    settings = {"epochs": 3, "synthetic_samples": 48, "synthetic_val_samples": 13, "image_size": 16,
+                "batch_size": 16, "progress_bar": False}
+    for every in (1, 2):
+        run_pretraining(resolve_config("irnet+cmim", {**settings, "eval_every": every,
+                                                      "out": str(tmp_path / f"every{every}")}))
+    records = [json.loads(line) for line in (tmp_path / "every2" / "metrics.jsonl").read_text().splitlines()]
+    assert ["val_top1" in record for record in records] == [False, True, True]
+    best = load_checkpoint(tmp_path / "every2" / "best.pt")["meta"]
+    assert best["epoch"] in (2, 3) and best["top1"] == records[best["epoch"] - 1]["val_top1"]
+    every, sparse = (load_checkpoint(tmp_path / f"every{n}" / "last.pt") for n in (1, 2))
+    assert sparse["meta"]["top1"] == records[-1]["val_top1"]
+    assert all(torch.equal(every["model"][key], sparse["model"][key]) for key in every["model"])
+    with pytest.raises(ValueError, match="--eval-every must be >= 1"):
+        resolve_config("irnet", {**settings, "eval_every": 0, "out": str(tmp_path / "bad")})

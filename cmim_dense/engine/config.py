@@ -81,6 +81,7 @@ class PretrainConfig:
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None
+    eval_every: int = 1  # validate every N epochs and after the last
     progress_bar: bool = True
     resume: bool = False
 
@@ -148,6 +149,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         seed=int(given.get("seed", 0)),
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
         max_steps=given.get("max_steps"),
+        eval_every=int(given.get("eval_every", 1)),
         progress_bar=bool(given.get("progress_bar", True)),
         resume=bool(given.get("resume", False)),
     )
@@ -212,6 +214,7 @@ def validate(config: PretrainConfig) -> None:
         (config.synthetic_val_samples is None or config.synthetic_val_samples >= 5,
          f"--synthetic-val-samples must be >= 5, got {config.synthetic_val_samples}"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
+        (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
         (config.optimizer in OPTIMIZERS,
          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}"),

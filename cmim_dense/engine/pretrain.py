@@ -122,7 +122,7 @@ class PretrainRun:
     def out(self) -> Path:
         return Path(self.config.out)
 
-    def state(self, metrics: dict[str, float]) -> dict[str, Any]:
+    def state(self, metrics: dict[str, float | None]) -> dict[str, Any]:
         state = {
             "model": self.model.state_dict(),
             "meta": {
@@ -313,6 +313,14 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
             "images_per_s": seen * run.dist.world_size / elapsed, "epoch_time_s": elapsed, **diagnostics}
 
 
+def latest_validation(history: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Top-1 and top-5 of the last validated epoch of ``history`` (None before the first)."""
+    for record in reversed(history):
+        if "val_top1" in record:
+            return {"top1": record["val_top1"], "top5": record["val_top5"]}
+    return {"top1": None, "top5": None}
+
+
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, one line per finished epoch, rewritten whole (so a resumed run never duplicates)."""
     text = "".join(strict_json(record) + "\n" for record in history)
@@ -333,8 +341,9 @@ def stage_configs(config: PretrainConfig) -> list[PretrainConfig]:
 
 
 def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
-    """Train, evaluate after every epoch, and write ``last.pt`` (everything ``--resume`` needs),
-    ``best.pt`` (model and meta of the best epoch) and ``metrics.jsonl``.
+    """Train, evaluate after every ``eval_every``-th epoch and the last, and write ``last.pt``
+    (everything ``--resume`` needs, each epoch), ``best.pt`` (model and meta of the best
+    validated epoch) and ``metrics.jsonl``.
 
     With ``config.resume`` a run continues from ``out/last.pt`` (model, optimizer, scheduler,
     schedules, CMIM heads and memory banks, RNG and data order) and ends with the same weights
@@ -355,19 +364,24 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
     main = context.is_main
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
-        metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers)
+        last = run.epoch + 1 == config.epochs or run.step >= run.total_steps
+        metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers) \
+            if last or (run.epoch + 1) % config.eval_every == 0 else None
         run.epoch += 1
-        record.update(step=run.step, val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"],
-                      lr=run.optimizer.param_groups[0]["lr"])
+        record["step"] = run.step
+        if metrics is not None:
+            record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
+        record["lr"] = run.optimizer.param_groups[0]["lr"]
         run.history.append(record)
-        is_best = metrics["top1"] >= run.best_top1
-        run.best_top1 = max(run.best_top1, metrics["top1"])
-        if not (np.isfinite(metrics["loss"]) and all_finite(run.model)):
-            raise divergence(f"the weights or the validation loss ({metrics['loss']}) became non-finite in epoch "
+        is_best = metrics is not None and metrics["top1"] >= run.best_top1
+        run.best_top1 = max(run.best_top1, metrics["top1"]) if metrics is not None else run.best_top1
+        if not ((metrics is None or np.isfinite(metrics["loss"])) and all_finite(run.model)):
+            loss = "not measured" if metrics is None else metrics["loss"]
+            raise divergence(f"the weights or the validation loss ({loss}) became non-finite in epoch "
                              f"{run.epoch}", run.out, INIT_FROM_HINT)
         if not main:
             continue
-        state = run.state(metrics)
+        state = run.state(latest_validation(run.history))
         save_atomic(state, run.out / "last.pt")
         if is_best:  # the backbone alone: what later stages read, a third of last.pt's size
             save_atomic({"model": state["model"], "meta": state["meta"]}, run.out / "best.pt")
@@ -378,9 +392,10 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
         writer.flush()
         stage = f" stage {config.stage}" if config.stage else ""
         cmim = f" (CMIM {record['train_cmim']:.3f})" if run.cmim is not None else ""
-        print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}{cmim}  "
-              f"val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%  "
-              f"{record['images_per_s']:.0f} img/s", flush=True)
+        validation = f"  val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%" \
+            if metrics is not None else ""
+        print(f"[{config.method}{stage}] epoch {run.epoch}/{config.epochs}  loss {record['train_loss']:.3f}{cmim}"
+              f"{validation}  {record['images_per_s']:.0f} img/s", flush=True)
     if writer is not None:
         writer.close()
     context.barrier()

@@ -141,12 +141,14 @@ def study_table(rows: Sequence[StudyRow]) -> str:
 def _band(ax: Any, x: np.ndarray, curves: np.ndarray, colour: str, style: str, label: str | None,
           bounds: tuple[float, float] = (-np.inf, np.inf)) -> None:
     """The mean curve over seeds and, with two or more seeds, its 95 % interval as a band (clipped
-    to the quantity's range ``bounds``)."""
-    mean = np.nanmean(curves, axis=0)
-    ax.plot(x, mean, style, color=colour, label=label, lw=1.5)
+    to the quantity's range ``bounds``), over the epochs every seed measured (a run validated
+    every N epochs has a value every N epochs)."""
+    measured = np.isfinite(curves).all(axis=0)
+    x, curves = x[measured], curves[:, measured]
+    mean = curves.mean(axis=0)
+    ax.plot(x, mean, style, color=colour, label=label, lw=1.5, marker="." if len(x) < 30 else None)
     if curves.shape[0] > 1:
-        half = np.array([mean_interval(column).half_width if np.isfinite(column).all() else 0.0
-                         for column in curves.T])
+        half = np.array([mean_interval(column).half_width for column in curves.T])
         ax.fill_between(x, np.clip(mean - half, *bounds), np.clip(mean + half, *bounds), color=colour, alpha=0.15,
                         lw=0)
 
