@@ -109,6 +109,19 @@ def test_shared_negatives_are_distinct_rows_and_mask_the_anchor_and_its_class() 
         bank.sample_shared(anchors, 10)
 
 
+def test_more_negatives_than_the_allowed_pool_are_refused_in_one_line() -> None:
+    """N must stay below the pool every sample has: 10 samples of 5 classes leave 8 of other classes
+    (9 others label-free); asking for more is refused naming the flag and a usable value."""
+    labels = torch.arange(10) % 5
+    CMIMLoss({"s": 2}, 10, CMIMConfig(n_nce=8), labels=labels)
+    CMIMLoss({"s": 2}, 10, CMIMConfig(n_nce=9))
+    with pytest.raises(ValueError, match=r"^--cmim-nce-n 9 asks for more negatives than the 8 samples of other "
+                                         r"classes that each of the 10 training samples has: use --cmim-nce-n 4"):
+        CMIMLoss({"s": 2}, 10, CMIMConfig(n_nce=9), labels=labels)
+    with pytest.raises(ValueError, match="than the 9 other samples"):
+        CMIMLoss({"s": 2}, 10, CMIMConfig(n_nce=10))
+
+
 def test_bank_update_is_a_normalised_momentum_average() -> None:
     bank = MemoryBank(size=4, dim=2, momentum=0.5, normalize=True)
     bank.values[:] = torch.tensor([[1.0, 0.0]] * 4)

@@ -197,10 +197,10 @@ class CMIMLoss(nn.Module):
                 self.banks[site][side] = bank
         allowed = min(bank.max_negatives for banks in self.banks.values() for bank in banks.values())
         if config.n_nce > allowed:
-            kind = "of other classes" if labels is not None else "other"
-            raise ValueError(f"--cmim-nce-n {config.n_nce} asks for more negatives than the {allowed} {kind} samples "
-                             f"each of the {dataset_size} training samples has: use --cmim-nce-n {allowed // 2} or "
-                             "fewer (well below the data set size)")
+            pool = f"{allowed} samples of other classes" if labels is not None else f"{allowed} other samples"
+            raise ValueError(f"--cmim-nce-n {config.n_nce} asks for more negatives than the {pool} that each of the "
+                             f"{dataset_size} training samples has: use --cmim-nce-n {allowed // 2} or fewer (well "
+                             "below the data set size)")
 
     def represent(self, site: str, tap: Tap) -> tuple[Tensor, Tensor]:
         """The (binary, latent) representations of one site: (e_B(a_B), e_F(a_F)) or flattened (a_B, a_F / r)."""
