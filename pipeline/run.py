@@ -6,7 +6,7 @@
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
     python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
-    python pipeline/run.py --study cmim                           # the CMIM evidence study (10 seeds)
+    python pipeline/run.py --study cmim                           # the CMIM evidence study (8 seeds)
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
     parser.add_argument("--study", choices=["cmim"],
                         help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
-                             "regime, 10 seeds, the first 5 transferred to the built-in rooms (docs/methods.md)")
+                             "regime, 8 seeds, the first 4 transferred to the built-in rooms (docs/methods.md)")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
-                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 10, "
-                        "its transfer fine-tunes for the first 5; --study --quick: 3)")
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 8, "
+                        "its transfer fine-tunes for the first 4; --study --quick: 3)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
                         "seg and depth are the chart's axes)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")

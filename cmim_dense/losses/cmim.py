@@ -229,8 +229,8 @@ class CMIMLoss(nn.Module):
         loss = nce_loss(positive, scores, self.noise, excluded)
         with torch.no_grad():
             negative_h = critic(scores, self.noise)
-            if excluded is not None:  # the pairs left out are left out of the mean too
-                negative_h = negative_h.masked_select(~excluded)
+            if excluded is not None:  # the pairs left out are left out of the mean too (no host sync)
+                negative_h = negative_h.masked_fill(excluded, 0.0).sum() / (~excluded).sum().clamp(min=1)
             stats = {"positive": critic(positive, self.noise).mean(), "negative": negative_h.mean(),
                      "log_z": log_z.detach().clone()}
         return loss, stats
