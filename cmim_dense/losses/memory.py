@@ -64,20 +64,16 @@ class MemoryBank:
         init = torch.randn(size, dim, generator=self.generator, device=device)
         self.values = (F.normalize(init, dim=1) if normalize else init).to(dtype)
         self.labels: Tensor | None = None
+        self.max_negatives = size - 1  # without labels: every other sample
 
     def set_labels(self, labels: Tensor) -> None:
         """The class of every sample, for class-aware negatives."""
         if labels.shape != (self.size,):
             raise ValueError(f"need {self.size} labels, got shape {tuple(labels.shape)}")
         self.labels = labels.to(self.values.device)
-
-    @property
-    def max_negatives(self) -> int:
-        """The most negatives every anchor can be given without replacement: the other samples,
-        or with labels the samples outside the largest class."""
-        if self.labels is None:
-            return self.size - 1
-        return self.size - int(torch.bincount(self.labels).max())
+        # the most negatives every anchor can be given without replacement: the samples outside the
+        # largest class (counted once here, not per draw: no host synchronisation on the hot path)
+        self.max_negatives = self.size - int(torch.bincount(labels).max())
 
     def excluded(self, indices: Tensor, rows: Tensor) -> Tensor:
         """Whether row ``rows[b, j]`` may not be a negative of anchor ``indices[b]``: the anchor
