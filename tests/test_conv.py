@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cmim_dense.binary import BinaryConv2d, Spec, binary_sign
+from cmim_dense.models import create_model
 
 SIGN = Spec("sign", estimator=Spec("ste_clip"))
 WSIGN = Spec("sign", estimator=Spec("ste"))
@@ -93,3 +94,25 @@ def test_weight_cache_follows_in_place_updates_and_gradients() -> None:
     conv.weight.requires_grad_(True)
     conv(x).sum().backward()  # with gradients needed, the weight is binarized afresh (and differentiable)
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["irnet", "rbnn", "reactnet"])
+def test_weight_cache_follows_dtype_and_storage_changes(method: str) -> None:
+    """``.double()`` and ``.to(device)`` keep each parameter's identity and version but swap its
+    data: a float32 evaluation forward followed by a float64 one must binarize afresh."""
+    model = create_model("resnet18_cifar", method, num_classes=5).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        single = model(x)
+        model.double()
+        double = model(x.double())
+        model.float()
+        again = model(x)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, single)
+    conv = model.layer1[0].conv1
+    with torch.no_grad():
+        conv(torch.randn(1, 64, 4, 4))
+        conv.weight.data = -conv.weight.data  # a swapped .data keeps the version counter as well
+        assert torch.equal(conv.forward_weight(), conv.effective_weight())

@@ -13,15 +13,20 @@ from .weight import build_weight_binarizer
 PAD_VALUES = (0.0, 1.0, -1.0)
 
 
-def tensor_versions(tensors: list[Tensor]) -> list[tuple[Tensor, int]]:
-    """Each tensor with its in-place modification counter now, for :func:`unchanged`."""
-    return [(t, t._version) for t in tensors]
+def tensor_versions(tensors: list[Tensor]) -> list[tuple[Tensor, int, int, torch.dtype, torch.device]]:
+    """Each tensor with its in-place modification counter, storage address, dtype and device now,
+    for :func:`unchanged`."""
+    return [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
 
 
-def unchanged(held: list[tuple[Tensor, int]], tensors: list[Tensor]) -> bool:
+def unchanged(held: list[tuple[Tensor, int, int, torch.dtype, torch.device]], tensors: list[Tensor]) -> bool:
     """Whether ``tensors`` are the very tensors recorded by :func:`tensor_versions` (by identity:
-    a replaced parameter or loaded state counts as a change) and none was modified in place since."""
-    return len(held) == len(tensors) and all(h is t and v == t._version for (h, v), t in zip(held, tensors))
+    a replaced parameter or loaded state counts as a change), none was modified in place since,
+    and none had its data swapped: ``module.double()`` or ``.to(device)`` keep a parameter's
+    identity and version but give it new storage."""
+    return len(held) == len(tensors) and all(
+        h is t and (version, address, dtype, device) == (t._version, t.data_ptr(), t.dtype, t.device)
+        for (h, version, address, dtype, device), t in zip(held, tensors))
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -69,7 +74,7 @@ class BinaryConv2d(nn.Conv2d):
         )
         self.pad_value = float(pad_value)
         self.input_scale = input_scale
-        self._weight_cache: tuple[list[tuple[Tensor, int]], Tensor] | None = None
+        self._weight_cache: tuple[list[tuple[Tensor, int, int, torch.dtype, torch.device]], Tensor] | None = None
 
     @property
     def binary_weights(self) -> bool:
