@@ -43,6 +43,17 @@ def test_xnor_scale_and_its_gradient(scale_grad: str, expected_grad: list[float]
     assert w.grad[0].flatten().tolist() == pytest.approx(expected_grad)
 
 
+def test_unscaled_gradient_form_keeps_small_scales_exact() -> None:
+    """ReActNet's weight at the scale of a trained layer (mean |W| ~ 5e-4): the value is exactly
+    alpha sign(W) in float32, which b + (b (alpha - 1)).detach() misses by 6e-5 relative."""
+    w = (torch.rand(4, 8, 3, 3) - 0.5) * 1e-3
+    w[:, 0, 0, 0] = 0.0  # sign(0) = +1
+    binarizer = build_weight_binarizer(Spec("scaled_sign", estimator=STE_CLIP, scale_grad="none"), w)
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = torch.where(w >= 0, 1.0, -1.0) * alpha
+    assert torch.equal(binarizer(w), expected)
+
+
 def test_learned_scale_starts_at_mean_abs_and_learns() -> None:
     w = two_filters()
     binarizer = build_weight_binarizer(Spec("learned_scale", estimator=STE_CLIP), w)

@@ -49,7 +49,9 @@ class ScaledSignWeight(nn.Module):
       second term by g / n).
     - ``"detached"``: alpha is a constant, gradient g alpha 1[|W|<=1] (Bi-Real Net Eq. 6).
     - ``"none"``: forward value alpha sign(W) but gradient g 1[|W|<=1], as the released
-      Bi-Real and ReActNet PyTorch code computes it.
+      Bi-Real and ReActNet PyTorch code intends.  Written (alpha sign W).detach() + (b - b.detach())
+      the value is exactly alpha sign(W); the released form b + (b (alpha - 1)).detach() rounds
+      alpha - 1, a relative error of 6e-5 at alpha = 5e-4 in float32.
     """
 
     def __init__(self, weight: Tensor, estimator: Spec, scale_grad: str = "detached") -> None:
@@ -66,7 +68,7 @@ class ScaledSignWeight(nn.Module):
         scale = channel_mean_abs(w.detach())
         if self.scale_grad == "detached":
             return binary * scale
-        return binary + (binary * (scale - 1.0)).detach()
+        return (binary * scale).detach() + (binary - binary.detach())
 
     def extra_repr(self) -> str:
         return f"scale_grad={self.scale_grad}"
