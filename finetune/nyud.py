@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS.names(),
                         help="; ".join(f"{name}: {TASKS.get(name).title}" for name in TASKS) + " (required)")
-    parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt; required)")
+    parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt) or of python -m "
+                        "cmim_dense.convert, or a torchvision/timm ResNet-18/34 state dict (required)")
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, help="write last.pt every this many iterations")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
-    parser.add_argument("--out", help="output folder (default runs/finetune/TASK)")
+    parser.add_argument("--out", help="output folder (default runs/finetune/BACKBONE-HASH/TASK: named after the "
+                        "backbone, so two backbones never share one)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)

@@ -14,6 +14,7 @@ import torch
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 
+from ..methods import list_recipes
 from ..models import create_model
 from ..models.loading import load_strict
 
@@ -70,3 +71,11 @@ def register_encoder(arch: str, method: str, real_weights: bool = False) -> str:
         "params": {"arch": arch, "method": method, "real_weights": real_weights},
     }
     return name
+
+
+def register_encoders() -> list[str]:
+    """Register every (ImageNet-stem arch, method) backbone with smp and return the encoder names."""
+    return [register_encoder(arch, recipe.name) for arch in ("resnet18", "resnet34") for recipe in list_recipes()]
+
+
+register_encoders()  # on import: cmim_dense.plugins imports this module once the library is imported

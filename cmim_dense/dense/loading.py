@@ -13,6 +13,7 @@ from ..cli import first_line
 from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
 from ..data.nyud import JointTransform, NYUDv2
 from ..data.nyud_source import nyud_root
+from ..models import backbone_checkpoint
 from .encoder import BinaryResNetEncoder
 from .model import create_dense_model
 from .tasks import DenseTask, get_task
@@ -23,12 +24,13 @@ IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)
 def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
                               decoder_channels: int = 256, freeze: bool = True
                               ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
-    """The dense model over the backbone saved at ``path`` by ``pretrain/run.py``, and that backbone's meta.
+    """The dense model over the backbone at ``path`` (a checkpoint of ``pretrain/run.py`` or of
+    ``python -m cmim_dense.convert``, or a torchvision/timm ResNet state dict), and that backbone's meta.
 
     ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
     statistics stay fixed, and it runs under ``no_grad``; only the head learns.
     """
-    checkpoint = load_checkpoint_as(path, "backbone")
+    checkpoint = backbone_checkpoint(path)
     meta = checkpoint["meta"]
     model = create_dense_model(meta["arch"], meta["method"], out_channels, head, output_stride, decoder_channels,
                                meta.get("real_weights", False))

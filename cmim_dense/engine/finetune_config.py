@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..dense import DEPTH_LOSSES, HEADS, get_task
@@ -68,6 +70,15 @@ class FinetuneConfig:
         return result_settings(self, ("progress_bar", "resume", "workers", "out", "save_every"))
 
 
+def backbone_folder_name(backbone: str) -> str:
+    """A run-folder name for a backbone file: its folder's name for pretrain/run.py's best.pt and
+    last.pt, else its file name, with 6 hex digits of its absolute path so that two backbones never
+    share a folder (runs/a/irnet/best.pt -> irnet-3f2a1c)."""
+    path = Path(backbone).expanduser().resolve()
+    name = path.parent.name if path.name in ("best.pt", "last.pt") else path.name.split(".")[0]
+    return f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
 def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     """Fill unset values (None) from the paper's schedule, or the synthetic one for ``data == "synthetic"``."""
     given = {key: value for key, value in overrides.items() if value is not None}
@@ -83,7 +94,7 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     if defaults.get("output_stride", FinetuneConfig.output_stride) not in head.output_strides:
         defaults["output_stride"] = head.output_strides[0]  # e.g. FPN and U-Net: 32
     values = {**defaults, **given}
-    values.setdefault("out", f"runs/finetune/{task.name}")
+    values.setdefault("out", f"runs/finetune/{backbone_folder_name(values['backbone'])}/{task.name}")
     values["crop"] = tuple(values["crop"])
     values["scale"] = tuple(values.get("scale", task.scale))
     config = FinetuneConfig(**values)

@@ -61,16 +61,19 @@ class BinaryResNet(nn.Module):
         recipe = recipe.for_arch(arch)
         self.recipe, self.arch, self.num_classes = recipe, arch, num_classes
         layers = LayerFactory(recipe, real_weights)
+        # children are registered in forward order (conv1, bn1, act, maxpool, layer1..4): timm's
+        # features_only wrapper runs them in that order
         if spec.stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
+            pool: nn.Module = nn.MaxPool2d(3, 2, 1)
             stride = 4
         else:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
+            pool = nn.Identity()
             stride = 1
         self.bn1 = nn.BatchNorm2d(64)
         self.act = layers.activation(recipe.stem_act, 64)
+        self.maxpool = pool
         stem_reduction = stride // 2 if spec.stem == "imagenet" else 1
         natural = [stride * 2**i for i in range(4)]
         output_stride = natural[-1] if output_stride is None else output_stride
