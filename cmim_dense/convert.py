@@ -33,8 +33,8 @@ def describe(conversion: Conversion) -> str:
     lines = [f"{meta['converted_from']['format']} -> {meta['method']} {meta['arch']}, {meta['num_classes']} classes; "
              f"ImageNet top-1 {top1}"]
     if conversion.binary_weights:
-        lines.append(f"latent binary weights exactly 0: {conversion.zero_weights:,} of {conversion.binary_weights:,} "
-                     "(binarized to +1 here; torch.sign in the official code gives 0)")
+        lines.append(f"binary weights whose sign input is exactly 0: {conversion.zero_weights:,} of "
+                     f"{conversion.binary_weights:,} (+1 here; torch.sign in the official code gives 0)")
     lines.append(f"wrote {conversion.path}")
     return "\n".join(lines)
 

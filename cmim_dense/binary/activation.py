@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..registry import Registry
 from .estimators import Sign
 from .spec import Spec
-from .standardize import standardize_rows
+from .standardize import EPSILON, standardize_rows, unbiased_std
 
 InputBinarizerBuilder = Callable[..., "InputBinarizer"]
 INPUT_BINARIZERS: Registry[InputBinarizerBuilder] = Registry("input binarizer")
@@ -71,14 +71,15 @@ class PerSampleCenter(nn.Module):
 
 
 class PerSampleStandardize(nn.Module):
-    """(a - mean) / std over (C, H, W) of each sample (RBNN's activation pre-processing).
+    """a / std(a) over (C, H, W) of each (already centred) sample: RBNN's activation rescale.
 
-    Applied after :class:`PerSampleCenter` it only divides by the std, which changes the
-    scale at which the backward estimator is evaluated, not the sign.
+    Applied after :class:`PerSampleCenter` it divides by the unbiased std only, as the official
+    code does (a2 = a1 / std(a1)): the sign of a2 is then exactly the sign of a1, where
+    re-centring would move values within rounding of the mean across zero.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return standardize_rows(x)
+        return x / unbiased_std(x, dim=tuple(range(1, x.dim())), keepdim=True).clamp_min(EPSILON)
 
 
 class RPReLU(nn.Module):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -28,7 +29,7 @@ class Conversion:
 
     path: Path
     meta: dict[str, Any]
-    zero_weights: int  # latent weights at binary positions that are exactly 0 (sign(0) = +1 here, 0 in torch.sign)
+    zero_weights: int  # weights whose binarizer's sign input is exactly 0 (sign(0) = +1 here, 0 in torch.sign)
     binary_weights: int
 
 
@@ -87,13 +88,22 @@ def infer_arch(state: State, layout: SourceLayout, source: str) -> str:
 
 
 def count_zero_weights(model: BinaryResNet) -> tuple[int, int]:
-    """(exactly-zero, all) latent weights of the binary convolutions: torch.sign maps 0 to 0 where
+    """(exactly-zero, all) values that the weight binarizers' sign receives (the latent weight for
+    Bi-Real/ReActNet, the centred one for IR-Net, RBNN's rotated w3): torch.sign maps 0 to 0 where
     this package's sign gives +1, the one deliberate difference from the official forward."""
     zeros = total = 0
-    for module in model.modules():
-        if isinstance(module, BinaryConv2d) and module.binary_weights:
-            zeros += int((module.weight == 0).sum())
-            total += module.weight.numel()
+
+    def count(module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal zeros, total
+        zeros += int((inputs[0] == 0).sum())
+        total += inputs[0].numel()
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BinaryConv2d) and module.binary_weights:
+                handle = module.weight_binarizer.sign.register_forward_hook(count)
+                module.effective_weight()
+                handle.remove()
     return zeros, total
 
 
@@ -127,7 +137,7 @@ def converted_checkpoint(source: str | Path, fmt: str, real_weights: bool = Fals
     num_classes = state["fc.weight"].shape[0]
     model = create_model(arch, layout.method, num_classes=num_classes, real_weights=real_weights)
     load_strict(model, layout.rename(state), f"{source} ({fmt})")
-    zeros, total = count_zero_weights(model)
+    zeros, total = count_zero_weights(model.eval())  # eval: RBNN re-fits its rotations on a training forward
     reported = next((float(extras[key]) for key in REPORTED_TOP1_KEYS if key in extras), None)
     meta = {
         "method": layout.method,
