@@ -112,7 +112,7 @@ def test_wrong_checkpoints_fail_clearly(tmp_path) -> None:
         dense_model_from_backbone(str(cifar), 2)
     plain = tmp_path / "plain.pt"
     torch.save([1, 2, 3], plain)
-    with pytest.raises(ValueError, match="not a cmim-dense checkpoint"):
+    with pytest.raises(ValueError, match="not a backbone checkpoint; expected a checkpoint of pretrain/run.py"):
         dense_model_from_backbone(str(plain), 2)
     with pytest.raises(FileNotFoundError):
         dense_model_from_backbone(str(tmp_path / "missing.pt"), 2)
