@@ -57,9 +57,10 @@ STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of
 # each side needs t(n-1) sd / sqrt(n) <= 2.  Most of the paired spread was the validation split's
 # own sampling noise: IR-Net's 8 seeds at lambda 0.8 - 0 had a paired sd of 3.6 points on 390
 # validation images and 2.0 on 3,900 (the same checkpoints), so 8 seeds with 3,900 images (1.7).
-# Validating 3,900 images costs about an epoch of training, hence every 10 epochs.  The transfer
-# fine-tunes run for the first STUDY_TRANSFER_SEEDS, which keeps the study within 90 minutes on
-# 2 cores (docs/methods.md has the stage times).
+# The full run (2026-12-04) measured paired sds of 1.7-3.3, half-widths 1.4-2.7: 11-13 seeds reach
+# 2 points.  Validating 3,900 images costs about an epoch of training, hence every 10 epochs.  The
+# transfer fine-tunes run for the first STUDY_TRANSFER_SEEDS; the whole study took 1 h 39 min on
+# 2 cores, over the 90 minutes aimed at (docs/methods.md has the stage times and where they go).
 STUDY_SEEDS = 8
 STUDY_TRANSFER_SEEDS = 4
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 3900,
