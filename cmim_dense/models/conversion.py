@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,16 +152,14 @@ def converted_checkpoint(source: str | Path, fmt: str, real_weights: bool = Fals
         "recipe": model.recipe.to_dict(),
         "converted_from": {"format": fmt, "file": source.name, "sha256": file_digest(source), **extras},
     }
-    return {"model": model.state_dict(), "meta": meta}, Conversion(Path(source), meta, zeros, total)
+    return {"model": model.state_dict(), "meta": meta}, Conversion(source, meta, zeros, total)
 
 
 def convert_checkpoint(source: str | Path, fmt: str, out: str | Path, real_weights: bool = False) -> Conversion:
     """:func:`converted_checkpoint` written atomically to ``out``."""
     checkpoint, conversion = converted_checkpoint(source, fmt, real_weights)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(checkpoint, out)
-    return Conversion(out, conversion.meta, conversion.zero_weights, conversion.binary_weights)
+    save_atomic(checkpoint, out)  # creates out's folder
+    return dataclasses.replace(conversion, path=Path(out))
 
 
 def backbone_checkpoint(path: str | Path) -> dict[str, Any]:
