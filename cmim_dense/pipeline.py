@@ -13,11 +13,9 @@ and the paired +cmim differences (:mod:`cmim_dense.plots.seg_depth`).
 
 from __future__ import annotations
 
-import time
-import traceback
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .checkpoint_io import load_checkpoint
 from .dense import get_task
@@ -29,7 +27,7 @@ from .plots.analysis import sweep_chart
 from .plots.cmim_study import cmim_study_report
 from .plots.predictions import qualitative_chart
 from .plots.seg_depth import PAIRED, headline_differences, seg_depth_chart
-from .run_folder import owned_folder
+from .stages import Stage, run_stages
 from .stats import seed_names
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
@@ -55,27 +53,19 @@ STUDY_TASKS = ("seg", "depth")  # the transfer the study reports (plots/cmim_stu
 STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of Table 3's grid
 # Seeds and validation size: a paired 95 % interval of validation top-1 at most 2 points wide on
 # each side needs t(n-1) sd / sqrt(n) <= 2.  Most of the paired spread was the validation split's
-# own sampling noise: IR-Net's 8 seeds at lambda 0.8 - 0 had a paired sd of 3.6 points on 390
-# validation images and 2.0 on 3,900 (the same checkpoints), so 8 seeds with 3,900 images (1.7).
-# The full run (2026-12-04) measured paired sds of 1.7-3.3, half-widths 1.4-2.7: 11-13 seeds reach
-# 2 points.  Validating 3,900 images costs about an epoch of training, hence every 10 epochs.  The
-# transfer fine-tunes run for the first STUDY_TRANSFER_SEEDS; the whole study took 1 h 39 min on
-# 2 cores, over the 90 minutes aimed at (docs/methods.md has the stage times and where they go).
-STUDY_SEEDS = 8
-STUDY_TRANSFER_SEEDS = 4
+# own sampling noise at first: IR-Net's 8 seeds at lambda 0.8 - 0 had a paired sd of 3.6 points on
+# 390 validation images and 2.0 on 3,900 (the same checkpoints).  The 8-seed run of 2026-12-04
+# measured paired sds of 1.7-3.3 (half-widths 1.4-2.7), so 12 seeds: 2.1 at the largest sd, 1.9
+# at the next.  Validation (3,900 images) every 10 epochs, last.pt every 10 (it was a tenth of a
+# run's time when written every epoch); the transfer fine-tunes run for the first
+# STUDY_TRANSFER_SEEDS.  Sized for 90 minutes on 2 cores with --jobs 2 (docs/methods.md).
+STUDY_SEEDS = 12
+STUDY_TRANSFER_SEEDS = 3
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 3900,
-                                  "eval_every": 10, "image_size": 32, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
-                                  "schedule": "cos"}
+                                  "eval_every": 10, "save_every": 10, "image_size": 32, "batch_size": 32,
+                                  "optimizer": "adam", "lr": 1e-3, "schedule": "cos"}
 QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "synthetic_val_samples": 32}
 QUICK_STUDY_SEEDS = 3
-
-
-@dataclass
-class Stage:
-    name: str
-    done: Callable[[], bool]
-    run: Callable[[], Any]
-    needs: list[str] = field(default_factory=list)
 
 
 def pretraining_finished(out: Path, epochs: int) -> bool:
@@ -86,17 +76,20 @@ def pretraining_finished(out: Path, epochs: int) -> bool:
 
 def pretrain_stage(name: str, method: str, out: Path, settings: dict[str, Any], progress: bool) -> Stage:
     config = resolve_config(method, {**settings, "out": str(out), "resume": True, "progress_bar": progress})
-    return Stage(name, lambda: pretraining_finished(out, config.epochs), lambda: run_pretraining(config))
+    return Stage(name, lambda: pretraining_finished(out, config.epochs), partial(run_pretraining, config),
+                 in_worker=True)
 
 
 def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: dict[str, Any], progress: bool,
                    needs: list[str]) -> Stage:
+    settings = {**settings, "task": task, "backbone": str(backbone), "out": str(out), "resume": True,
+                "progress_bar": progress}
+    return Stage(name, lambda: (out / "metrics.json").is_file(), partial(finetune, settings), needs, in_worker=True)
 
-    def run() -> Any:
-        return run_finetuning(resolve_finetune_config({**settings, "task": task, "backbone": str(backbone),
-                                                       "out": str(out), "resume": True, "progress_bar": progress}))
 
-    return Stage(name, lambda: (out / "metrics.json").is_file(), run, needs)
+def finetune(settings: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tune stage's work, resolved when it runs (its backbone exists only then)."""
+    return run_finetuning(resolve_finetune_config(settings))
 
 
 def chart_stage(root: Path, needs: list[str]) -> Stage:
@@ -256,34 +249,3 @@ def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs
         return sweep_chart(seed_zero or [root / "pretrain"], root / f"sweep_{kind}", param=kind)
 
     return Stage(f"{kind} chart", lambda: False, run, needs)
-
-
-def run_stages(stages: list[Stage], root: Path) -> list[str]:
-    """Run (or skip) every stage in order, holding ``root``'s lock (one job per root at a time,
-    :mod:`cmim_dense.run_folder`); returns the names of the stages that failed."""
-    with owned_folder(root):
-        return _run_in_order(stages)
-
-
-def _run_in_order(stages: list[Stage]) -> list[str]:
-    failed: list[str] = []
-    start = time.perf_counter()
-    for number, stage in enumerate(stages, 1):
-        prefix = f"[{number}/{len(stages)} {time.perf_counter() - start:5.0f}s] {stage.name}"
-        blocked = [name for name in stage.needs if name in failed]
-        if blocked:
-            print(f"{prefix}: skipped, needs {', '.join(blocked)}", flush=True)
-            failed.append(stage.name)
-            continue
-        try:
-            if stage.done():
-                print(f"{prefix}: already done", flush=True)
-                continue
-            print(f"{prefix} ...", flush=True)
-            stage.run()
-        except Exception as error:  # report, continue with the independent stages
-            last = traceback.extract_tb(error.__traceback__)[-1]
-            print(f"{prefix}: FAILED: {type(error).__name__}: {error} ({Path(last.filename).name}:{last.lineno})",
-                  flush=True)
-            failed.append(stage.name)
-    return failed

@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, metavar="N",
                         help="validate every N epochs and after the last (default 1); best.pt is the best validated "
                              "epoch")
+    parser.add_argument("--save-every", type=int, metavar="N",
+                        help="write last.pt (what --resume continues from) every N epochs and after the last "
+                             "(default 1); a resumed run repeats the epochs since")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)
 

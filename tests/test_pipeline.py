@@ -78,18 +78,26 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
     assert again.stdout.count("already done") == 8  # 2 pretrainings + 6 fine-tunes; only the chart is redrawn
 
 
-def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp_path) -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp_path, jobs) -> None:
+    """A corrupt last.pt fails its pretraining with the cause on one line (in a worker too, whose
+    traceback goes to its log), the fine-tunes that need it are skipped, the exit code says so.
+    Catches: a worker's failure lost or reported without its cause, dependents run on nothing."""
     out = tmp_path / "main" / "pretrain" / "fp"
     out.mkdir(parents=True)
     (out / "last.pt").write_bytes(b"not a checkpoint")
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--methods", "fp", "--root",
-               str(tmp_path / "main"), "--no-progress"]
+               str(tmp_path / "main"), "--no-progress", "--jobs", jobs]
     env = {"CMIM_DENSE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1
-    assert "pretrain fp: FAILED" in result.stdout and "seg fp: skipped, needs pretrain fp" in result.stdout
+    failure = next(line for line in result.stdout.splitlines() if "pretrain fp: FAILED" in line)
+    assert "last.pt" in failure and "checkpoint" in failure
+    assert "seg fp: skipped, needs pretrain fp" in result.stdout
     assert "rerun the same command" in result.stderr
     assert (out / "last.pt").read_bytes() == b"not a checkpoint"  # nothing written over it
+    if jobs == "2":
+        assert "Traceback" in (tmp_path / "main" / "logs" / "pretrain_fp.log").read_text()
 
 
 def test_unknown_method_is_a_one_line_error(entry_script, tmp_path, capsys) -> None:
@@ -113,7 +121,8 @@ def test_main_job_tasks_are_registered_and_include_the_charts_two() -> None:
 @pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 8 fine-tunes) and its re-run, as subprocesses
 def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,
                                                                              data_cache) -> None:
-    """--seeds 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, the
+    """--seeds 2 --jobs 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, two at a time
+    in worker processes (each fine-tune after its backbone's pretraining, the table after all), the
     fine-tunes of seed k on the backbone of seed k, each run configured with its seed; the table
     gives mean ± interval over 2 seeds and the paired irnet+cmim − irnet differences; a re-run skips
     all 12 finished runs (``--tasks seg,depth``: the quick job above covers normals).
@@ -124,10 +133,12 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     seed, seeded stages that are not skipped when finished."""
     main = tmp_path / "main"
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--seeds", "2", "--methods", "irnet,irnet+cmim",
-               "--tasks", "seg,depth", "--root", str(main), "--no-progress"]
+               "--tasks", "seg,depth", "--root", str(main), "--no-progress", "--jobs", "2"]
     env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     first = subprocess.run(command, capture_output=True, text=True, timeout=360, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count(": done in ") == 12 and len(list((main / "logs").glob("*.log"))) == 12
+    assert "epoch 1/1" in (main / "logs" / "pretrain_irnet_seed1.log").read_text()
     for method in ("irnet", "irnet+cmim"):
         for seed in (0, 1):
             backbone = main / "pretrain" / method / f"seed{seed}" / "best.pt"
@@ -169,3 +180,7 @@ def test_seeds_must_be_a_positive_integer(entry_script, tmp_path, capsys) -> Non
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith("error: --seeds must be a positive integer, got "), error
     assert not any(tmp_path.iterdir())
+    assert script.main(["--jobs", "0", "--root", str(tmp_path / "jobs")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: --jobs must be a positive integer, got 0"), error
+    assert not (tmp_path / "jobs").exists()

@@ -129,3 +129,41 @@ def test_eval_every_validates_less_and_trains_the_same_weights(tmp_path) -> None
     assert all(torch.equal(every["model"][key], sparse["model"][key]) for key in every["model"])
     with pytest.raises(ValueError, match="--eval-every must be >= 1"):
         resolve_config("irnet", {**settings, "eval_every": 0, "out": str(tmp_path / "bad")})
+
+
+def test_save_every_writes_last_pt_less_and_a_resume_repeats_the_epochs_since(tmp_path, monkeypatch) -> None:
+    """--save-every 2 over 3 epochs writes last.pt after epochs 2 and 3 only; a run killed while
+    writing epoch 3's keeps epoch 2's, and resuming it (with another --save-every: not a result
+    setting) repeats epoch 3 and ends with the weights and history of an uninterrupted run.
+    Catches a save_every ignored, a skipped last save, and a resume that loses epochs."""
+    import cmim_dense.engine.pretrain as pretrain
+    from cmim_dense.engine import resolve_config, run_pretraining
+
+    settings = {"epochs": 3, "synthetic_samples": 48, "synthetic_val_samples": 13, "image_size": 16,
+                "batch_size": 16, "progress_bar": False}
+    whole = run_pretraining(resolve_config("irnet", {**settings, "out": str(tmp_path / "whole")}))
+    written: list[int] = []
+    save_atomic = pretrain.save_atomic
+
+    def killed_at_epoch_3(state: dict, path) -> None:
+        if path.name == "last.pt":
+            written.append(state["meta"]["epoch"])
+            if state["meta"]["epoch"] == 3:
+                raise KeyboardInterrupt
+        save_atomic(state, path)
+
+    monkeypatch.setattr(pretrain, "save_atomic", killed_at_epoch_3)
+    sparse = {**settings, "save_every": 2, "out": str(tmp_path / "sparse")}
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(resolve_config("irnet", sparse))
+    assert written == [2, 3]
+    assert load_checkpoint(tmp_path / "sparse" / "last.pt")["meta"]["epoch"] == 2
+    monkeypatch.undo()
+    resumed = run_pretraining(resolve_config("irnet", {**sparse, "save_every": 1, "resume": True}))
+    timings = {"images_per_s", "epoch_time_s"}
+    assert [{key: value for key, value in record.items() if key not in timings} for record in resumed["history"]] \
+        == [{key: value for key, value in record.items() if key not in timings} for record in whole["history"]]
+    final, reference = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("sparse", "whole"))
+    assert all(torch.equal(final[key], reference[key]) for key in reference)
+    with pytest.raises(ValueError, match="--save-every must be >= 1"):
+        resolve_config("irnet", {**settings, "save_every": 0, "out": str(tmp_path / "bad")})

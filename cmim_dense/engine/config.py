@@ -82,12 +82,13 @@ class PretrainConfig:
     workers: int = 0
     max_steps: int | None = None
     eval_every: int = 1  # validate every N epochs and after the last
+    save_every: int = 1  # write last.pt every N epochs and after the last
     progress_bar: bool = True
     resume: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
-        return result_settings(self, ("progress_bar", "resume", "workers", "out", "init_from"))
+        return result_settings(self, ("progress_bar", "resume", "workers", "out", "init_from", "save_every"))
 
     @cached_property
     def recipe(self) -> Recipe:
@@ -150,6 +151,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
         max_steps=given.get("max_steps"),
         eval_every=int(given.get("eval_every", 1)),
+        save_every=int(given.get("save_every", 1)),
         progress_bar=bool(given.get("progress_bar", True)),
         resume=bool(given.get("resume", False)),
     )
@@ -215,6 +217,7 @@ def validate(config: PretrainConfig) -> None:
          f"--synthetic-val-samples must be >= 5, got {config.synthetic_val_samples}"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
         (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
+        (config.save_every >= 1, f"--save-every must be >= 1, got {config.save_every}"),
         (config.optimizer in OPTIMIZERS,
          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}"),

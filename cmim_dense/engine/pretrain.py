@@ -342,8 +342,8 @@ def stage_configs(config: PretrainConfig) -> list[PretrainConfig]:
 
 def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     """Train, evaluate after every ``eval_every``-th epoch and the last, and write ``last.pt``
-    (everything ``--resume`` needs, each epoch), ``best.pt`` (model and meta of the best
-    validated epoch) and ``metrics.jsonl``.
+    (everything ``--resume`` needs, after every ``save_every``-th epoch and the last), ``best.pt``
+    (model and meta of the best validated epoch) and ``metrics.jsonl``.
 
     With ``config.resume`` a run continues from ``out/last.pt`` (model, optimizer, scheduler,
     schedules, CMIM heads and memory banks, RNG and data order) and ends with the same weights
@@ -365,7 +365,9 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
         last = run.epoch + 1 == config.epochs or run.step >= run.total_steps
-        metrics = evaluate(run.model, run.data.val, config.batch_size, run.device, config.workers) \
+        # 4x the training batch: validation keeps no activations for a backward pass (on 2 cores, 3,900
+        # images of 32 px took 2.0 s in batches of 128, 2.9 s in batches of 32)
+        metrics = evaluate(run.model, run.data.val, 4 * config.batch_size, run.device, config.workers) \
             if last or (run.epoch + 1) % config.eval_every == 0 else None
         run.epoch += 1
         record["step"] = run.step
@@ -381,8 +383,10 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
                              f"{run.epoch}", run.out, INIT_FROM_HINT)
         if not main:
             continue
-        state = run.state(latest_validation(run.history))
-        save_atomic(state, run.out / "last.pt")
+        save_last = last or run.epoch % config.save_every == 0
+        state = run.state(latest_validation(run.history)) if save_last or is_best else {}
+        if save_last:
+            save_atomic(state, run.out / "last.pt")
         if is_best:  # the backbone alone: what later stages read, a third of last.pt's size
             save_atomic({"model": state["model"], "meta": state["meta"]}, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
