@@ -207,6 +207,39 @@ def test_divergence_saves_nothing_non_finite_and_init_from_continues(tmp_path) -
                                                    init_from=str(good / "last.pt"))))
 
 
+def test_a_kill_while_best_pt_is_written_is_redone_by_resume(tmp_path, monkeypatch) -> None:
+    """The probe's case: a kill while epoch 3's best.pt is written, then --resume.  best.pt,
+    metrics.jsonl and last.pt must end as an uninterrupted run's.  Catches last.pt written before
+    the files it vouches for (the resume then found the run finished and kept epoch 2's best.pt and
+    two lines of metrics)."""
+    import cmim_dense.engine.pretrain as pretrain
+
+    settings = {"epochs": 3, "synthetic_samples": 48, "synthetic_val_samples": 13, "image_size": 16,
+                "batch_size": 16, "cmim_nce_n": 8, "progress_bar": False}
+    run_pretraining(resolve_config("irnet+cmim", {**settings, "out": str(tmp_path / "whole")}))
+    assert load_checkpoint(tmp_path / "whole" / "best.pt")["meta"]["epoch"] == 3  # the case needs a best last epoch
+
+    def killed_in_epoch_3s_best(state: dict, path: Path) -> None:
+        if path.name == "best.pt" and state["meta"]["epoch"] == 3:
+            raise KeyboardInterrupt
+        save_atomic(state, path)
+
+    monkeypatch.setattr(pretrain, "save_atomic", killed_in_epoch_3s_best)
+    killed = {**settings, "out": str(tmp_path / "killed")}
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(resolve_config("irnet+cmim", killed))
+    monkeypatch.undo()
+    run_pretraining(resolve_config("irnet+cmim", {**killed, "resume": True}))
+    for name in ("best.pt", "last.pt"):
+        a, b = (load_checkpoint(tmp_path / run / name) for run in ("whole", "killed"))
+        assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3, name
+        assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items()), name
+    timing = {"images_per_s", "epoch_time_s"}
+    a, b = ([{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("whole", "killed"))
+    assert len(a) == 3 and a == b
+
+
 @pytest.mark.parametrize("flags, message", [
     ({"lr": float("inf")}, "--lr must be a finite number, got inf"),
     ({"weight_decay": float("nan")}, "--weight-decay must be a finite number, got nan"),

@@ -385,11 +385,11 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
             continue
         save_last = last or run.epoch % config.save_every == 0
         state = run.state(latest_validation(run.history)) if save_last or is_best else {}
-        if save_last:
-            save_atomic(state, run.out / "last.pt")
         if is_best:  # the backbone alone: what later stages read, a third of last.pt's size
             save_atomic({"model": state["model"], "meta": state["meta"]}, run.out / "best.pt")
         write_metrics(run.out / "metrics.jsonl", run.history)
+        if save_last:  # last: a kill before it leaves an older last.pt, and --resume redoes (and rewrites) the rest
+            save_atomic(state, run.out / "last.pt")
         for key, value in record.items():
             if key != "epoch":
                 writer.add_scalar(f"pretrain/{key}", value, run.epoch)
