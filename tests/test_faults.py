@@ -18,7 +18,7 @@ import torch
 from cmim_dense.checkpoint_io import load_checkpoint, save_atomic, strict_json, write_json
 from cmim_dense.data.nyud_mat import write_labeled_mat
 from cmim_dense.data.nyud_meta import nyud_meta
-from cmim_dense.data.nyud_prepare import is_prepared, prepare_nyud
+from cmim_dense.data.nyud_prepare import TEMPORARY_MARKER, is_prepared, own_folder, prepare_nyud
 from cmim_dense.dense import dense_model_from_backbone
 from cmim_dense.engine import resolve_config, run_pretraining
 from cmim_dense.engine.pretrain import INIT_FROM_HINT
@@ -107,6 +107,7 @@ def test_prepare_force_replaces_only_a_prepared_set_and_leaves_a_live_prepare_al
     out = tmp_path / "nyud"
     live_partial = tmp_path / "nyud.partial-99999"
     live_partial.mkdir()
+    own_folder(live_partial, "partial", out)
     other = hold_in_another_process(python, root, "exclusive_lock", f"Path({str(tmp_path / '.nyud.lock')!r}), 'x'")
     try:
         with pytest.raises(FolderInUseError, match=f"is in use by another run \\(pid {other.pid} "):
@@ -129,10 +130,39 @@ def test_a_prepare_killed_between_its_two_renames_gets_its_old_set_back(tmp_path
     mat, splits = _labeled(tmp_path / "labeled.mat"), _split(tmp_path / "splits.mat", [1, 2], [3, 4])
     out = prepare_nyud(mat, tmp_path / "nyud", splits, progress=False)
     (out / "marker").write_text("old")
+    own_folder(out, "replaced", out)
     out.rename(tmp_path / "nyud.replaced-4242")
     with pytest.raises(FileExistsError, match="already prepared"):
         prepare_nyud(mat, out, splits, progress=False)
     assert (out / "marker").read_text() == "old" and not (tmp_path / "nyud.replaced-4242").exists()
+    assert not (out / TEMPORARY_MARKER).exists()
+
+
+def test_prepare_deletes_only_folders_it_marked_and_refuses_a_symlinked_out(tmp_path) -> None:
+    """The probe's cases: a prepare deleted the user's sib/data.partial-mine and data.replaced-2024
+    (name patterns), an --out of 'nyud?' deleted nyudX's folders (the name used as a glob), and
+    --force on a symbolic link replaced the link by a folder and left a stray link."""
+    mat, splits = _labeled(tmp_path / "labeled.mat"), _split(tmp_path / "splits.mat", [1, 2], [3, 4])
+    users = [tmp_path / name for name in ("data.partial-mine", "data.replaced-2024", "data.partial-123")]
+    for folder in users:
+        folder.mkdir()
+        (folder / "mine.txt").write_text("mine")
+    prepare_nyud(mat, tmp_path / "data", splits, progress=False)
+    assert all((folder / "mine.txt").read_text() == "mine" for folder in users)
+
+    others = tmp_path / "nyudX.partial-1"  # a dead prepare of nyudX: not nyud?'s to clean
+    others.mkdir()
+    own_folder(others, "partial", tmp_path / "nyudX")
+    prepare_nyud(mat, tmp_path / "nyud?", splits, progress=False)
+    assert others.is_dir() and is_prepared(tmp_path / "nyud?")
+
+    target = prepare_nyud(mat, tmp_path / "real", splits, progress=False)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match=r"^--out .*link is a symbolic link \(to .*real\); give the folder it points to"):
+        prepare_nyud(mat, link, splits, force=True, progress=False)
+    assert link.is_symlink() and is_prepared(target)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("link", "real"))) == ["link", "real"]
 
 
 def test_a_truncated_mat_padded_back_to_its_size_gives_one_line(tmp_path) -> None:

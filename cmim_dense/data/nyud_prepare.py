@@ -21,8 +21,9 @@ the filled ``depths``; or copied from a file of precomputed normals (``normals=`
 rooms' exact ones).  Layouts written before normals existed lack ``normals.npy`` and the meta's
 ``normals`` entry; they still serve segmentation and depth.
 
-Everything is written into a sibling ``out.partial-*`` folder and renamed to ``out`` only when
-complete, so an interrupted run never leaves a layout that looks finished.  One prepare at a time
+Everything is written into a sibling ``out.partial-PID`` folder and renamed to ``out`` only when
+complete, so an interrupted run never leaves a layout that looks finished; the folders a prepare
+makes beside ``out`` carry a marker file, and cleanup deletes nothing without it.  One prepare at a time
 writes ``out`` (a lock beside it, ``.OUT.lock``), and ``--force`` replaces only a prepared layout.
 """
 
@@ -80,6 +81,9 @@ def prepare_nyud(mat: str | Path, out: str | Path, splits: str | Path | None = N
     the plane fit.
     """
     out = Path(out)
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the folder it points to, "
+                         "or another path")
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
         return _prepare_locked(mat, out, splits, force, progress, normals)
@@ -101,7 +105,9 @@ def _prepare_locked(mat: str | Path, out: Path, splits: str | Path | None, force
     train, test = read_split_file(splits) if splits is not None else (meta.train, meta.test)
     source = str(splits) if splits is not None else "the official split"
     partial = out.parent / f"{out.name}.partial-{os.getpid()}"
+    partial.mkdir()
     try:
+        own_folder(partial, "partial", out)
         with LabeledMat(mat) as labeled:
             _check_split("train", train, labeled.frames, source)
             _check_split("test", test, labeled.frames, source)
@@ -156,32 +162,61 @@ def _read_normals(path: Path, labeled: LabeledMat) -> np.ndarray:
     return given
 
 
+TEMPORARY_MARKER = ".cmim_dense_temporary"  # in every folder a prepare may delete: its content names the role
+
+
+def own_folder(folder: Path, role: str, out: Path) -> None:
+    """Mark ``folder`` as this tool's ``role`` folder ("partial" or "replaced") for ``out``: cleanup
+    deletes only folders that carry this mark, never one that merely has a matching name."""
+    (folder / TEMPORARY_MARKER).write_text(json.dumps({"role": role, "out": out.name}) + "\n")
+
+
+def _marked(folder: Path, role: str, out: Path) -> bool:
+    try:
+        return json.loads((folder / TEMPORARY_MARKER).read_text()) == {"role": role, "out": out.name}
+    except (OSError, ValueError):
+        return False
+
+
+def leftover_folders(out: Path, role: str) -> list[Path]:
+    """The ``out.ROLE-PID`` folders beside ``out`` that a prepare of ``out`` made and marked (the
+    name is compared as text, not as a pattern: ``out`` may hold ``?`` or ``*``)."""
+    prefix = f"{out.name}.{role}-"
+    return sorted(entry for entry in out.parent.iterdir()
+                  if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit()
+                  and not entry.is_symlink() and entry.is_dir() and _marked(entry, role, out))
+
+
 def recover_interrupted_swap(out: Path) -> None:
-    """Clean up after a prepare that died: delete its unfinished ``out.partial-*`` folders, and its
-    ``out.replaced-*`` (the previous layout moved aside by :func:`swap_in`): put back at ``out``
-    when the new one never arrived, deleted otherwise."""
-    for partial in out.parent.glob(f"{out.name}.partial-*"):
+    """Clean up after a prepare that died: delete its unfinished ``out.partial-PID`` folders, and its
+    ``out.replaced-PID`` (the previous layout moved aside by :func:`swap_in`): put back at ``out``
+    when the new one never arrived, deleted otherwise.  Only folders it marked are touched."""
+    for partial in leftover_folders(out, "partial"):
         shutil.rmtree(partial, ignore_errors=True)
-    for aside in sorted(out.parent.glob(f"{out.name}.replaced-*")):
+    for aside in leftover_folders(out, "replaced"):
         if not out.exists() and is_prepared(aside):
             os.replace(aside, out)
+            (out / TEMPORARY_MARKER).unlink()
         else:
             shutil.rmtree(aside, ignore_errors=True)
 
 
 def swap_in(new: Path, out: Path) -> None:
-    """Put the finished folder ``new`` at ``out``: an old ``out`` is first renamed aside, the new
-    one renamed in (the old one is put back if that fails), and only then is the old one deleted,
-    so at every moment a complete layout exists (at ``out`` or aside)."""
+    """Put the finished folder ``new`` at ``out``: an old ``out`` is first marked and renamed aside,
+    the new one renamed in (the old one is put back if that fails), and only then is the old one
+    deleted, so at every moment a complete layout exists (at ``out`` or aside)."""
+    (new / TEMPORARY_MARKER).unlink()
     if not out.exists():
         os.replace(new, out)
         return
     aside = out.parent / f"{out.name}.replaced-{os.getpid()}"
+    own_folder(out, "replaced", out)
     os.replace(out, aside)
     try:
         os.replace(new, out)
     except BaseException:
         os.replace(aside, out)
+        (out / TEMPORARY_MARKER).unlink()
         raise
     shutil.rmtree(aside)
 
