@@ -199,6 +199,12 @@ def test_export_cli_and_rebuild_from_the_file_alone(tmp_path: Path, capsys: pyte
     ratio = float(printed.split("export is ")[1].split("x smaller")[0])
     assert 10.5 < ratio < 11.1  # DIR-Net: 11.1x on parameters; the file also holds BN statistics and a header
     assert out.stat().st_size < 4.4e6
+    before = checkpoint.read_bytes()  # the probe's case: --out naming the input overwrote the checkpoint
+    same = f"{tmp_path}/../{tmp_path.name}/best.pt"  # another spelling of the same file
+    assert main([str(checkpoint), "--out", same]) == 2
+    assert capsys.readouterr().err == (f"error: --out {same} is the checkpoint being exported; "
+                                       "write the export to another file\n")
+    assert checkpoint.read_bytes() == before
 
     tensors, metadata = read_export(out)
     assert metadata["meta"] == meta and len(metadata["packed_layers"]) == 16

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def export_and_verify(args: argparse.Namespace) -> bool:
     """Export the checkpoint, print the sizes, and whether the file alone rebuilds identical outputs."""
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {args.out} is the checkpoint being exported; write the export to another file")
     checkpoint = load_checkpoint_as(args.checkpoint, "backbone")
     model = model_from_checkpoint(checkpoint, str(args.checkpoint), output_stride=args.output_stride).eval()
     meta = dict(checkpoint["meta"])
