@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -271,13 +272,18 @@ def test_a_kill_while_best_pt_is_written_is_redone_by_resume(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("flags, message", [
-    ({"lr": float("inf")}, "--lr must be a finite number, got inf"),
-    ({"weight_decay": float("nan")}, "--weight-decay must be a finite number, got nan"),
+    ({"lr": float("inf")}, "--lr must be a finite number of at most 3.4e+38 in size, got inf"),
+    ({"lr": 1e39, "optimizer": "adam"}, "--lr must be a finite number of at most 3.4e+38 in size, got 1e+39"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be a finite number of at most 3.4e+38 in size, got nan"),
+    ({"warmup": float("inf")}, "--warmup must be a finite number"),  # not the field's name, --warmup-epochs
+    ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
     ({"cmim_lambda": float("nan")}, "--cmim-lambda"),
 ])
-def test_non_finite_flags_are_refused_up_front(flags, message, tmp_path) -> None:
+def test_out_of_range_flags_are_refused_up_front(flags, message, tmp_path) -> None:
+    """The probe's cases: overflow deep in the optimizer (--lr 1e39), a flag that does not exist
+    named (--warmup-epochs), a seed error naming no flag after --out was made."""
     method = "irnet+cmim" if "cmim_lambda" in flags else "irnet"
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         resolve_config(method, _tiny(tmp_path / "run", **flags))
     assert not (tmp_path / "run").exists()
 

@@ -158,7 +158,15 @@ def test_bad_input_gives_one_line_errors(entry_script, cache, tmp_path, capsys, 
         f"error: {good} is a pretrained backbone (best.pt or last.pt of pretrain/run.py); expected a fine-tuned dense "
         "model (last.pt of finetune/nyud.py)\n")
     assert error("--task", "seg", "--backbone", str(good), "--decoder-channels", "0") == (
-        "error: --decoder-channels must be >= 1, got 0\n")
+        "error: --decoder-channels must be between 1 and 4096 (the paper's head: 256), got 0\n")
+    out = tmp_path / "never"  # the probe's cases: a 2 TB allocation, a ZeroDivisionError after one iteration,
+    for flags, message in ((["--decoder-channels", "1000000000"], "--decoder-channels must be between 1 and 4096"),
+                           (["--save-every", "0"], "--save-every must be >= 1, got 0"),  # a refusal after training,
+                           (["--task", "depth", "--depth-cap", "0"], "--depth-cap must be > 0 metres, got 0.0"),
+                           (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),  # no flag named
+                           (["--lr", "1e39"], "--lr must be a finite number of at most 3.4e+38 in size, got 1e+39")):
+        assert message in error("--task", "seg", "--backbone", str(good), "--out", str(out), *flags), flags
+    assert not out.exists()
 
 
 def test_iteration_batches_resume_and_shard() -> None:

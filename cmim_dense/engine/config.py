@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -148,7 +149,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         synthetic_samples=samples,
         synthetic_val_samples=None if given.get("synthetic_val_samples") is None else int(given["synthetic_val_samples"]),
         seed=int(given.get("seed", 0)),
-        workers=int(given.get("workers", 0 if data == "synthetic" else 4)),
+        workers=int(given.get("workers", 0 if data == "synthetic" else min(4, os.cpu_count() or 1))),
         max_steps=given.get("max_steps"),
         eval_every=int(given.get("eval_every", 1)),
         save_every=int(given.get("save_every", 1)),
@@ -193,17 +194,30 @@ def cmim_config(given: dict[str, Any], data: str, synthetic_samples: int) -> CMI
     )
 
 
-def require_finite(values: dict[str, Any]) -> None:
-    """A one-line error for the first NaN or infinite number among ``values`` (flag names as keys)."""
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+SEED_RANGE = 2**32  # numpy's and the data order's seeds: 0 .. 2**32 - 1
+
+
+def require_finite(values: dict[str, Any], flags: dict[str, str] | None = None) -> None:
+    """A one-line error for the first number among ``values`` (field names as keys; ``flags`` maps a
+    field to its flag where they differ) that is NaN, infinite, or beyond float32 (the optimizers
+    apply it to float32 tensors: --lr 1e39 overflowed there)."""
     for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            flag = (flags or {}).get(name, name).replace('_', '-')
+            raise ValueError(f"--{flag} must be a finite number of at most {FLOAT32_MAX:.3g} in size, got {value}")
+
+
+def require_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_RANGE:
+        raise ValueError(f"--seed must be between 0 and {SEED_RANGE - 1}, got {seed}")
 
 
 def validate(config: PretrainConfig) -> None:
     """One-line errors for values out of range and for objectives not available here."""
     recipe = config.recipe
-    require_finite(dataclasses.asdict(config))  # the CMIM values were checked by CMIMConfig
+    require_finite(dataclasses.asdict(config), {"warmup_epochs": "warmup"})  # CMIMConfig checked the CMIM values
+    require_seed(config.seed)
     checks = [
         (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
         (config.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm), got {config.batch_size}"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dense import DEPTH_LOSSES, HEADS, get_task
-from .config import require_finite
+from .config import require_finite, require_seed
 from .run_state import result_settings
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
@@ -31,6 +31,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 300, "batch_size": 8, "crop": (64
 # none (the BTS/AdaBins convention): scaling changes apparent distance, and dividing depth by the
 # scale (the multi-task lineage) cost 0.2-0.6 m of RMSE on the built-in data against crop + flip.
 DEPTH_GROUND_TRUTHS = ("depths", "rawDepths")
+MAX_DECODER_CHANNELS = 4096  # 16x the paper's 256; beyond, a head's weights alone run into gigabytes
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
 
 def validate_finetune(config: FinetuneConfig) -> None:
     require_finite(dataclasses.asdict(config))
+    require_seed(config.seed)
     if config.classes not in (40, 13):
         raise ValueError(f"--classes must be 40 or 13, got {config.classes}")
     strides = HEADS.get(config.head).output_strides
@@ -116,8 +118,13 @@ def validate_finetune(config: FinetuneConfig) -> None:
         raise ValueError("--batch-size must be at least 2 (the ASPP image-pooling BatchNorm needs 2 samples)")
     if config.iters < 1 or config.lr <= 0 or config.lr_step < 1:
         raise ValueError("--iters, --lr and the lr step must be positive")
-    if config.decoder_channels < 1:
-        raise ValueError(f"--decoder-channels must be >= 1, got {config.decoder_channels}")
+    if not 1 <= config.decoder_channels <= MAX_DECODER_CHANNELS:
+        raise ValueError(f"--decoder-channels must be between 1 and {MAX_DECODER_CHANNELS} (the paper's head: 256), "
+                         f"got {config.decoder_channels}")
+    if config.save_every < 1:
+        raise ValueError(f"--save-every must be >= 1, got {config.save_every}")
+    if config.depth_cap is not None and config.depth_cap <= 0:
+        raise ValueError(f"--depth-cap must be > 0 metres, got {config.depth_cap}")
     if config.depth_gt not in DEPTH_GROUND_TRUTHS:
         raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_GROUND_TRUTHS)}, got {config.depth_gt!r}")
     if config.depth_loss not in DEPTH_LOSSES:
