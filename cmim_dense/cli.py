@@ -38,11 +38,18 @@ def user_message(error: BaseException) -> str:
     return first_line(error)
 
 
+INTERRUPTED = ("interrupted: every file written so far is complete; rerun the same command (with --resume for a "
+               "training run) to continue")
+
+
 def report_user_errors(job: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, job())``, or ``(2, None)`` after printing ``error: ...`` (:func:`user_message`) on
-    stderr for a user error."""
+    stderr for a user error, or ``(130, None)`` and one line for Ctrl-C (the shell's code for SIGINT)."""
     try:
         return 0, job()
     except USER_ERRORS as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         return 2, None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130, None

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FolderInUseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages and every checkpoint written are complete; rerun the same command to "
+              "continue", file=sys.stderr)
+        return 130
     if failed:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)

@@ -343,6 +343,26 @@ def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
     assert user_message(FileNotFoundError("checkpoint x.pt does not exist")) == "checkpoint x.pt does not exist"
 
 
+def test_ctrl_c_prints_one_line_and_resume_continues(python, root, tmp_path) -> None:
+    """The probe's case: Ctrl-C ended in 77 lines of traceback.  Now one line, status 130, and the
+    checkpoint written before it continues under --resume."""
+    import signal
+
+    from cmim_dense.cli import INTERRUPTED
+
+    command = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--epochs", "3", "--synthetic-samples",
+               "160", "--batch-size", "32", "--image-size", "32", "--no-progress", "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("[irnet] epoch 1/3")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate()
+    assert process.returncode == 130 and stderr == INTERRUPTED + "\n", stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] >= 1
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] == 3
+
+
 def finish_despite_kills(command: list[str], out: Path, seed: int, kills: int = 3, env: dict | None = None) -> int:
     """Run ``command --out out``, SIGKILL it at up to ``kills`` seeded random moments (start-up, a
     step, a checkpoint save), each time starting it again (with ``--resume`` once a last.pt
