@@ -11,20 +11,60 @@ import math
 import os
 import re
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
 from .cli import first_line
 
 
+CHECKSUM_KEY = "checksum"  # a saved dict's entry: {"crc32": the CRC-32 of its tensors (tensor_checksum)}
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it.
+    """Write ``obj`` and the checksum of its tensors (:func:`tensor_checksum`, read back by
+    :func:`read_weights`) with torch.save to a temporary file beside ``path``, then rename it.
 
     A crash at any moment leaves either the previous file or the new one, never a torn one.
     """
-    write_atomic(path, lambda handle: torch.save(obj, handle))
+    stamped = {**obj, CHECKSUM_KEY: {"crc32": tensor_checksum(obj)}}
+    write_atomic(path, lambda handle: torch.save(stamped, handle))
+
+
+def tensor_checksum(obj: Any) -> int:
+    """CRC-32 of every tensor in ``obj`` (nested dicts, lists and tuples, in their order), each with
+    its place, dtype and shape: a flipped byte in any tensor changes it (CRC-32 catches every error
+    burst up to 32 bits).  A corruption check, not a signature against tampering."""
+    crc = 0
+    for place, tensor in _tensors_in(obj, ""):
+        crc = zlib.crc32(f"{place}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def _tensors_in(obj: Any, place: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield place, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors_in(value, f"{place}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _tensors_in(value, f"{place}/{index}")
+
+
+def verified(obj: Any, path: Path) -> Any:
+    """``obj`` without its checksum entry, once its tensors match it; a one-line error when they do
+    not.  Files without one (other tools' state dicts, checkpoints of earlier versions) pass as they are."""
+    if not (isinstance(obj, dict) and isinstance(obj.get(CHECKSUM_KEY), dict) and "crc32" in obj[CHECKSUM_KEY]):
+        return obj
+    expected = obj.pop(CHECKSUM_KEY)["crc32"]
+    if tensor_checksum(obj) != expected:
+        raise ValueError(f"{path} is corrupted: its tensors no longer match the checksum written with them; "
+                         "use another copy (or rerun what wrote it)")
+    return obj
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -80,21 +120,35 @@ def write_json(path: str | Path, record: Any) -> None:
 
 
 def read_weights(path: str | Path, mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors for missing,
-    corrupt or unsafe (arbitrary-pickle) files.  ``mmap=True`` maps the tensors instead of
-    reading them, for callers that only look at the meta of a large file."""
+    """``torch.load(path, weights_only=True)`` on CPU, its tensors checked against the checksum
+    :func:`save_atomic` wrote, with one-line errors for missing, corrupt or unsafe
+    (arbitrary-pickle) files.  ``mmap=True`` maps the tensors instead of reading them, for callers
+    that only look at the meta of a large file (the tensors are then not checked)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:  # torch's own message goes on to suggest weights_only=False: never pass that advice on
-            raise ValueError(f"{path} was refused: reading it would run code ({unsafe.group(1)}); only tensors "
-                             "and plain containers are read, as in this toolkit's checkpoints") from None
-        raise ValueError(f"{path} is not a readable checkpoint, the file is corrupt or truncated "
-                         f"({first_line(error)})") from None
+        raise ValueError(unreadable(path, error)) from None
+    if mmap:
+        if isinstance(obj, dict):
+            obj.pop(CHECKSUM_KEY, None)
+        return obj
+    return verified(obj, path)
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """The one line for a file torch.load refused: code it would have run, or why it is no
+    checkpoint.  torch's own message goes on to suggest weights_only=False: never passed on."""
+    text = str(error)
+    unsafe = re.search(r"unsupported global(?:: GLOBAL)? (\S+)", text, re.IGNORECASE)  # torch's two wordings
+    if unsafe:
+        return (f"{path} was refused: reading it would run code ({unsafe.group(1)}); only tensors and plain "
+                "containers are read, as in this toolkit's checkpoints")
+    reason = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    detail = reason.group(1) if reason else "not a torch checkpoint" if "weights_only" in text else first_line(error)
+    return f"{path} is not a readable checkpoint: the file is corrupt, truncated or of another kind ({detail})"
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -46,6 +46,39 @@ class NotAllowed:
     pass
 
 
+class SystemCall:
+    """Unpickled, it would run a shell command (it is never unpickled here)."""
+
+    def __reduce__(self):
+        return os.system, ("echo the payload ran",)
+
+
+def test_a_flipped_byte_in_any_tensor_is_caught_on_load(tmp_path) -> None:
+    """The probe's case: 64 bytes overwritten in the middle of a checkpoint loaded silently with
+    changed weights.  Every tensor dtype a checkpoint holds, a byte flipped at its first, middle and
+    last byte: one line naming the file as corrupted; the intact file loads without the checksum."""
+    state = {"model": {"conv.weight": torch.randn(16, 8, 3, 3), "bn.num_batches_tracked": torch.tensor(7),
+                       "bank": torch.randn(40, 8).half(), "mask": torch.rand(64) > 0.5},
+             "meta": {"method": "irnet"}, "history": [{"epoch": 1}]}
+    path = tmp_path / "best.pt"
+    save_atomic(state, path)
+    data = path.read_bytes()
+    loaded = load_checkpoint(path)
+    assert set(loaded) == {"model", "meta", "history"}
+    assert all(torch.equal(loaded["model"][key], value) for key, value in state["model"].items())
+    for key, tensor in state["model"].items():
+        raw = tensor.numpy().tobytes()
+        start = data.find(raw)
+        assert start > 0 and data.find(raw, start + 1) == -1, key
+        for offset in (start, start + len(raw) // 2, start + len(raw) - 1):
+            corrupt = bytearray(data)
+            corrupt[offset] ^= 0x10
+            broken = tmp_path / "broken.pt"
+            broken.write_bytes(corrupt)
+            with pytest.raises(ValueError, match=f"^{broken} is corrupted: its tensors no longer match the checksum"):
+                load_checkpoint(broken)
+
+
 def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -60,6 +93,17 @@ def test_load_checkpoint_rejects_bad_files(tmp_path) -> None:
     with pytest.raises(ValueError, match="refused: reading it would run code") as refused:
         load_checkpoint(unsafe)
     assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)  # torch's unsafe advice
+    payload = tmp_path / "payload.pt"  # the probe's case: torch's zip format, torch 2.14's other wording
+    torch.save({"model": SystemCall(), "meta": {}}, payload)
+    with pytest.raises(ValueError, match=r"refused: reading it would run code \(posix.system\)") as refused:
+        load_checkpoint(payload)
+    assert "weights_only" not in str(refused.value) and "corrupt" not in str(refused.value)
+    one_byte = tmp_path / "one_byte.pt"
+    one_byte.write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a readable checkpoint: the file is corrupt, truncated or of another "
+                                         "kind") as refused:
+        load_checkpoint(one_byte)
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(1)}, plain)
     with pytest.raises(ValueError, match="expected a dict with 'model' and 'meta'"):

@@ -215,6 +215,14 @@ def test_export_cli_and_rebuild_from_the_file_alone(tmp_path: Path, capsys: pyte
     assert "layer2.0.conv1.weight" not in tensors and not any(".weight_binarizer." in key for key in tensors)
     rebuilt, rebuilt_meta = load_exported(out)
     assert rebuilt_meta == meta and not rebuilt.training
+    data = out.read_bytes()  # a flipped bit in the packed weights: caught by the checksum in the metadata
+    start = data.find(bits.numpy().tobytes())
+    corrupt = bytearray(data)
+    corrupt[start + bits.numel() // 2] ^= 0x04
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(corrupt)
+    with pytest.raises(ValueError, match=f"^{broken} is corrupted: its tensors no longer match the checksum"):
+        read_export(broken)
     with torch.no_grad():
         expected = model(x)
         assert torch.equal(rebuilt(x), expected)

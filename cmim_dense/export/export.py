@@ -22,7 +22,7 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from ..binary import BinaryConv2d
-from ..checkpoint_io import write_atomic
+from ..checkpoint_io import tensor_checksum, write_atomic
 from ..cli import first_line
 from ..models import create_model
 from ..models.loading import require_meta
@@ -97,14 +97,16 @@ def export_model(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> Ex
     packed = copy.deepcopy(model).eval()
     names = pack_model(packed)
     layers = [packed_layer_info(name, packed.get_submodule(name)) for name in names]
+    tensors = _tensors(packed)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "convention": BIT_CONVENTION,
         "meta": _to_json(meta),
         "packed_layers": json.dumps(layers),
+        "crc32": str(tensor_checksum(dict(sorted(tensors.items())))),
     }
-    data = safetensors.torch.save(_tensors(packed), metadata)
+    data = safetensors.torch.save(tensors, metadata)
     write_atomic(path, lambda handle: handle.write(data))
     float_bytes = len(safetensors.torch.save(_tensors(model)))
     binary_weights = sum(math.prod(layer["shape"]) for layer in layers)
@@ -127,6 +129,9 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has export format version {metadata.get('format_version')}; "
                          f"this cmim-dense reads version {FORMAT_VERSION}")
+    if "crc32" in metadata and str(tensor_checksum(dict(sorted(tensors.items())))) != metadata["crc32"]:
+        raise ValueError(f"{path} is corrupted: its tensors no longer match the checksum written with them; "
+                         "export the checkpoint again")
     parsed = {**metadata, "meta": json.loads(metadata["meta"]), "packed_layers": json.loads(metadata["packed_layers"])}
     return tensors, parsed
 
