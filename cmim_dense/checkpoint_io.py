@@ -77,15 +77,41 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        writer = _KeepsWriteErrors(os.fdopen(fd, "wb"))
+        try:
+            with writer.handle as handle:  # closing flushes too: a full disk can fail there
+                write(writer)  # torch.save reports a failed write as "unexpected pos": the OS's reason is kept
+                handle.flush()
+                os.fsync(handle.fileno())
+        except Exception as error:
+            cause = writer.error or error
+            if not isinstance(cause, OSError) or cause.errno is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _KeepsWriteErrors:
+    """A binary file's ``write`` and ``flush`` that remember the OS error of a failed write (a full
+    disk), which a caller such as torch.save replaces by its own message."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def current_umask() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable, TypeVar
 
@@ -32,6 +33,9 @@ def user_message(error: BaseException) -> str:
     if text.startswith("Caught ") and "Original Traceback" in text:
         original = text.splitlines()[-1]
         return original.split(": ", 1)[1] if ": " in original else original
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename is not None:
+        return (f"cannot write {error.filename}: no space left on device; free some space there and rerun (the "
+                "files written before are kept)")
     if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
         return (f"cannot use {error.filename}: {error.strerror.lower()}; check that the path exists and that you "
                 "may read and write there")

@@ -363,6 +363,39 @@ def test_ctrl_c_prints_one_line_and_resume_continues(python, root, tmp_path) -> 
     assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] == 3
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_the_previous_file_survives(entry_script, tmp_path, monkeypatch,
+                                                                               capsys) -> None:
+    """The probe's case: a full disk during a save gave torch's 48-line "unexpected pos" error.  Every
+    temporary file here is opened on /dev/full (the kernel's ENOSPC on each write)."""
+    import tempfile
+
+    import cmim_dense.checkpoint_io as checkpoint_io
+    from cmim_dense.cli import user_message
+
+    out = tmp_path / "run"
+    assert entry_script("pretrain/run").main(["--method", "irnet", "--epochs", "1", "--synthetic-samples", "32",
+                                              "--batch-size", "16", "--image-size", "16", "--no-progress",
+                                              "--out", str(out)]) == 0
+    before = (out / "last.pt").read_bytes()
+
+    def on_a_full_disk(prefix: str = "", suffix: str = "", dir: str | None = None) -> tuple[int, str]:
+        return os.open("/dev/full", os.O_WRONLY), str(Path(dir) / f"{prefix}full{suffix}")
+
+    monkeypatch.setattr(checkpoint_io.tempfile, "mkstemp", on_a_full_disk)
+    with pytest.raises(OSError) as full:
+        save_atomic({"model": {"w": torch.zeros(1000)}, "meta": {}}, out / "last.pt")
+    assert full.value.errno == 28 and full.value.filename == str(out / "last.pt")
+    capsys.readouterr()
+    assert entry_script("pretrain/run").main(["--method", "irnet", "--epochs", "2", "--synthetic-samples", "32",
+                                              "--batch-size", "16", "--image-size", "16", "--no-progress",
+                                              "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'other'}")
+    monkeypatch.setattr(checkpoint_io.tempfile, "mkstemp", tempfile.mkstemp)
+    assert (out / "last.pt").read_bytes() == before
+    assert user_message(full.value) == (f"cannot write {out / 'last.pt'}: no space left on device; free some space "
+                                        "there and rerun (the files written before are kept)")
+
+
 def finish_despite_kills(command: list[str], out: Path, seed: int, kills: int = 3, env: dict | None = None) -> int:
     """Run ``command --out out``, SIGKILL it at up to ``kills`` seeded random moments (start-up, a
     step, a checkpoint save), each time starting it again (with ``--resume`` once a last.pt
