@@ -208,7 +208,12 @@ def load_checkpoint_as(path: str | Path, role: str, mmap: bool = False) -> dict[
     """A checkpoint that must be of ``role`` (a key of :data:`CHECKPOINT_ROLES`): one place where
     every command checks what it reads, with a one-line error that says what the file is and
     what was expected (e.g. a fine-tuned last.pt given as a backbone)."""
-    checkpoint = load_checkpoint(path, mmap)
+    return require_role(load_checkpoint(path, mmap), role, path)
+
+
+def require_role(checkpoint: dict[str, Any], role: str, path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` (read from ``path``) when it is of ``role``; else the one-line error of
+    :func:`load_checkpoint_as`."""
     expected, keys = CHECKPOINT_ROLES[role]
     found = checkpoint_role(checkpoint["meta"])
     if found != role:

@@ -47,6 +47,11 @@ def test_load_teacher_from_files(tmp_path) -> None:
                 tmp_path / "irnet.pt")
     with pytest.raises(ValueError, match="must be full precision"):
         load_teacher(tmp_path / "irnet.pt")
+    dense = tmp_path / "finetuned.pt"  # the probe's case: a fine-tuned last.pt as --teacher, KeyError 'method'
+    save_atomic({"model": fp.state_dict(), "meta": {"task": "seg", "backbone_meta": {"method": "fp"}}}, dense)
+    with pytest.raises(ValueError, match=f"^teacher {dense} is a fine-tuned dense model .*; expected a pretrained "
+                                         "backbone"):
+        load_teacher(dense)
     state = torchvision.models.resnet18(num_classes=3).state_dict()
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
     torch.save(state, tmp_path / "wrong.pt")

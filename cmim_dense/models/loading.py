@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from ..checkpoint_io import load_checkpoint_as, read_weights
+from ..checkpoint_io import load_checkpoint_as, read_weights, require_role
 from ..data import ClassificationData, build_classification_data
 from .factory import create_model
 from .resnet import BinaryResNet
@@ -70,6 +70,7 @@ def load_teacher(path: str | Path) -> BinaryResNet:
     """A frozen full-precision teacher from one of our checkpoints or a plain ResNet state dict."""
     obj = read_weights(path)
     if isinstance(obj, dict) and "model" in obj and "meta" in obj:
+        require_role(obj, "backbone", f"teacher {path}")  # e.g. a fine-tuned dense model: no method to read
         if obj["meta"]["method"] != "fp":
             raise ValueError(f"teacher {path} is a {obj['meta']['method']} model; a teacher must be full precision (fp)")
         model = model_from_checkpoint(obj, f"teacher {path}")
