@@ -207,8 +207,21 @@ def checkpoint_role(meta: Any) -> str | None:
 def load_checkpoint_as(path: str | Path, role: str, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint that must be of ``role`` (a key of :data:`CHECKPOINT_ROLES`): one place where
     every command checks what it reads, with a one-line error that says what the file is and
-    what was expected (e.g. a fine-tuned last.pt given as a backbone)."""
-    return require_role(load_checkpoint(path, mmap), role, path)
+    what was expected (e.g. a fine-tuned last.pt given as a backbone), and whose weights are finite
+    (a mapped read, for the meta, skips that)."""
+    checkpoint = require_role(load_checkpoint(path, mmap), role, path)
+    if not mmap:
+        require_finite_weights(checkpoint["model"], path)
+    return checkpoint
+
+
+def require_finite_weights(state: dict[str, Any], path: str | Path) -> None:
+    """A one-line error naming the first floating-point tensor of ``state`` that holds NaN or inf:
+    the engines never save one, so the file is a diverged run's from elsewhere, or damaged."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path} holds non-finite weights (NaN or inf in {key}), nothing can start from it; "
+                             "use an earlier checkpoint")
 
 
 def require_role(checkpoint: dict[str, Any], role: str, path: str | Path) -> dict[str, Any]:

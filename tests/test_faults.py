@@ -188,6 +188,22 @@ def test_a_fine_tuned_checkpoint_given_as_a_backbone_is_named_for_what_it_is(tmp
         dense_model_from_backbone(str(head), 13)
 
 
+def test_a_checkpoint_of_nan_weights_is_named_as_the_cause(tmp_path) -> None:
+    """The probe's case: NaN weights given as --init-from or --backbone trained, then blamed the
+    learning rate ("loss became nan ... rerun with a lower --lr")."""
+    good = tmp_path / "good"
+    run_pretraining(resolve_config("fp", _tiny(good)))
+    checkpoint = load_checkpoint(good / "last.pt")
+    checkpoint["model"]["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    save_atomic(checkpoint, bad)
+    message = f"^{bad} holds non-finite weights \\(NaN or inf in layer2.0.conv1.weight\\), nothing can start from it"
+    with pytest.raises(ValueError, match=message):
+        run_pretraining(resolve_config("fp", _tiny(tmp_path / "continued", init_from=str(bad))))
+    with pytest.raises(ValueError, match=message):
+        dense_model_from_backbone(str(bad), 13)
+
+
 def test_json_files_are_strict_and_nan_reads_back_as_null(tmp_path) -> None:
     """metrics.json held 27 bare NaN (IoU of classes absent from the test set), not JSON."""
     record = {"miou": 0.5, "per_class_iou": [0.25, float("nan")], "loss": float("inf"), "nested": {"x": float("-inf")}}
