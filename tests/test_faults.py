@@ -333,6 +333,21 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+def test_an_image_over_pils_pixel_limit_is_named_in_one_line(tmp_path, monkeypatch) -> None:
+    """The probe's case: a 20000x9000 PNG in an ImageNet-style folder gave PIL's
+    DecompressionBombError traceback.  PIL's limit is lowered so that a 100x100 image crosses it."""
+    from PIL import Image
+
+    from cmim_dense.data.classification import read_image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL refuses above twice this
+    with pytest.raises(ValueError, match=f"^{path} cannot be decoded as an image \\(Image size \\(10000 pixels\\) "
+                                         "exceeds limit.*; replace or delete the file$"):
+        read_image(str(path))
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, python, root, tmp_path) -> None:
     """The issue's case: with workers a multi-line DataLoader traceback; without, a line that did

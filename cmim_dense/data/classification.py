@@ -63,7 +63,7 @@ def read_image(path: str) -> Image.Image:
     try:
         with open(path, "rb") as handle:
             return Image.open(handle).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError: OSError
         raise ValueError(f"{path} cannot be decoded as an image ({first_line(error)}); replace or delete the "
                          "file") from None
 
