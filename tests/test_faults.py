@@ -488,10 +488,21 @@ def test_a_truncated_array_of_a_prepared_set_is_named_in_one_line(tmp_path) -> N
     splits = _split(tmp_path / "s.mat", [1, 2], [3, 4])
     out = prepare_nyud(_labeled(tmp_path / "labeled.mat"), tmp_path / "nyud", splits, progress=False)
     images = out / "train" / "images.npy"
-    images.write_bytes(images.read_bytes()[:-100])
+    intact = images.read_bytes()
+    images.write_bytes(intact[:-100])
     with pytest.raises(ValueError, match=rf"^{images} cannot be read, the prepared set is truncated or corrupt .*; "
                                          r"prepare it again \(datasets/prepare_nyud.py --force\)$"):
         NYUDv2(out, "train").array("image")
     np.save(out / "test" / "labels40.npy", np.zeros((3, 8, 12), np.uint8))  # the test split has 2 frames
     with pytest.raises(ValueError, match="holds 3 frames, frames.npy 2: the prepared set is inconsistent"):
         NYUDv2(out, "test")[0]
+    images.write_bytes(intact)
+    depths = out / "train" / "depths.npy"  # the probe's cases: numpy's allow_pickle advice,
+    np.save(depths, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=rf"^{depths} cannot be read, .* \(it holds Python objects, not a plain "
+                                         r"array\); prepare it again"):
+        NYUDv2(out, "train")[0]
+    np.save(depths, np.zeros((2, 4, 4), np.float32))  # albumentations' shape advice naming no file
+    with pytest.raises(ValueError, match=rf"^{depths} holds float32 frames of shape \(4, 4\), expected float32 "
+                                         r"\(8, 12\) \(meta.json\): the prepared set is inconsistent"):
+        NYUDv2(out, "train")[0]

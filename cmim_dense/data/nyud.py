@@ -22,18 +22,25 @@ DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
 SAMPLE_DTYPES = {"normals": np.float32}  # sample arrays read as another dtype than stored (float16 normals)
 
 
-def read_array(path: Path, frames: int | None = None) -> np.ndarray:
+def read_array(path: Path, frames: int | None = None, frame_shape: tuple[int, ...] | None = None,
+               dtype: type | None = None) -> np.ndarray:
     """One array of a prepared layout (memory-mapped when ``frames``, its expected length, is
-    given), with one line naming a missing, truncated, corrupt or inconsistent file."""
+    given; ``frame_shape`` and ``dtype``: what each frame must be), with one line naming a missing,
+    truncated, corrupt or inconsistent file."""
     redo = "prepare it again (datasets/prepare_nyud.py --force)"
     try:
         array = np.load(path, mmap_mode="r" if frames is not None else None)
     except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path} cannot be read, the prepared set is truncated or corrupt ({first_line(error)}); "
+        objects = "pickle" in str(error) or "Python objects" in str(error)  # numpy: "... allow_pickle=False"
+        reason = "it holds Python objects, not a plain array" if objects else first_line(error)
+        raise ValueError(f"{path} cannot be read, the prepared set is truncated or corrupt ({reason}); "
                          f"{redo}") from None
     if frames is not None and len(array) != frames:
         raise ValueError(f"{path} holds {len(array)} frames, frames.npy {frames}: the prepared set is inconsistent; "
                          f"{redo}")
+    if frame_shape is not None and (array.shape[1:] != frame_shape or array.dtype != dtype):
+        raise ValueError(f"{path} holds {array.dtype} frames of shape {array.shape[1:]}, expected {np.dtype(dtype)} "
+                         f"{frame_shape} (meta.json): the prepared set is inconsistent; {redo}")
     return array
 
 
@@ -112,9 +119,15 @@ class NYUDv2(Dataset):
             names = {"image": "images", "label": f"labels{self.classes}", "depth": DEPTH_KINDS[self.depth_kind]}
             if self.normals:
                 names["normals"] = "normals"
-            self._arrays = {key: read_array(folder / f"{name}.npy", len(self.frames))
+            self._arrays = {key: read_array(folder / f"{name}.npy", len(self.frames), *self._frame_layout(key))
                             for key, name in names.items()}
         return self._arrays
+
+    def _frame_layout(self, key: str) -> tuple[tuple[int, ...], type]:
+        """The shape and dtype of one frame of array ``key`` (nyud_prepare's layout)."""
+        size = self.size
+        return {"image": ((*size, 3), np.uint8), "label": (size, np.uint8), "depth": (size, np.float32),
+                "normals": ((*size, 3), np.float16)}[key]
 
     def __len__(self) -> int:
         return len(self.frames)
