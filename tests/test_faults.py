@@ -204,6 +204,30 @@ def test_a_checkpoint_of_nan_weights_is_named_as_the_cause(tmp_path) -> None:
         dense_model_from_backbone(str(bad), 13)
 
 
+def test_frames_not_divisible_by_the_output_stride_are_evaluated_padded(tmp_path) -> None:
+    """The probe's case: 120x160 frames with --crop 64x96 --head deeplabv3plus --output-stride 16
+    trained, saved, then failed at evaluation ("divisible by 16").  Here 24x40 frames (neither side
+    divides by 16): evaluation pads and crops back, and its metrics cover every test pixel."""
+    from cmim_dense.engine.finetune import run_finetuning
+    from cmim_dense.engine.finetune_config import resolve_finetune_config
+
+    rng = np.random.default_rng(0)
+    mat = tmp_path / "odd.mat"
+    write_labeled_mat(mat, rng.integers(0, 255, (4, 24, 40, 3), dtype=np.uint8),
+                      rng.uniform(1, 5, (4, 24, 40)).astype(np.float32), rng.integers(1, 895, (4, 24, 40)),
+                      names=nyud_meta().raw_names)
+    data = prepare_nyud(mat, tmp_path / "nyud", _split(tmp_path / "s.mat", [1, 2], [3, 4]), progress=False)
+    run_pretraining(resolve_config("fp", _tiny(tmp_path / "backbone")))
+    for task in ("seg", "depth"):
+        result = run_finetuning(resolve_finetune_config({
+            "task": task, "backbone": str(tmp_path / "backbone" / "best.pt"), "data": str(data), "iters": 2,
+            "batch_size": 2, "crop": (16, 32), "output_stride": 16, "head": "deeplabv3plus", "decoder_channels": 8,
+            "out": str(tmp_path / task), "progress_bar": False}))
+        written = json.loads((tmp_path / task / "metrics.json").read_text())
+        assert written["eval_resolution"] == [24, 40], task
+    assert 0 <= written["rmse"] < 10 and result is not None
+
+
 def test_json_files_are_strict_and_nan_reads_back_as_null(tmp_path) -> None:
     """metrics.json held 27 bare NaN (IoU of classes absent from the test set), not JSON."""
     record = {"miou": 0.5, "per_class_iou": [0.25, float("nan")], "loss": float("inf"), "nested": {"x": float("-inf")}}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.tensorboard import SummaryWriter
@@ -182,16 +183,23 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
 def evaluate_dense(model: nn.Module, dataset: NYUDv2, task: DenseTask, settings: TaskSettings, device: torch.device,
                    batch_size: int = 4, amp: bool = False, context: DistributedContext | None = None
                    ) -> dict[str, Any]:
-    """``task``'s metrics of ``model`` over the whole test split at full resolution (rank-sharded under DDP)."""
+    """``task``'s metrics of ``model`` over the whole test split at full resolution (rank-sharded
+    under DDP).  Frames whose sides do not divide by the encoder's output stride (120x160 at stride
+    16) are padded at the bottom and right with zeros, the normalised mean colour, and the
+    prediction cropped back to the frame, as the segmentation toolboxes' test pipelines do."""
     context = context or DistributedContext(device=device)
     shard = Subset(dataset, list(range(context.rank, len(dataset), context.world_size)))
     loader = DataLoader(shard, batch_size=batch_size)
     meter = task.meter(settings, dataset)
+    multiple = getattr(getattr(model, "encoder", None), "output_stride", 32)
     was_training = model.training
     model.eval()
     for batch in loader:
+        images = batch["image"].to(device)
+        height, width = images.shape[-2:]
+        images = F.pad(images, (0, -width % multiple, 0, -height % multiple))
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            output = model(batch["image"].to(device)).float()
+            output = model(images)[..., :height, :width].float()
         meter.update(task.prediction(output).cpu(), batch[task.target])
     model.train(was_training)
     return meter.compute()
