@@ -188,6 +188,17 @@ def test_a_fine_tuned_checkpoint_given_as_a_backbone_is_named_for_what_it_is(tmp
         dense_model_from_backbone(str(head), 13)
 
 
+def test_resume_into_another_commands_folder_names_what_is_there(tmp_path) -> None:
+    """The probe's case: pretraining --resume into a fine-tuning's folder listed a long settings
+    diff instead of saying what the folder holds."""
+    finetuned = tmp_path / "seg"
+    save_atomic({"model": {}, "meta": {"task": "seg", "backbone_meta": {"arch": "resnet18"}}}, finetuned / "last.pt")
+    with pytest.raises(ValueError, match=rf"^--resume found {finetuned / 'last.pt'}, a fine-tuned dense model "
+                                         r"\(last.pt of finetune/nyud.py\), where this command writes a pretrained "
+                                         r"backbone .*; choose another --out$"):
+        run_pretraining(resolve_config("fp", _tiny(finetuned, resume=True)))
+
+
 def test_a_checkpoint_of_nan_weights_is_named_as_the_cause(tmp_path) -> None:
     """The probe's case: NaN weights given as --init-from or --backbone trained, then blamed the
     learning rate ("loss became nan ... rerun with a lower --lr")."""

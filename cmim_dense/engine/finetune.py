@@ -228,7 +228,7 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
 def _finetune_in_owned_folder(config: FinetuneConfig, context: DistributedContext) -> dict[str, Any]:
     """:func:`run_finetuning` once rank 0 holds the output folder's lock."""
     run = build_finetune_run(config, context)
-    writer = open_run(run, config, context)
+    writer = open_run(run, config, context, "dense")
     start = time.perf_counter()
     if run.iteration < config.iters:
         train_iterations(run, writer)

@@ -360,7 +360,7 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
 def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) -> dict[str, Any]:
     """:func:`run_pretraining` of one stage, once rank 0 holds the output folder's lock."""
     run = build_run(config, context)
-    writer = open_run(run, config, context)
+    writer = open_run(run, config, context, "backbone")
     main = context.is_main
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run)}

@@ -58,10 +58,11 @@ def distribute(module: nn.Module, context: DistributedContext) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def open_run(run: Resumable, config: RunConfig, context: DistributedContext) -> SummaryWriter | None:
-    """Resume ``run`` from ``out/last.pt`` with ``--resume`` (never overwriting one without it),
-    wait until every rank has read it, write ``config.json``; the TensorBoard writer of rank 0."""
-    resumed = resumable_state(config.out, config.resume)
+def open_run(run: Resumable, config: RunConfig, context: DistributedContext, role: str) -> SummaryWriter | None:
+    """Resume ``run`` from ``out/last.pt`` with ``--resume`` (never overwriting one without it, and
+    only from a checkpoint of the ``role`` the run writes), wait until every rank has read it, write
+    ``config.json``; the TensorBoard writer of rank 0."""
+    resumed = resumable_state(config.out, config.resume, role)
     if resumed is not None:
         run.restore(resumed)
     context.barrier()  # every rank has read last.pt before rank 0 may replace it

@@ -9,18 +9,25 @@ from typing import Any
 
 import torch
 
-from ..checkpoint_io import load_checkpoint
+from ..checkpoint_io import CHECKPOINT_ROLES, checkpoint_role, load_checkpoint
 
 
-def resumable_state(out: str | Path, resume: bool) -> dict[str, Any] | None:
+def resumable_state(out: str | Path, resume: bool, role: str) -> dict[str, Any] | None:
     """The checkpoint a run in ``out`` continues from: ``out/last.pt`` with ``--resume``, None
-    when there is none.  A run already in ``out`` is never overwritten without ``--resume``."""
+    when there is none.  A run already in ``out`` is never overwritten without ``--resume``, and
+    one that writes ``role`` (a key of :data:`CHECKPOINT_ROLES`) continues only a file of it."""
     last = Path(out) / "last.pt"
     if not last.exists():
         return None
     if not resume:
         raise ValueError(f"{last} exists; add --resume to continue that run or choose another --out")
-    return load_checkpoint(last)
+    state = load_checkpoint(last)
+    found = checkpoint_role(state["meta"])
+    if found != role:
+        what = CHECKPOINT_ROLES[found][0] if found else "a checkpoint whose meta names neither a task nor an arch"
+        raise ValueError(f"--resume found {last}, {what}, where this command writes {CHECKPOINT_ROLES[role][0]}; "
+                         "choose another --out")
+    return state
 
 
 def result_settings(config: Any, volatile: tuple[str, ...]) -> dict[str, Any]:
