@@ -1,6 +1,8 @@
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# every cache the suite fills (the native kernel, rendered data sets, matplotlib's fonts) in a folder
+# of its own, for this process and the commands it starts: never the user's ~/.cache
+CACHE = Path(tempfile.mkdtemp(prefix="cmim_dense_tests_"))
+os.environ["CMIM_DENSE_CACHE"] = str(CACHE / "cmim_dense")
+os.environ["MPLCONFIGDIR"] = str(CACHE / "matplotlib")
 torch.set_num_threads(2)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,10 @@ def test_torchrun_two_processes_share_one_memory_bank(root, tmp_path) -> None:
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", str(root / "pretrain" / "run.py"), "--method", "irnet+cmim",
-         "--epochs", "1", "--synthetic-samples", "64", "--batch-size", "16", "--image-size", "32",
+        [str(torchrun), "--standalone", "--nproc_per_node", "2",  # --standalone: a free port
+         str(root / "pretrain" / "run.py"), "--method", "irnet+cmim", "--epochs", "1", "--synthetic-samples", "64", "--batch-size", "16", "--image-size", "32",
          "--cmim-nce-n", "8", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=200,
+        capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("best top-1") == 1  # only rank 0 reports

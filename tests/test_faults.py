@@ -76,10 +76,10 @@ def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_int
         time.sleep(0.05)
     for extra in ([], ["--resume"]):
         second = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--method", "bnn",
-                                 "--out", str(out), *extra], capture_output=True, text=True, timeout=60)
+                                 "--out", str(out), *extra], capture_output=True, text=True)
         assert second.returncode == 2, second.stderr
         assert second.stderr.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in second.stderr
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert first.wait() == 0, first.stderr.read()
     assert json.loads((out / "config.json").read_text())["method"] == "irnet"
     assert load_checkpoint(out / "last.pt")["meta"]["method"] == "irnet"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
@@ -351,7 +351,7 @@ def test_pretrain_cli_prints_one_line_for_faults(python, root, tmp_path) -> None
         (["--init-from", str(tmp_path / "missing.pt")], "does not exist"),
     ):
         result = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(tmp_path / "r"),
-                                 *args], capture_output=True, text=True, timeout=60)
+                                 *args], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
 
 
@@ -392,8 +392,7 @@ def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, p
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = subprocess.run([python, str(root / "pretrain" / "run.py"), "--method", "bnn", "--data", str(data),
                              "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--workers", workers,
-                             "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
-                            timeout=120)
+                             "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"error: {bad} cannot be decoded as an image (")
@@ -474,7 +473,7 @@ def finish_despite_kills(command: list[str], out: Path, seed: int, kills: int = 
         process = subprocess.Popen([*command, "--out", str(out), *resume], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, env=env)
         try:
-            code = process.wait(timeout=moments.uniform(2.0, 7.0) if killed < kills else 120)
+            code = process.wait(timeout=moments.uniform(2.0, 7.0) if killed < kills else None)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -490,7 +489,7 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp
     args = [python, str(root / "pretrain" / "run.py"), "--method", "rbnn+cmim", "--epochs", "4",
             "--synthetic-samples", "96", "--batch-size", "16", "--image-size", "32", "--cmim-nce-n", "8",
             "--no-progress"]
-    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, timeout=120)
+    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
     assert finish_despite_kills(args, tmp_path / "killed", seed=0) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
@@ -506,7 +505,7 @@ def test_finetuning_killed_at_random_moments_then_resumed_ends_bit_identical(pyt
     args = [python, str(root / "finetune" / "nyud.py"), "--task", "seg", "--backbone",
             str(tmp_path / "backbone" / "best.pt"), "--iters", "45", "--save-every", "3", "--output-stride", "16",
             "--decoder-channels", "16", "--batch-size", "4", "--no-progress"]
-    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, timeout=120, env=env)
+    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, env=env)
     assert finish_despite_kills(args, tmp_path / "killed", seed=1, env=env) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert a["meta"]["iteration"] == b["meta"]["iteration"] == 45

@@ -25,7 +25,6 @@ def table_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["method"]: row for row in csv.DictReader(handle)}
 
 
-@pytest.mark.timeout(420)  # two quick jobs (6 fine-tunes, the chart and the grid, then a re-run) as subprocesses
 def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, data_cache) -> None:
     """The quick job (1 epoch of 64 images, 4 fine-tuning iterations) guarantees no learning: its seg
     heads score below the majority-class baseline (measured mIoU 1.0-1.3 % vs 3.1 %).  What it does
@@ -42,7 +41,7 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--methods", "fp,bnn+cmim", "--root",
                str(tmp_path / "main"), "--no-progress"]
     env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     main = tmp_path / "main"
     for suffix in (".png", ".svg", ".csv", ".md"):
@@ -73,7 +72,7 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
         baselines["depth"].append(depth["baseline"])
     assert all(records[0] == records[1] for records in baselines.values())
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("already done") == 8  # 2 pretrainings + 6 fine-tunes; only the chart is redrawn
 
@@ -89,7 +88,7 @@ def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--methods", "fp", "--root",
                str(tmp_path / "main"), "--no-progress", "--jobs", jobs]
     env = {"CMIM_DENSE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 1
     failure = next(line for line in result.stdout.splitlines() if "pretrain fp: FAILED" in line)
     assert "last.pt" in failure and "checkpoint" in failure
@@ -118,7 +117,6 @@ def test_main_job_tasks_are_registered_and_include_the_charts_two() -> None:
         check_tasks(("seg", "normals"))
 
 
-@pytest.mark.timeout(540)  # a 2-seed quick job (4 pretrainings, 8 fine-tunes) and its re-run, as subprocesses
 def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,
                                                                              data_cache) -> None:
     """--seeds 2 --jobs 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, two at a time
@@ -135,7 +133,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     command = [python, str(root / "pipeline" / "run.py"), "--quick", "--seeds", "2", "--methods", "irnet,irnet+cmim",
                "--tasks", "seg,depth", "--root", str(main), "--no-progress", "--jobs", "2"]
     env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, timeout=360, env=env)
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count(": done in ") == 12 and len(list((main / "logs").glob("*.log"))) == 12
     assert "epoch 1/1" in (main / "logs" / "pretrain_irnet_seed1.log").read_text()
@@ -166,7 +164,7 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     assert [float(v) for v in paired["differences"].split(";")] == pytest.approx(per_seed, rel=1e-9, abs=1e-12)
     assert float(paired["mean"]) == pytest.approx(sum(per_seed) / 2, rel=1e-9, abs=1e-12)
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("already done") == 12  # 4 pretrainings + 8 fine-tunes
 

@@ -15,7 +15,7 @@ from cmim_dense.models import create_model
 
 def run(python, root, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [python, str(root / "pretrain" / "run.py"), *args], capture_output=True, text=True, timeout=120
+        [python, str(root / "pretrain" / "run.py"), *args], capture_output=True, text=True
     )
 
 
