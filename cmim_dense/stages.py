@@ -119,7 +119,11 @@ def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
                 except Exception as error:  # report, continue with the independent stages
                     print(f"{prefix(number, stage.name)}: FAILED: {failure(error)}", flush=True)
                     failed.append(stage.name)
-            if not running:
+            if not running:  # nothing can start: what waits needs stages listed after it
+                for number, stage in waiting:
+                    print(f"{prefix(number, stage.name)}: FAILED: needs stages listed after it", flush=True)
+                    failed.append(stage.name)
+                waiting.clear()
                 continue
             for future in wait(running, return_when=FIRST_COMPLETED).done:
                 name, number, began = running.pop(future)

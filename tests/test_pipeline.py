@@ -182,3 +182,15 @@ def test_seeds_must_be_a_positive_integer(entry_script, tmp_path, capsys) -> Non
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: --jobs must be a positive integer, got 0"), error
     assert not (tmp_path / "jobs").exists()
+
+
+def test_a_stage_needing_one_listed_after_it_fails_instead_of_waiting_forever(tmp_path, capsys) -> None:
+    """With workers, a stage waits for what it needs; one whose need can never come first (listed
+    after it) is reported failed and the job ends. Catches a scheduler that spins forever."""
+    from cmim_dense.stages import Stage, run_stages
+
+    ran: list[str] = []
+    stages = [Stage("b", lambda: False, lambda: ran.append("b"), needs=["a"]),
+              Stage("a", lambda: False, lambda: ran.append("a"))]
+    assert run_stages(stages, tmp_path / "job", jobs=2) == ["b"] and ran == ["a"]
+    assert "b: FAILED: needs stages listed after it" in capsys.readouterr().out
