@@ -92,6 +92,7 @@ def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
                              initargs=(threads,)) as pool:
         while waiting or running:
+            before = len(waiting)
             for entry in list(waiting):
                 number, stage = entry
                 blocked = [name for name in stage.needs if name in failed]
@@ -119,11 +120,12 @@ def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
                 except Exception as error:  # report, continue with the independent stages
                     print(f"{prefix(number, stage.name)}: FAILED: {failure(error)}", flush=True)
                     failed.append(stage.name)
-            if not running:  # nothing can start: what waits needs stages listed after it
-                for number, stage in waiting:
-                    print(f"{prefix(number, stage.name)}: FAILED: needs stages listed after it", flush=True)
-                    failed.append(stage.name)
-                waiting.clear()
+            if not running:
+                if len(waiting) == before:  # nothing could start, nothing will finish: the needs form a cycle
+                    for number, stage in waiting:
+                        print(f"{prefix(number, stage.name)}: FAILED: its needs form a cycle", flush=True)
+                        failed.append(stage.name)
+                    waiting.clear()
                 continue
             for future in wait(running, return_when=FIRST_COMPLETED).done:
                 name, number, began = running.pop(future)

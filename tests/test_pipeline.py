@@ -184,13 +184,16 @@ def test_seeds_must_be_a_positive_integer(entry_script, tmp_path, capsys) -> Non
     assert not (tmp_path / "jobs").exists()
 
 
-def test_a_stage_needing_one_listed_after_it_fails_instead_of_waiting_forever(tmp_path, capsys) -> None:
-    """With workers, a stage waits for what it needs; one whose need can never come first (listed
-    after it) is reported failed and the job ends. Catches a scheduler that spins forever."""
+def test_worker_stages_wait_for_their_needs_in_any_order_and_a_cycle_fails(tmp_path, capsys) -> None:
+    """With workers, a stage waits for what it needs even when that is listed after it; stages
+    whose needs form a cycle are reported failed and the job ends. Catches a scheduler that runs a
+    stage before its need, or spins forever on a cycle."""
     from cmim_dense.stages import Stage, run_stages
 
     ran: list[str] = []
     stages = [Stage("b", lambda: False, lambda: ran.append("b"), needs=["a"]),
-              Stage("a", lambda: False, lambda: ran.append("a"))]
-    assert run_stages(stages, tmp_path / "job", jobs=2) == ["b"] and ran == ["a"]
-    assert "b: FAILED: needs stages listed after it" in capsys.readouterr().out
+              Stage("a", lambda: False, lambda: ran.append("a")),
+              Stage("c", lambda: False, lambda: ran.append("c"), needs=["d"]),
+              Stage("d", lambda: False, lambda: ran.append("d"), needs=["c"])]
+    assert run_stages(stages, tmp_path / "job", jobs=2) == ["c", "d"] and ran == ["a", "b"]
+    assert "c: FAILED: its needs form a cycle" in capsys.readouterr().out
