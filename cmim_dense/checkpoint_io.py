@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import torch
 
 from .cli import first_line
+from .run_folder import TEMPORARY_SUFFIX
 
 
 CHECKSUM_KEY = "checksum"  # a saved dict's entry: {"crc32": the CRC-32 of its tensors (tensor_checksum)}
@@ -75,7 +76,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         writer = _KeepsWriteErrors(os.fdopen(fd, "wb"))
         try:

@@ -5,8 +5,8 @@ holds an exclusive ``flock`` on ``FOLDER/.lock`` while it runs.  The operating s
 when the process ends, however it ends (a kill -9 included), so a lock left by a dead process is
 simply taken over; the file itself stays and names the last owner.  A second run into a busy
 folder is refused in one line that names the owner.  On taking a folder, the temporary files of
-an atomic write that a killed run left behind (``.NAME.*.tmp``, see ``write_atomic``) are removed:
-no live writer can own them, since writers hold the lock.
+an atomic write that a killed run left behind (``.NAME.*.cmim_dense.tmp``, see ``write_atomic``)
+are removed: no live writer can own them, since writers hold the lock; nothing else is touched.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK_NAME = ".lock"
+TEMPORARY_SUFFIX = ".cmim_dense.tmp"  # an atomic write's temporary file (checkpoint_io): .NAME.RANDOM.cmim_dense.tmp
 
 
 class FolderInUseError(OSError):
@@ -34,8 +35,9 @@ def describe_this_process() -> str:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``."""
-    for path in folder.glob(".*.tmp"):
+    """Delete the ``.NAME.*.cmim_dense.tmp`` files an interrupted atomic write left in ``folder``
+    (a user's own ``.notes.tmp`` stays)."""
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
         path.unlink(missing_ok=True)
 
 

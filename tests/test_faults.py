@@ -52,11 +52,12 @@ def test_a_folder_has_one_owner_and_a_dead_owners_lock_is_taken_over(python, roo
     finally:
         owner.kill()
         owner.wait()
-    (folder / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what a kill during a save leaves
+    (folder / ".last.pt.x1y2.cmim_dense.tmp").write_bytes(b"half a checkpoint")  # what a kill during a save leaves
     (folder / "last.pt").write_bytes(b"kept")
+    (folder / ".notes.tmp").write_text("the user's")
     with owned_folder(folder):
-        assert not (folder / ".last.pt.x1y2.tmp").exists()
-        assert (folder / "last.pt").read_bytes() == b"kept"
+        assert not (folder / ".last.pt.x1y2.cmim_dense.tmp").exists()
+        assert (folder / "last.pt").read_bytes() == b"kept" and (folder / ".notes.tmp").read_text() == "the user's"
         assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
 
 
