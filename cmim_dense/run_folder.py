@@ -41,6 +41,20 @@ def remove_stale_temporaries(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+_HELD: set[int] = set()  # the descriptors of the locks this process holds
+
+
+def _release_in_child() -> None:
+    """A forked child (a DataLoader worker) closes its copies of the held locks: a flock lasts while
+    any descriptor of it is open, so a worker outliving a killed run would keep its folder locked."""
+    for descriptor in _HELD:
+        os.close(descriptor)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
+
+
 @contextmanager
 def exclusive_lock(lock_path: Path, subject: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) until the block ends,
@@ -48,6 +62,7 @@ def exclusive_lock(lock_path: Path, subject: str, wait: bool = False) -> Iterato
     ``wait`` (a shared cache being built), else raise :class:`FolderInUseError` (one line, naming
     the owner); ``subject`` names what the lock guards."""
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    _HELD.add(descriptor)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,6 +75,7 @@ def exclusive_lock(lock_path: Path, subject: str, wait: bool = False) -> Iterato
         os.write(descriptor, (describe_this_process() + "\n").encode())
         yield
     finally:
+        _HELD.discard(descriptor)
         os.close(descriptor)  # closing the last descriptor releases the flock
 
 

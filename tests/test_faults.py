@@ -61,6 +61,26 @@ def test_a_folder_has_one_owner_and_a_dead_owners_lock_is_taken_over(python, roo
         assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
 
 
+def test_a_forked_child_does_not_keep_its_parents_folder_locked(tmp_path) -> None:
+    """Found under load: after a kill -9 of a run with loader workers, --resume was refused while the
+    orphaned workers (forked, so holding the lock's descriptor) lived on.  A child forked inside the
+    block must not hold the lock once the parent lets go."""
+    folder = tmp_path / "run"
+    started, tell_parent = os.pipe()
+    with owned_folder(folder):
+        child = os.fork()
+        if child == 0:  # the child (its fork hooks have run): outlive the parent's block, leave without cleanup
+            os.write(tell_parent, b"x")
+            time.sleep(3)
+            os._exit(0)
+        assert os.read(started, 1) == b"x"
+    try:
+        with owned_folder(folder):
+            pass
+    finally:
+        os.waitpid(child, 0)
+
+
 PRETRAIN = ["--method", "irnet", "--epochs", "4", "--synthetic-samples", "800", "--batch-size", "32",
             "--image-size", "32", "--no-progress"]  # about 15 s: the other runs start while it trains
 
@@ -409,24 +429,21 @@ def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
     assert user_message(FileNotFoundError("checkpoint x.pt does not exist")) == "checkpoint x.pt does not exist"
 
 
-def test_ctrl_c_prints_one_line_and_resume_continues(python, root, tmp_path) -> None:
+def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(python, root, tmp_path) -> None:
     """The probe's case: Ctrl-C ended in 77 lines of traceback.  Now one line, status 130, and the
-    checkpoint written before it continues under --resume."""
+    checkpoint written before it reads back."""
     import signal
 
     from cmim_dense.cli import INTERRUPTED
 
-    command = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--epochs", "3", "--synthetic-samples",
+    command = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--epochs", "500", "--synthetic-samples",
                "160", "--batch-size", "32", "--image-size", "32", "--no-progress", "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout.readline().startswith("[irnet] epoch 1/3")
+    assert process.stdout.readline().startswith("[irnet] epoch 1/500")  # long enough for a busy machine
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate()
     assert process.returncode == 130 and stderr == INTERRUPTED + "\n", stderr
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] >= 1
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] == 3
+    assert 1 <= load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["epoch"] < 500  # --resume: test_resume.py
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_previous_file_survives(entry_script, tmp_path, monkeypatch,
