@@ -54,11 +54,11 @@ STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of
 # Seeds and validation size: a paired 95 % interval of validation top-1 at most 2 points wide on
 # each side needs t(n-1) sd / sqrt(n) <= 2.  Most of the paired spread was the validation split's
 # own sampling noise at first: IR-Net's 8 seeds at lambda 0.8 - 0 had a paired sd of 3.6 points on
-# 390 validation images and 2.0 on 3,900 (the same checkpoints).  The 8-seed run of 2026-12-04
-# measured paired sds of 1.7-3.3 (half-widths 1.4-2.7), so 12 seeds: 2.1 at the largest sd, 1.9
-# at the next.  Validation (3,900 images) every 10 epochs, last.pt every 10 (it was a tenth of a
-# run's time when written every epoch); the transfer fine-tunes run for the first
-# STUDY_TRANSFER_SEEDS.  Sized for 90 minutes on 2 cores with --jobs 2 (docs/methods.md).
+# 390 validation images and 2.0 on 3,900 (the same checkpoints).  An 8-seed run measured paired
+# sds of 1.7-3.3, hence 12 seeds; the 12-seed run (2026-12-04) measured 1.2-3.7, half-widths
+# 0.8-2.3.  Validation every 10 epochs, last.pt every 10 (written every epoch it was a tenth of a
+# run's time); the transfer fine-tunes run for the first STUDY_TRANSFER_SEEDS.  Sized for about
+# 90 minutes on 2 cores with --jobs 2 (docs/methods.md has the stage times).
 STUDY_SEEDS = 12
 STUDY_TRANSFER_SEEDS = 3
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 3900,
