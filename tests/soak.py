@@ -92,12 +92,15 @@ def make_jobs(root: Path, env: dict[str, str]) -> list[Job]:
     return jobs
 
 
-def limit_file_size(limit: int):
-    """A child's pre-exec: files may grow to ``limit`` bytes; a write past it fails with EFBIG."""
+def child_setup(limit: int | None):
+    """A child's pre-exec: SIGINT at its default (a soak started in the background inherits it
+    ignored) and, with ``limit``, files that may grow to ``limit`` bytes (a write past it fails with EFBIG)."""
 
     def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
 
@@ -109,7 +112,7 @@ def inject(job: Job, out: Path, fault: str, rng: random.Random, env: dict[str, s
     limit = rng.randint(2_000, 60_000_000) if fault == "write-failure" else None
     process = subprocess.Popen([*job.command, "--out", str(out), *extra], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=limit_file_size(limit) if limit else None)
+                               preexec_fn=child_setup(limit))
     if fault in ("kill", "interrupt"):
         try:
             process.wait(timeout=rng.uniform(0.3, 1.2 * job.seconds))
