@@ -133,7 +133,7 @@ def check_folder(job: Job, out: Path) -> list[str]:
             for split in ("train", "test"):
                 dataset = NYUDv2(out, split, normals=True)
                 for key in ("image", "label", "depth", "normals"):
-                    np.asarray(dataset.array(key)).sum()  # every byte readable
+                    np.asarray(dataset.array(key)).sum(dtype=np.float64)  # every byte readable
         return problems
     epoch = None
     for name in ("last.pt", "best.pt"):
