@@ -42,7 +42,7 @@ def run_stages(stages: list[Stage], root: Path, jobs: int = 1) -> list[str]:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
     with owned_folder(root):
-        return _run_in_order(stages) if jobs == 1 else _run_in_workers(stages, root, jobs)
+        return _run(stages, root, jobs)
 
 
 def failure(error: BaseException) -> str:
@@ -51,33 +51,11 @@ def failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {error} ({Path(last.filename).name}:{last.lineno})"
 
 
-def _run_in_order(stages: list[Stage]) -> list[str]:
-    failed: list[str] = []
-    start = time.perf_counter()
-    for number, stage in enumerate(stages, 1):
-        prefix = f"[{number}/{len(stages)} {time.perf_counter() - start:5.0f}s] {stage.name}"
-        blocked = [name for name in stage.needs if name in failed]
-        if blocked:
-            print(f"{prefix}: skipped, needs {', '.join(blocked)}", flush=True)
-            failed.append(stage.name)
-            continue
-        try:
-            if stage.done():
-                print(f"{prefix}: already done", flush=True)
-                continue
-            print(f"{prefix} ...", flush=True)
-            stage.run()
-        except Exception as error:  # report, continue with the independent stages
-            print(f"{prefix}: FAILED: {failure(error)}", flush=True)
-            failed.append(stage.name)
-    return failed
-
-
-def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
-    """:func:`run_stages` with ``jobs`` spawned workers: each stage starts, in the listed order, as
-    soon as the stages it needs are done and a worker is free."""
+def _run(stages: list[Stage], root: Path, jobs: int) -> list[str]:
+    """:func:`run_stages`: each stage starts, in the listed order, as soon as the stages it needs
+    are done and (with ``jobs > 1``, for an ``in_worker`` stage) a spawned worker is free; with
+    ``jobs == 1`` every stage runs in this process, its output on the console."""
     logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     names = {stage.name for stage in stages}
     finished: set[str] = set()
     failed: list[str] = []
@@ -89,15 +67,17 @@ def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
         return f"[{number}/{len(stages)} {time.perf_counter() - start:5.0f}s] {name}"
 
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                             initargs=(threads,)) as pool:
+    workers = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=torch.set_num_threads, initargs=(threads,)) if jobs > 1 else None
+    with workers or contextlib.nullcontext() as pool:
         while waiting or running:
             before = len(waiting)
             for entry in list(waiting):
                 number, stage = entry
                 blocked = [name for name in stage.needs if name in failed]
                 pending = [name for name in stage.needs if name in names and name not in finished]
-                if not blocked and (pending or (stage.in_worker and len(running) >= jobs)):
+                in_worker = stage.in_worker and pool is not None
+                if not blocked and (pending or (in_worker and len(running) >= jobs)):
                     continue
                 waiting.remove(entry)
                 if blocked:
@@ -109,7 +89,8 @@ def _run_in_workers(stages: list[Stage], root: Path, jobs: int) -> list[str]:
                         print(f"{prefix(number, stage.name)}: already done", flush=True)
                         finished.add(stage.name)
                         continue
-                    if stage.in_worker:
+                    if in_worker:
+                        logs.mkdir(parents=True, exist_ok=True)
                         log = logs / f"{re.sub(r'[^A-Za-z0-9_.+-]+', '_', stage.name)}.log"
                         print(f"{prefix(number, stage.name)} ... (log: {log})", flush=True)
                         running[pool.submit(_run_logged, stage.run, log)] = (stage.name, number, time.perf_counter())
