@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
-                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 8, "
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 12, "
                         "its transfer fine-tunes for the first 3; --study --quick: 3)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
                         "seg and depth are the chart's axes)")

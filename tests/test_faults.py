@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,8 +82,8 @@ def test_a_forked_child_does_not_keep_its_parents_folder_locked(tmp_path) -> Non
         os.waitpid(child, 0)
 
 
-PRETRAIN = ["--method", "irnet", "--epochs", "4", "--synthetic-samples", "800", "--batch-size", "32",
-            "--image-size", "32", "--no-progress"]  # about 15 s: the other runs start while it trains
+PRETRAIN = ["--method", "irnet", "--epochs", "4", "--synthetic-samples", "96", "--batch-size", "32",
+            "--image-size", "32", "--no-progress"]
 
 
 def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_intact(python, root, tmp_path) -> None:
@@ -91,15 +92,18 @@ def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_int
     out = tmp_path / "run"
     first = subprocess.Popen([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
     while not (out / ".lock").is_file() or str(first.pid) not in (out / ".lock").read_text():
-        assert time.time() < deadline and first.poll() is None, "the first run never took its folder"
-        time.sleep(0.05)
-    for extra in ([], ["--resume"]):
-        second = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--method", "bnn",
-                                 "--out", str(out), *extra], capture_output=True, text=True)
-        assert second.returncode == 2, second.stderr
-        assert second.stderr.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in second.stderr
+        assert first.poll() is None, "the first run ended before it was seen holding its folder"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # paused, still the folder's owner, however slow the others start
+    try:
+        for extra in ([], ["--resume"]):
+            second = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--method", "bnn",
+                                     "--out", str(out), *extra], capture_output=True, text=True)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in second.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait() == 0, first.stderr.read()
     assert json.loads((out / "config.json").read_text())["method"] == "irnet"
     assert load_checkpoint(out / "last.pt")["meta"]["method"] == "irnet"

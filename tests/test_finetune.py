@@ -203,12 +203,15 @@ def test_torchrun_two_processes_finetune_and_evaluate_together(python, root, cac
 
 
 def test_qualitative_grid_from_finetuned_heads(python, root, cache, backbone, tmp_path, monkeypatch) -> None:
+    from cmim_dense.engine.finetune import run_finetuning
+    from cmim_dense.engine.finetune_config import resolve_finetune_config
     from cmim_dense.plots.predictions import qualitative_rows
 
-    for task in ("seg", "depth", "normals"):
-        finetune(python, root, cache, "--task", task, "--backbone", str(backbone), "--iters", "2", "--out",
-                 str(tmp_path / "fp" / task), *FAST)
     monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
+    for task in ("seg", "depth", "normals"):  # in this process: the command line is the other tests' subject
+        run_finetuning(resolve_finetune_config({
+            "task": task, "backbone": str(backbone), "iters": 2, "out": str(tmp_path / "fp" / task),
+            "output_stride": 16, "decoder_channels": 32, "batch_size": 4, "progress_bar": False}))
     rows, classes = qualitative_rows([tmp_path / "fp"], [0, 2])
     assert classes == 40 and rows[0].name == "fp" and len(rows[0].samples) == 2
     seg, depth, normals = rows[0].samples[1].tasks

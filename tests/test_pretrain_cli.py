@@ -48,8 +48,8 @@ def test_bad_input_gives_one_line_error(python, root, tmp_path, args, message) -
 
 def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root, tmp_path) -> None:
     out = tmp_path / "fp"
-    result = run(python, root, "--method", "fp", "--epochs", "3", "--batch-size", "32", "--image-size", "32",
-                 "--optimizer", "adam", "--lr", "0.001", "--out", str(out), "--no-progress")
+    result = run(python, root, "--method", "fp", "--epochs", "3", "--synthetic-samples", "390", "--batch-size", "32",
+                 "--image-size", "32", "--optimizer", "adam", "--lr", "0.001", "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -59,7 +59,7 @@ def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root,
     meta = checkpoint["meta"]
     assert {"method", "arch", "num_classes", "epoch", "top1", "top5", "data", "recipe", "config"} <= set(meta)
     assert meta["top1"] == max(r["val_top1"] for r in records)
-    assert meta["top1"] > 0.2  # 10 balanced classes: chance is 0.1
+    assert meta["top1"] > 0.2  # 13 classes: chance is 0.077 (measured 0.907)
     model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"])
     model.load_state_dict(checkpoint["model"])
     last_checkpoint = load_checkpoint(out / "last.pt")

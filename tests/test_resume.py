@@ -68,7 +68,7 @@ def test_sigkill_then_resume_on_an_image_folder_with_augmentation_is_bit_exact(p
     RNG state (the workers-0 case), which the built-in data, drawing no random numbers, cannot."""
     data = tmp_path / "images"
     image_folder(data)
-    args = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--data", str(data), "--epochs", "4",
+    args = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--data", str(data), "--epochs", "3",
             "--batch-size", "8", "--image-size", "16", "--workers", workers, "--no-progress"]
     subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
     killed = tmp_path / "killed"
@@ -77,9 +77,9 @@ def test_sigkill_then_resume_on_an_image_folder_with_augmentation_is_bit_exact(p
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert finished_epoch(killed / "last.pt") in (1, 2, 3)
+    assert finished_epoch(killed / "last.pt") in (1, 2)
     result = subprocess.run([*args, "--out", str(killed), "--resume"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["meta"]["epoch"] == b["meta"]["epoch"] == 4
+    assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
