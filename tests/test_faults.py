@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from cmim_dense.dense import dense_model_from_backbone
 from cmim_dense.engine import resolve_config, run_pretraining
 from cmim_dense.engine.pretrain import INIT_FROM_HINT
 from cmim_dense.engine.run_state import divergence
-from cmim_dense.run_folder import FolderInUseError, owned_folder
+from cmim_dense.run_folder import FolderInUseError, exclusive_lock, owned_folder
 
 from .test_nyud_data import _split
 
@@ -60,6 +61,41 @@ def test_a_folder_has_one_owner_and_a_dead_owners_lock_is_taken_over(python, roo
         assert not (folder / ".last.pt.x1y2.cmim_dense.tmp").exists()
         assert (folder / "last.pt").read_bytes() == b"kept" and (folder / ".notes.tmp").read_text() == "the user's"
         assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
+
+
+def test_the_lock_file_goes_with_its_owner_and_a_waiter_never_shares_the_folder(tmp_path) -> None:
+    """A finished run leaves no .lock behind (an error ending the block included).  The owner removes
+    the file while it still holds the lock, so a run that had opened the old file and wins its lock
+    then must open the new one: otherwise it would hold a lock on a deleted file while a third run
+    takes the new .lock, two owners of one folder."""
+    folder = tmp_path / "run"
+    with owned_folder(folder):
+        assert (folder / ".lock").is_file()
+    assert not (folder / ".lock").exists()
+    with pytest.raises(RuntimeError), owned_folder(folder):
+        raise RuntimeError
+    assert not (folder / ".lock").exists() and folder.is_dir()
+
+    waiter_holds, waiter_may_leave = threading.Event(), threading.Event()
+
+    def waiter() -> None:  # a second owner that waits (the shared-cache case), on the same folder
+        with exclusive_lock(folder / ".lock", str(folder), wait=True):
+            waiter_holds.set()
+            waiter_may_leave.wait(60)
+
+    with owned_folder(folder):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.5)  # the waiter has opened .lock and blocks on its flock
+    assert waiter_holds.wait(60)
+    try:
+        with pytest.raises(FolderInUseError, match="is in use by another run"):
+            with owned_folder(folder):
+                pass
+    finally:
+        waiter_may_leave.set()
+        thread.join()
+    assert not (folder / ".lock").exists()
 
 
 def test_a_forked_child_does_not_keep_its_parents_folder_locked(tmp_path) -> None:
