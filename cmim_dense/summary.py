@@ -1,6 +1,7 @@
 """``python -m cmim_dense.summary CKPT``: per-layer parameters, storage, BOPs, FLOPs and OPs of a backbone.
 
-Counts one forward pass at ``--image-size`` (default 224) and compares the totals with the
+Counts one forward pass at ``--image-size`` (default: the checkpoint's training size, 224 for a
+fresh ``--method`` model) and compares the totals with the
 full-precision twin (same architecture, classes and output stride), using the papers'
 convention OPs = BOPs / 64 + FLOPs (docs/accounting.md).  Without a checkpoint,
 ``--method NAME --arch ARCH`` counts a freshly built model.  ``--head NAME`` (a registered head:
@@ -32,24 +33,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("checkpoint", nargs="?", metavar="CKPT", help="a pretraining checkpoint (last.pt / best.pt)")
     source.add_argument("--method", help="count a fresh model of this method instead of a checkpoint")
     parser.add_argument("--arch", default="resnet18", choices=list_archs(), help="with --method (default resnet18)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="with --method (default 1000)")
     parser.add_argument("--output-stride", type=int, choices=[8, 16, 32],
                         help="count the dilated backbone (with --head: default the head's smallest, 8 for DeepLab)")
     parser.add_argument("--head", choices=HEADS.names(), help="count the dense model over the backbone, backbone and "
                         "head apart")
     parser.add_argument("--decoder-channels", type=int, default=256, help="with --head: its width (default 256)")
-    parser.add_argument("--classes", type=int, default=40, help="with --head: output channels (default 40)")
+    parser.add_argument("--classes", type=int, help="output classes: of the classifier with --method (default "
+                        "1000), of the head with --head (default 40)")
     parser.add_argument("--image-size", type=image_size, metavar="N|HxW",
-                        help="input size (default 224; 480x640 with --head)")
+                        help="input size (default: the checkpoint's training size, 224 with --method; 480x640 with "
+                             "--head)")
     parser.add_argument("--json", metavar="OUT", help="also write every count to this JSON file")
     return parser.parse_args(argv)
 
 
-def build_model(args: argparse.Namespace) -> BinaryResNet:
+def build_model(args: argparse.Namespace) -> tuple[BinaryResNet, tuple[int, int]]:
+    """The backbone to count and the input size it was trained at (224 for a fresh ``--method`` one)."""
     if args.checkpoint is not None:
-        return model_from_checkpoint(load_checkpoint_as(args.checkpoint, "backbone"), str(args.checkpoint),
-                                     output_stride=args.output_stride)
-    return create_model(args.arch, args.method, num_classes=args.num_classes, output_stride=args.output_stride)
+        checkpoint = load_checkpoint_as(args.checkpoint, "backbone")
+        size = checkpoint["meta"].get("image_size") or 224
+        return model_from_checkpoint(checkpoint, str(args.checkpoint), output_stride=args.output_stride), (size, size)
+    model = create_model(args.arch, args.method, num_classes=args.classes or 1000, output_stride=args.output_stride)
+    return model, (224, 224)
 
 
 @dataclass(frozen=True)
@@ -148,17 +153,20 @@ def report_dense(args: argparse.Namespace) -> None:
         meta = {"method": args.method, "arch": args.arch}
     size = args.image_size or (480, 640)
     stride = args.output_stride or HEADS.get(args.head).output_strides[0]
-    parts = dense_parts(meta["method"], meta["arch"], args.head, stride, size, args.classes, args.decoder_channels)
+    classes = args.classes or 40
+    parts = dense_parts(meta["method"], meta["arch"], args.head, stride, size, classes, args.decoder_channels)
     print(f"{args.head} ({args.decoder_channels} wide) over {meta['arch']} {meta['method']}, output stride {stride}, "
-          f"{size[0]}x{size[1]}, {args.classes} outputs")
+          f"{size[0]}x{size[1]}, {classes} outputs")
     print(format_parts(parts))
     if args.json:
         write_json(args.json, {name: t.to_dict() for name, t in parts.items()})
 
 
 def report_backbone(args: argparse.Namespace) -> None:
-    """The backbone's per-layer table and its totals against the full-precision twin (default 224)."""
-    summary = summarize(build_model(args), args.image_size or (224, 224))
+    """The backbone's per-layer table and its totals against the full-precision twin at ``--image-size``
+    (default: the size it was trained at)."""
+    model, trained_size = build_model(args)
+    summary = summarize(model, args.image_size or trained_size)
     print(format_table(summary.accounting))
     print()
     print(format_totals(summary))

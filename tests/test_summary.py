@@ -91,7 +91,7 @@ def test_parts_of_a_deeplab_model() -> None:
 
 def test_cli_counts_a_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "summary.json"
-    assert main(["--method", "bireal", "--arch", "resnet18_cifar", "--num-classes", "10", "--image-size", "32",
+    assert main(["--method", "bireal", "--arch", "resnet18_cifar", "--classes", "10", "--image-size", "32",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "OPs = BOPs/64 + FLOPs" in printed and "layer4.1.conv2" in printed and "fp resnet18_cifar" in printed
@@ -105,6 +105,7 @@ def test_cli_counts_a_method(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert data["ratios"]["ops"] == pytest.approx(fp["ops"] / totals["ops"])
     assert data["ratios"]["storage"] == pytest.approx(fp["bits"] / totals["bits"])
     assert fp["real_params"] == totals["real_params"] + totals["binary_params"]
+    assert layers["fc"]["output_shape"] == [10]  # --classes sizes the classifier of a --method model
 
 
 def test_cli_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,6 +116,12 @@ def test_cli_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main([str(path), "--image-size", "32x16"]) == 0
     printed = capsys.readouterr().out
     assert "per 3x32x16 image" in printed and "irnet" in printed
+    assert main([str(path)]) == 0  # a checkpoint that records no training size: ImageNet's
+    assert "per 3x224x224 image" in capsys.readouterr().out
+    save_atomic({"model": model.state_dict(), "meta": {"method": "irnet", "arch": "resnet18_cifar",
+                                                       "num_classes": 10, "image_size": 24}}, path)
+    assert main([str(path)]) == 0  # by default the size it was trained at
+    assert "per 3x24x24 image" in capsys.readouterr().out
 
 
 def test_cli_bad_inputs_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
