@@ -1,8 +1,8 @@
 """Compile ``xnor_conv.cpp`` into a shared library on first use, cache it, and load it with ctypes.
 
 Nothing is downloaded: the source ships with the package and is built with the machine's own C++
-compiler (``$CXX``, else ``c++``/``g++``).  The library is cached in ``$CMIM_DENSE_CACHE/native``
-(default ``~/.cache/cmim_dense/native``) under a name keyed on the source, the compiler's identity,
+compiler (``$CXX``, else ``c++``/``g++``).  The library is cached in the ``native`` folder of
+:func:`cmim_dense.cache.cache_root` under a name keyed on the source, the compiler's identity,
 the flags and the platform; it is written to a temporary name and renamed into place, so concurrent
 builds never leave a partial file.  ``CMIM_DENSE_NATIVE=0`` disables it.  When the library cannot be
 built or loaded, one warning line says why and callers use the pure-PyTorch path.
@@ -24,6 +24,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...cache import cache_root
+
 SOURCE = Path(__file__).with_name("xnor_conv.cpp")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
 BUILD_TIMEOUT_S = 300
@@ -42,27 +44,22 @@ class NativeLibrary:
     build_seconds: float | None
 
 
-def cache_dir(root: str | None = None) -> Path:
-    """``<root>/native`` for ``root`` = ``$CMIM_DENSE_CACHE``, default ``~/.cache/cmim_dense/native``."""
-    return Path(root or Path.home() / ".cache" / "cmim_dense") / "native"
-
-
 def native_library() -> NativeLibrary | None:
     """The kernel library, built if needed; None (after one warning) when it cannot be had.
 
-    The answer is remembered per value of ``CMIM_DENSE_NATIVE``, ``CXX`` and ``CMIM_DENSE_CACHE``
-    (this runs on every packed forward, so it only reads those three variables).
+    The answer is remembered per value of ``CMIM_DENSE_NATIVE``, ``CXX`` and the cache folder
+    (this runs on every packed forward, so it only reads the environment).
     """
     environ = os.environ
-    return _load(environ.get("CMIM_DENSE_NATIVE", "1"), environ.get("CXX"), environ.get("CMIM_DENSE_CACHE"))
+    return _load(environ.get("CMIM_DENSE_NATIVE", "1"), environ.get("CXX"), cache_root(environ) / "native")
 
 
 @functools.cache
-def _load(enabled: str, cxx: str | None, cache_root: str | None) -> NativeLibrary | None:
+def _load(enabled: str, cxx: str | None, folder: Path) -> NativeLibrary | None:
     if enabled.strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        return build_library(cache_dir(cache_root), cxx)
+        return build_library(folder, cxx)
     except (OSError, subprocess.SubprocessError, RuntimeError) as error:
         message = " ".join(str(error).split())[:300]
         warnings.warn(f"cmim_dense: native XNOR kernel unavailable ({message}); using the pure-PyTorch packed path",
