@@ -21,7 +21,7 @@ from cmim_dense.arguments import image_size, scale_range  # noqa: E402
 from cmim_dense.dense import DEPTH_LOSSES, HEADS, TASKS, get_task  # noqa: E402
 from cmim_dense.engine.distributed import run_command  # noqa: E402
 from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning  # noqa: E402
-from cmim_dense.engine.finetune_config import DEPTH_GROUND_TRUTHS, resolve_finetune_config  # noqa: E402
+from cmim_dense.engine.finetune_config import DEPTH_GROUND_TRUTHS, finetune_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt) or of python -m "
                         "cmim_dense.convert, or a torchvision/timm ResNet-18/34 state dict (required)")
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
+    parser.add_argument("--config", help="YAML file of flag values, or a run's config.json, which recreates that run; "
+                        "flags given beside it replace its values")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
     parser.add_argument("--head", choices=HEADS.names(), help="default deeplabv3 (deeplabv3plus on synthetic)")
@@ -53,11 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--save-every", type=int, help="write last.pt every this many iterations")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="also evaluate on the test split every N iterations, to TensorBoard and a line "
+                             "(default 0: at the end only); it changes nothing in training")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", help="output folder (default runs/finetune/BACKBONE-HASH/TASK: named after the "
                         "backbone, so two backbones never share one)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    parser.add_argument("--log-every", type=float, metavar="SECONDS",
+                        help="where no progress bar is drawn (output not a terminal), a progress line every this "
+                             "many seconds (default 30; 0: none)")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)
 
@@ -68,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     def finetune() -> dict:
         if args.evaluate:
             return evaluate_head_checkpoint(args.evaluate, args.data, args.out)
-        return run_finetuning(resolve_finetune_config({k: v for k, v in vars(args).items() if k != "evaluate"}))
+        flags = {k: v for k, v in vars(args).items() if k not in ("evaluate", "config")}
+        return run_finetuning(finetune_config(flags, args.config))
 
     status, record = run_command(finetune)
     if record is None:

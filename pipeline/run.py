@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(args.methods.split(",")) if args.methods else (STUDY_METHODS if args.study else MAIN_METHODS)
     kind = f"study_{args.study}" if args.study else f"sweep_{args.sweep}" if args.sweep else None
     root = Path(args.root or (f"runs/{kind}" if kind else "runs/main"))
-    progress = args.progress and args.jobs == 1  # bars would go into the workers' logs
+    progress = args.progress  # in a worker, whose output goes to its log, progress lines replace the bar
     try:
         values = tuple(float(v) for v in args.values.split(",")) if args.values else None
         study_seeds = QUICK_STUDY_SEEDS if args.quick else STUDY_SEEDS

@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-methods", action="store_true", help="print every method recipe and exit")
     parser.add_argument("--evaluate", metavar="CKPT", help="only evaluate a checkpoint on --data (default: its own data)")
-    parser.add_argument("--config", help="YAML file of flag values (e.g. configs/table2_*.yaml); flags override it")
+    parser.add_argument("--config", help="YAML file of flag values (e.g. configs/table2_*.yaml), or a run's "
+                        "config.json, which recreates that run; flags given beside it replace its values")
     parser.add_argument("--method", help="NAME or NAME+cmim (default: irnet)")
     parser.add_argument("--arch", choices=list_archs(), help="backbone (default: resnet18)")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or an ImageNet-style folder")
@@ -73,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, metavar="N",
                         help="write last.pt (what --resume continues from) every N epochs and after the last "
                              "(default 1); a resumed run repeats the epochs since")
+    parser.add_argument("--log-every", type=float, metavar="SECONDS",
+                        help="where no progress bar is drawn (output not a terminal), a progress line every this "
+                             "many seconds (default 30; 0: none)")
     parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     return parser.parse_args(argv)
 
@@ -86,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{recipe.name:<{width}}  {recipe.description}")
         print("any binary method also takes '+cmim', e.g. rbnn+cmim")
         return 0
-    from cmim_dense.engine import evaluate_checkpoint, resolve_config, run_pretraining
-    from cmim_dense.engine.config import read_config_file
+    from cmim_dense.engine import evaluate_checkpoint, run_pretraining
+    from cmim_dense.engine.config import pretrain_config
     from cmim_dense.engine.distributed import run_command
 
     flags = {k: v for k, v in vars(args).items() if k not in ("list_methods", "config", "evaluate")}
@@ -98,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result))
         return status
 
-    def pretrain() -> dict:
-        values = read_config_file(args.config, set(flags)) if args.config else {}
-        values.update({k: v for k, v in flags.items() if v is not None})
-        return run_pretraining(resolve_config(values.pop("method", "irnet"), values))
-
-    status, result = run_command(pretrain)
+    status, result = run_command(lambda: run_pretraining(pretrain_config(flags, args.config)))
     if result is None:
         return status
     print(f"best top-1 {100 * result['best_top1']:.1f}%; checkpoints in {result['out']}/ (best.pt, last.pt)")

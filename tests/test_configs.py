@@ -1,9 +1,15 @@
 """The experiment configs of the CMIM paper's Tables 2 and 3."""
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
+import torch
+
+from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.engine import resolve_config
-from cmim_dense.engine.config import read_config_file
+from cmim_dense.engine.config import pretrain_config, read_config_file
+from cmim_dense.models import create_model
 
 FLAGS = {"method", "arch", "data", "image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
          "schedule", "cmim_lambda", "cmim_nce_n"}
@@ -33,3 +39,57 @@ def test_config_file_errors(tmp_path) -> None:
         read_config_file(bad, FLAGS)
     with pytest.raises(FileNotFoundError):
         read_config_file(tmp_path / "missing.yaml", FLAGS)
+
+
+TINY = ["--epochs", "2", "--batch-size", "16", "--image-size", "32", "--synthetic-samples", "96", "--no-progress"]
+TIMING = {"images_per_s", "epoch_time_s"}
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Two run folders with the same recorded settings, metrics (timings aside) and final weights."""
+    assert json.loads((a / "config.json").read_text()) == json.loads((b / "config.json").read_text())
+    records = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
+                for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert records[0] == records[1]
+    first, second = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(value, second[key]) for key, value in first.items())
+
+
+def test_a_runs_config_json_recreates_the_run(entry_script, tmp_path) -> None:
+    """``--config RUN/config.json`` (every resolved value: warm-up, milestones, the CMIM settings) runs
+    the same run to the digit on CPU; a flag beside it replaces its value one for one (no rescaling,
+    the file holds resolved values).  Catches: a recorded value dropped or re-derived from the recipe
+    (a different warm-up, lr or lambda), a flag that does not override the file."""
+    pretrain = entry_script("pretrain/run")
+    assert pretrain.main(["--method", "irnet+cmim", *TINY, "--lr", "0.02", "--warmup", "0.5", "--cmim-lambda", "1.5",
+                          "--cmim-nce-n", "8", "--out", str(tmp_path / "a")]) == 0
+    recorded = tmp_path / "a" / "config.json"
+    assert pretrain.main(["--config", str(recorded), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    same_run(tmp_path / "a", tmp_path / "b")
+    replaced = pretrain_config({"seed": 3, "epochs": 1, "cmim_tau": 0.2, "out": str(tmp_path / "c")}, recorded)
+    expected = json.loads(recorded.read_text())
+    expected.update(seed=3, epochs=1, cmim={**expected["cmim"], "tau": 0.2})
+    assert replaced.settings() == expected and replaced.out == str(tmp_path / "c")
+    with pytest.raises(ValueError, match="--method irnet differs from the run's irnet\\+cmim"):
+        pretrain_config({"method": "irnet"}, recorded)
+
+
+def test_a_two_stage_runs_config_json_recreates_both_stages(entry_script, tmp_path) -> None:
+    """ReActNet's config.json is its second stage's; it recreates both stages from the first's values."""
+    teacher = tmp_path / "teacher.pt"
+    torch.save(create_model("resnet18", "fp", num_classes=13).state_dict(), teacher)
+    pretrain = entry_script("pretrain/run")
+    args = ["--method", "reactnet", "--teacher", str(teacher), *TINY, "--epochs", "1", "--synthetic-samples", "48"]
+    assert pretrain.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert pretrain.main(["--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"),
+                          "--no-progress"]) == 0
+    same_run(tmp_path / "a" / "stage1", tmp_path / "b" / "stage1")
+    same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_config_file_that_is_neither_kind_is_refused(entry_script, tmp_path, capsys) -> None:
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"method": "irnet", "milestones": [], "epochs": 1}))
+    assert entry_script("pretrain/run").main(["--config", str(mixed), "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is neither a YAML of flags nor a run's config.json as written" in error

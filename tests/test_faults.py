@@ -601,3 +601,22 @@ def test_a_truncated_array_of_a_prepared_set_is_named_in_one_line(tmp_path) -> N
     with pytest.raises(ValueError, match=rf"^{depths} holds float32 frames of shape \(4, 4\), expected float32 "
                                          r"\(8, 12\) \(meta.json\): the prepared set is inconsistent"):
         NYUDv2(out, "train")[0]
+
+
+def test_an_existing_run_is_refused_before_anything_is_built(entry_script, tmp_path, capsys) -> None:
+    """The issue: ``finetune/nyud.py --out EXISTING`` answered after 31.7 s, the model and the data
+    built first.  Now the answer comes before both: with a backbone and data that do not exist, the
+    refusal is still the existing run's (and a --resume from other settings is refused as such)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    save_atomic({"model": {}, "meta": {"task": "seg", "config": {"lr": 1.0}}}, out / "last.pt")
+    missing = ["--backbone", str(tmp_path / "no_backbone.pt"), "--data", str(tmp_path / "no_data")]
+    finetune = entry_script("finetune/nyud")
+    assert finetune.main(["--task", "seg", *missing, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {out / 'last.pt'} exists; add --resume to continue that run or choose " \
+                                      "another --out\n"
+    assert finetune.main(["--task", "seg", *missing, "--out", str(out), "--resume"]) == 2
+    assert "from a run with other settings (" in capsys.readouterr().err
+    pretrain = entry_script("pretrain/run")
+    assert pretrain.main(["--method", "irnet", "--data", str(tmp_path / "no_images"), "--out", str(out)]) == 2
+    assert f"{out / 'last.pt'} exists; add --resume" in capsys.readouterr().err

@@ -1,18 +1,21 @@
 """finetune/nyud.py end to end on the built-in synthetic NYUD-v2: learns, resumes exactly, fails clearly."""
 
 import json
+import re
 import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cmim_dense.checkpoint_io import load_checkpoint
-from cmim_dense.engine.finetune import iteration_batches
+from cmim_dense.engine.finetune import iteration_batches, run_finetuning
+from cmim_dense.engine.finetune_config import finetune_config, resolve_finetune_config
 
 from .test_dense import save_backbone
+from .test_progress_lines import progress_lines
 
 FAST = ["--output-stride", "16", "--decoder-channels", "32", "--batch-size", "4", "--no-progress"]
 
@@ -202,25 +205,49 @@ def test_torchrun_two_processes_finetune_and_evaluate_together(python, root, cac
     assert ddp["miou"] == pytest.approx(single["miou"]) and ddp["pixel_acc"] == pytest.approx(single["pixel_acc"])
 
 
-def test_qualitative_grid_from_finetuned_heads(python, root, cache, backbone, tmp_path, monkeypatch) -> None:
-    from cmim_dense.engine.finetune import run_finetuning
-    from cmim_dense.engine.finetune_config import resolve_finetune_config
-    from cmim_dense.plots.predictions import qualitative_rows
-
+def test_a_finetunes_config_json_recreates_it(tmp_path, backbone, cache, monkeypatch, entry_script) -> None:
+    """``finetune/nyud.py --config RUN/config.json`` gives the same head and the same metrics.json to
+    the digit on CPU; a flag beside it replaces its value."""
     monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
-    for task in ("seg", "depth", "normals"):  # in this process: the command line is the other tests' subject
-        run_finetuning(resolve_finetune_config({
-            "task": task, "backbone": str(backbone), "iters": 2, "out": str(tmp_path / "fp" / task),
-            "output_stride": 16, "decoder_channels": 32, "batch_size": 4, "progress_bar": False}))
-    rows, classes = qualitative_rows([tmp_path / "fp"], [0, 2])
-    assert classes == 40 and rows[0].name == "fp" and len(rows[0].samples) == 2
-    seg, depth, normals = rows[0].samples[1].tasks
-    assert seg.prediction.shape == seg.truth.shape == depth.prediction.shape == depth.truth.shape == (96, 128)
-    assert normals.prediction.shape == normals.truth.shape == (96, 128, 3)
-    assert np.allclose(np.linalg.norm(normals.prediction, axis=-1), 1.0, atol=1e-5)  # unit predictions
-    assert rows[0].samples[1].image.dtype.name == "uint8" and seg.prediction.max() < 40
-    result = subprocess.run([python, str(root / "plots" / "qualitative.py"), str(tmp_path / "fp"), "--images", "0",
-                             "--out", str(tmp_path / "grid")], capture_output=True, text=True,
-                            env={"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "grid.png").is_file() and (tmp_path / "grid.svg").is_file()
+    finetune_script = entry_script("finetune/nyud")
+    assert finetune_script.main(["--task", "seg", "--backbone", str(backbone), "--iters", "3", "--lr", "0.05",
+                                 "--out", str(tmp_path / "a"), *FAST]) == 0
+    recorded = tmp_path / "a" / "config.json"
+    assert finetune_script.main(["--config", str(recorded), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    a, b = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in "ab")
+    assert {k: v for k, v in a.items() if k != "train_seconds"} == {k: v for k, v in b.items() if k != "train_seconds"}
+    first, second = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(value, second[key]) for key, value in first.items())
+    replaced = finetune_config({"iters": 2, "out": str(tmp_path / "c")}, recorded)
+    assert replaced.settings() == {**json.loads(recorded.read_text()), "iters": 2}
+
+
+def test_eval_every_reports_during_the_run_and_changes_nothing(tmp_path, backbone, cache, monkeypatch, capsys) -> None:
+    """``--eval-every 2`` of 4 iterations: the test metrics at iteration 2 in the history, TensorBoard
+    and one line, and a head and metrics.json equal to a run without it (the evaluation's loader must
+    not draw from the global RNG, which the head's dropout uses).  With a tiny ``--log-every`` the
+    run also prints a progress line per iteration (tests/test_progress_lines.py checks pretraining)."""
+    monkeypatch.setenv("CMIM_DENSE_CACHE", str(cache))
+    settings = {"task": "seg", "backbone": str(backbone), "iters": 4, "output_stride": 16, "decoder_channels": 16,
+                "batch_size": 2, "progress_bar": False}
+    run_finetuning(resolve_finetune_config({**settings, "out": str(tmp_path / "plain")}))
+    capsys.readouterr()
+    run_finetuning(resolve_finetune_config({**settings, "out": str(tmp_path / "evaluated"), "eval_every": 2,
+                                            "progress_bar": True, "log_every": 1e-9}))
+    printed = capsys.readouterr().out
+    assert re.search(r"^\[seg fine-tune\] iteration 2/4  miou 0\.\d{4}  pixel_acc 0\.\d{4}  mean_acc 0\.\d{4}$",
+                     printed, re.MULTILINE)
+    assert [(m["label"], m["step"], m["total"], m["cmim"]) for m in progress_lines(printed)] == [
+        ("seg fine-tune", str(step), "4", None) for step in (1, 2, 3, 4)]
+    plain, evaluated = load_checkpoint(tmp_path / "plain" / "last.pt"), load_checkpoint(tmp_path / "evaluated" / "last.pt")
+    assert all(torch.equal(value, evaluated["model"][key]) for key, value in plain["model"].items())
+    assert sorted(evaluated["history"][1]) == ["images_per_s", "iteration", "loss", "lr", "mean_acc", "miou",
+                                               "pixel_acc"]
+    plain_metrics, evaluated_metrics = ({k: v for k, v in json.loads((tmp_path / run / "metrics.json").read_text()).items()
+                                         if k != "train_seconds"} for run in ("plain", "evaluated"))
+    assert plain_metrics == evaluated_metrics
+    events = EventAccumulator(str(tmp_path / "evaluated" / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("finetune/miou")] == [2]
+    assert [event.step for event in events.Scalars("finetune/lr")] == [1, 2, 3, 4]
+    assert evaluated["history"][1]["miou"] == pytest.approx(events.Scalars("finetune/miou")[0].value)

@@ -42,13 +42,18 @@ def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "
     return model, meta
 
 
+def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
+    """The untrained dense model a fine-tuned checkpoint's (or its export's) ``meta`` describes."""
+    identity = meta["backbone_meta"]
+    return create_dense_model(identity["arch"], identity["method"], meta["out_channels"], meta["head"],
+                              meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False))
+
+
 def dense_model_from_checkpoint(path: str | Path) -> tuple[smp.SegmentationModel, dict[str, Any]]:
     """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), and its meta."""
     checkpoint = load_checkpoint_as(path, "dense")
     meta = checkpoint["meta"]
-    identity = meta["backbone_meta"]
-    model = create_dense_model(identity["arch"], identity["method"], meta["out_channels"], meta["head"],
-                               meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False))
+    model = dense_skeleton(meta)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

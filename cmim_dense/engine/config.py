@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class CMIMSettings:
         return CMIMConfig(self.lam, self.beta, self.tau, self.n_nce, self.layers)
 
 
+# where a run writes and how it reports: not part of its result (config.json leaves them out)
+VOLATILE_FIELDS = ("progress_bar", "log_every", "resume", "workers", "out", "init_from", "save_every")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """A fully resolved pretraining run (every value explicit, stored in the checkpoints)."""
@@ -85,11 +90,12 @@ class PretrainConfig:
     eval_every: int = 1  # validate every N epochs and after the last
     save_every: int = 1  # write last.pt every N epochs and after the last
     progress_bar: bool = True
+    log_every: float = 30.0  # seconds between progress lines where no bar is drawn; 0: none
     resume: bool = False
 
     def settings(self) -> dict[str, Any]:
-        """The values that define the run's result (what ``--resume`` must match)."""
-        return result_settings(self, ("progress_bar", "resume", "workers", "out", "init_from", "save_every"))
+        """The values that define the run's result (what ``--resume`` must match; ``config.json``)."""
+        return result_settings(self, VOLATILE_FIELDS)
 
     @cached_property
     def recipe(self) -> Recipe:
@@ -154,6 +160,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         eval_every=int(given.get("eval_every", 1)),
         save_every=int(given.get("save_every", 1)),
         progress_bar=bool(given.get("progress_bar", True)),
+        log_every=float(given.get("log_every", PretrainConfig.log_every)),
         resume=bool(given.get("resume", False)),
     )
     validate(config)
@@ -161,12 +168,15 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
 
 
 def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
-    """Flag values from a YAML file (keys are flag names, with - or _); unknown keys are errors."""
+    """The mapping in a YAML file, or a JSON one (``.json``: a run's config.json, whose numbers such
+    as 1e-05 YAML 1.1 would read as text), keys with - or _; keys outside ``allowed`` are errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML ({first_line(error)})") from None
     if not isinstance(values, dict):
@@ -176,6 +186,57 @@ def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
     return values
+
+
+# the flags whose PretrainConfig field has another name (the rest are spelled alike)
+FLAG_FIELDS = {"warmup": "warmup_epochs"}
+CMIM_FLAG_FIELDS = {"cmim_lambda": "lam", "cmim_beta": "beta", "cmim_tau": "tau", "cmim_nce_n": "n_nce",
+                    "cmim_layers": "layers", **{f"cmim_{option}": option for option in CMIM_CHOICES}}
+
+
+def pretrain_config(flags: dict[str, Any], config_file: str | Path | None = None) -> PretrainConfig:
+    """The run of ``pretrain/run.py``: its ``flags`` (None: not given) over ``config_file``, either a
+    YAML of flag values (``configs/``), resolved against the method's recipe, or a run's own
+    ``config.json``, which recreates that run (a given flag then replaces its value one for one)."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    if config_file is None:
+        return resolve_config(given.pop("method", "irnet"), given)
+    recorded = set(PretrainConfig.__dataclass_fields__) - set(VOLATILE_FIELDS)
+    values = read_config_file(config_file, set(flags) | recorded)
+    if not set(values) - set(flags):  # flag values only: a YAML config
+        values.update(given)
+        return resolve_config(values.pop("method", "irnet"), values)
+    if set(values) != recorded:
+        raise ValueError(f"{config_file} is neither a YAML of flags nor a run's config.json as written (it lacks "
+                         f"{', '.join(sorted(recorded - set(values))) or 'nothing'} and mixes in "
+                         f"{', '.join(sorted(set(values) - recorded)) or 'nothing'})")
+    return config_from_run_settings(values, given, Path(config_file))
+
+
+def config_from_run_settings(settings: dict[str, Any], flags: dict[str, Any], path: Path) -> PretrainConfig:
+    """The configuration a run's ``config.json`` (:meth:`PretrainConfig.settings`) records, with
+    ``flags`` replacing its values.  A stage's file of a two-stage recipe recreates the whole run from
+    the first stage's values (the second stage's are derived from them)."""
+    if flags.get("method", settings["method"]) != settings["method"]:
+        raise ValueError(f"--method {flags['method']} differs from the run's {settings['method']} in {path}; "
+                         "a run's config.json recreates its own method")
+    if settings["stage"] == 2:
+        first = path.parent / "stage1" / "config.json"
+        if not first.is_file():
+            raise ValueError(f"{path} is the second stage of a two-stage run and {first} is missing; recreate the "
+                             "run from the first stage's config.json")
+        settings = read_config_file(first, set(settings))
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    cmim = values.pop("cmim")
+    cmim_changes = {CMIM_FLAG_FIELDS[key]: value for key, value in flags.items() if key in CMIM_FLAG_FIELDS}
+    if cmim_changes and cmim is None:
+        raise ValueError(f"--cmim flags only apply to a method with CMIM; {path} records {settings['method']}")
+    replaced = {FLAG_FIELDS.get(key, key): value for key, value in flags.items()
+                if key not in CMIM_FLAG_FIELDS and key != "method"}
+    config = PretrainConfig(**{**values, "stage": 0, "out": f"runs/pretrain/{values['method']}", **replaced},
+                            cmim=CMIMSettings(**{**cmim, **cmim_changes}) if cmim is not None else None)
+    validate(config)
+    return config
 
 
 def cmim_config(given: dict[str, Any], data: str, synthetic_samples: int) -> CMIMConfig:
@@ -232,6 +293,7 @@ def validate(config: PretrainConfig) -> None:
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps must be >= 1, got {config.max_steps}"),
         (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
         (config.save_every >= 1, f"--save-every must be >= 1, got {config.save_every}"),
+        (config.log_every >= 0, f"--log-every must be >= 0 seconds, got {config.log_every}"),
         (config.optimizer in OPTIMIZERS,
          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}"),

@@ -29,8 +29,9 @@ from .distributed import DistributedContext, setup_distributed
 from .finetune_config import FinetuneConfig
 from .optim import backward_step
 from .rng import rng_state, seed_everything, set_rng_state
-from .run_skeleton import distribute, in_owned_folder, open_run, progress, require_divisible_batch, require_finite_loss
-from .run_state import all_finite, divergence, optimization_state, require_same_settings, restore_optimization
+from .run_skeleton import (distribute, in_owned_folder, line_log, open_run, progress, read_resumed,
+                           require_divisible_batch, require_finite_loss)
+from .run_state import all_finite, divergence, optimization_state, restore_optimization
 
 
 class SeededSamples(Dataset):
@@ -101,7 +102,6 @@ class FinetuneRun:
                 "history": self.history, "rng": rng_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
         restore_optimization(state, self.optimizer, self.scheduler, self.scaler)
         self.iteration = state["meta"]["iteration"]
@@ -154,6 +154,7 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
     run.network.train()
     bar = progress(loader, f"{config.task} fine-tune", config, run.dist, total=config.iters, initial=run.iteration)
+    log = line_log(f"{config.task} fine-tune", config, run.dist, config.iters, run.iteration)
     start, seen = time.perf_counter(), 0
     for batch in bar:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -166,17 +167,46 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
         run.iteration += 1
         seen += batch["image"].shape[0] * run.dist.world_size
         rate = seen / (time.perf_counter() - start)
+        lr = run.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{value:.3f}", img_s=f"{rate:.1f}")
-        run.history.append({"iteration": run.iteration, "loss": value, "lr": run.optimizer.param_groups[0]["lr"],
-                            "images_per_s": rate})
+        log.update(run.iteration, value, rate, lr)
+        run.history.append({"iteration": run.iteration, "loss": value, "lr": lr, "images_per_s": rate})
         if writer is not None:
             writer.add_scalar(f"finetune/{config.task}_loss", value, run.iteration)
+            writer.add_scalar("finetune/lr", lr, run.iteration)
+        if config.eval_every and run.iteration % config.eval_every == 0 and run.iteration < config.iters:
+            evaluate_during_training(run, writer)
         if run.iteration % config.save_every == 0 or run.iteration == config.iters:
             if not all_finite(run.model):
                 raise divergence(f"the head's weights became non-finite by iteration {run.iteration}", run.out,
                                  RESTART_HINT)
             if run.dist.is_main:
                 save_atomic(run.state(), run.out / "last.pt")
+
+
+def share_rank0_buffers(model: nn.Module, context: DistributedContext) -> None:
+    """Under DDP each rank's forwards move its own BatchNorm statistics: every rank takes rank 0's
+    (the saved model's) before a sharded evaluation."""
+    if context.enabled:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
+def evaluate_during_training(run: FinetuneRun, writer: SummaryWriter | None) -> None:
+    """``--eval-every``: the task's printed metrics on the test split now, into the run's history,
+    TensorBoard and one line (rank 0); the training that follows is the same as without it."""
+    config = run.config
+    share_rank0_buffers(run.model, run.dist)
+    results = evaluate_dense(run.model, run.test, run.task, config, run.dist.device, amp=config.amp,
+                             context=run.dist)
+    headline = {key: results[key] for key in run.task.printed}
+    run.history[-1].update(headline)
+    if writer is not None:
+        for key, value in headline.items():
+            writer.add_scalar(f"finetune/{key}", value, run.iteration)
+    if run.dist.is_main:
+        figures = "  ".join(f"{key} {value:.4f}" for key, value in headline.items())
+        print(f"[{config.task} fine-tune] iteration {run.iteration}/{config.iters}  {figures}", flush=True)
 
 
 @torch.no_grad()
@@ -189,7 +219,8 @@ def evaluate_dense(model: nn.Module, dataset: NYUDv2, task: DenseTask, settings:
     prediction cropped back to the frame, as the segmentation toolboxes' test pipelines do."""
     context = context or DistributedContext(device=device)
     shard = Subset(dataset, list(range(context.rank, len(dataset), context.world_size)))
-    loader = DataLoader(shard, batch_size=batch_size)
+    # a private generator: an evaluation during training must not draw from the global RNG
+    loader = DataLoader(shard, batch_size=batch_size, generator=torch.Generator())
     meter = task.meter(settings, dataset)
     multiple = getattr(getattr(model, "encoder", None), "output_stride", 32)
     was_training = model.training
@@ -227,15 +258,14 @@ def run_finetuning(config: FinetuneConfig) -> dict[str, Any]:
 
 def _finetune_in_owned_folder(config: FinetuneConfig, context: DistributedContext) -> dict[str, Any]:
     """:func:`run_finetuning` once rank 0 holds the output folder's lock."""
+    resumed = read_resumed(config, "dense")  # before anything is built: a refusal comes at once
     run = build_finetune_run(config, context)
-    writer = open_run(run, config, context, "dense")
+    writer = open_run(run, resumed, config, context)
     start = time.perf_counter()
     if run.iteration < config.iters:
         train_iterations(run, writer)
     seconds = time.perf_counter() - start
-    if context.enabled:  # each rank's last forward moved its own BatchNorm statistics: evaluate rank 0's (saved) model
-        for buffer in run.model.buffers():
-            torch.distributed.broadcast(buffer, 0)
+    share_rank0_buffers(run.model, context)
     results = evaluate_dense(run.model, run.test, run.task, config, context.device, amp=config.amp, context=context)
     record = {}
     if context.is_main:

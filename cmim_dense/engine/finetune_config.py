@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dense import DEPTH_LOSSES, HEADS, get_task
-from .config import require_finite, require_seed
+from .config import read_config_file, require_finite, require_seed
 from .run_state import result_settings
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
@@ -63,12 +63,15 @@ class FinetuneConfig:
     seed: int = 0
     workers: int = 0
     save_every: int = 1000
+    eval_every: int = 0  # evaluate on the test split every N iterations during the run (0: at the end only)
     progress_bar: bool = True
+    log_every: float = 30.0  # seconds between progress lines where no bar is drawn; 0: none
     resume: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
-        return result_settings(self, ("progress_bar", "resume", "workers", "out", "save_every"))
+        return result_settings(self, ("progress_bar", "log_every", "resume", "workers", "out", "save_every",
+                                      "eval_every"))
 
 
 def backbone_folder_name(backbone: str) -> str:
@@ -78,6 +81,15 @@ def backbone_folder_name(backbone: str) -> str:
     path = Path(backbone).expanduser().resolve()
     name = path.parent.name if path.name in ("best.pt", "last.pt") else path.name.split(".")[0]
     return f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
+def finetune_config(flags: dict[str, Any], config_file: str | Path | None = None) -> FinetuneConfig:
+    """The run of ``finetune/nyud.py``: its ``flags`` (None: not given) over ``config_file``, a YAML of
+    flag values or a run's own ``config.json`` (every resolved value: it recreates that run)."""
+    fields = set(FinetuneConfig.__dataclass_fields__)
+    values = read_config_file(config_file, set(flags) | fields) if config_file is not None else {}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    return resolve_finetune_config(values)
 
 
 def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
@@ -123,6 +135,10 @@ def validate_finetune(config: FinetuneConfig) -> None:
                          f"got {config.decoder_channels}")
     if config.save_every < 1:
         raise ValueError(f"--save-every must be >= 1, got {config.save_every}")
+    if config.eval_every < 0:
+        raise ValueError(f"--eval-every must be >= 0 (0: evaluate at the end only), got {config.eval_every}")
+    if config.log_every < 0:
+        raise ValueError(f"--log-every must be >= 0 seconds, got {config.log_every}")
     if config.depth_cap is not None and config.depth_cap <= 0:
         raise ValueError(f"--depth-cap must be > 0 metres, got {config.depth_cap}")
     if config.depth_gt not in DEPTH_GROUND_TRUTHS:

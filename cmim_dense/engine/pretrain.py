@@ -26,8 +26,9 @@ from .config import PretrainConfig
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
 from .rng import rng_state, seed_everything, set_rng_state
-from .run_skeleton import distribute, in_owned_folder, open_run, progress, require_divisible_batch, require_finite_loss
-from .run_state import all_finite, divergence, optimization_state, require_same_settings, restore_optimization
+from .run_skeleton import (LineLog, distribute, in_owned_folder, line_log, open_run, progress, read_resumed,
+                           require_divisible_batch, require_finite_loss)
+from .run_state import all_finite, divergence, optimization_state, restore_optimization
 
 
 @torch.no_grad()
@@ -148,7 +149,6 @@ class PretrainRun:
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        require_same_settings(state["meta"]["config"], self.config.settings(), self.out / "last.pt")
         self.model.load_state_dict(state["model"])
         restore_optimization(state, self.optimizer, self.scheduler, self.scaler)
         if self.cmim is not None:
@@ -261,8 +261,8 @@ def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs,
     return out.total, diagnostics
 
 
-def train_one_epoch(run: PretrainRun) -> dict[str, float]:
-    """One pass over the training set in the epoch's own deterministic order."""
+def train_one_epoch(run: PretrainRun, log: LineLog) -> dict[str, float]:
+    """One pass over the training set in the epoch's own deterministic order, reporting to ``log``."""
     config, model, device = run.config, run.model, run.device
     model.set_progress(run.epoch / config.epochs)
     model.train()
@@ -275,6 +275,7 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
     clip = run.model.recipe.training.clip_latent_weights
     seen = correct = steps = 0
     loss_sum = cmim_sum = 0.0
+    cmim_value: float | None = None
     diagnostic_sums: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     bar = progress(loader, f"{config.method} epoch {run.epoch + 1}/{config.epochs}", config, run.dist)
@@ -288,7 +289,8 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
             loss, logits = outputs.loss, outputs.logits
             if run.cmim is not None:
                 cmim_term, diagnostics = cmim_step(run, taps, outputs, indices.to(device))
-                cmim_sum += cmim_term.item() * labels.numel()
+                cmim_value = cmim_term.item()
+                cmim_sum += cmim_value * labels.numel()
                 loss = loss + cmim_term
                 for key, value in diagnostics.items():  # summed on the device: read once per epoch
                     diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + value
@@ -303,8 +305,9 @@ def train_one_epoch(run: PretrainRun) -> dict[str, float]:
         seen += labels.numel()
         correct += (logits.argmax(1) == labels).sum().item()
         loss_sum += loss_value * labels.numel()
-        bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        rate = seen * run.dist.world_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+        log.update(run.step, loss_value, rate, run.optimizer.param_groups[0]["lr"], cmim_value)
         if run.step >= run.total_steps:
             break
     elapsed = time.perf_counter() - start
@@ -359,11 +362,14 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
 
 def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) -> dict[str, Any]:
     """:func:`run_pretraining` of one stage, once rank 0 holds the output folder's lock."""
+    resumed = read_resumed(config, "backbone")  # before anything is built: a refusal comes at once
     run = build_run(config, context)
-    writer = open_run(run, config, context, "backbone")
+    writer = open_run(run, resumed, config, context)
     main = context.is_main
+    stage = f" stage {config.stage}" if config.stage else ""
+    log = line_log(f"{config.method}{stage}", config, context, run.total_steps, run.step)
     while run.epoch < config.epochs and run.step < run.total_steps:
-        record = {"epoch": run.epoch + 1, **train_one_epoch(run)}
+        record = {"epoch": run.epoch + 1, **train_one_epoch(run, log)}
         last = run.epoch + 1 == config.epochs or run.step >= run.total_steps
         # 4x the training batch: validation keeps no activations for a backward pass (on 2 cores, 3,900
         # images of 32 px took 2.0 s in batches of 128, 2.9 s in batches of 32)
@@ -394,7 +400,6 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
             if key != "epoch":
                 writer.add_scalar(f"pretrain/{key}", value, run.epoch)
         writer.flush()
-        stage = f" stage {config.stage}" if config.stage else ""
         cmim = f" (CMIM {record['train_cmim']:.3f})" if run.cmim is not None else ""
         validation = f"  val top-1 {100 * metrics['top1']:.1f}%  top-5 {100 * metrics['top5']:.1f}%" \
             if metrics is not None else ""

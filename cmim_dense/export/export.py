@@ -4,8 +4,8 @@ An export is the state dict of the model after :func:`pack_model`: every binary-
 :class:`~cmim_dense.binary.BinaryConv2d` becomes a :class:`PackedBinaryConv2d`
 (``<layer>.weight_bits`` uint8 + ``<layer>.weight_scale`` float32), everything else (stem,
 BN, shortcuts, classifier, learnable activation shifts) keeps its float tensors.  The file's
-metadata holds the checkpoint's ``meta`` as JSON, so a backbone is rebuilt from the file
-alone; any other model (e.g. a DeepLab network) is rebuilt by passing its skeleton.
+metadata holds the checkpoint's ``meta`` as JSON, so a backbone or a fine-tuned dense model (its
+meta names a task) is rebuilt from the file alone; any other model by passing its skeleton.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from ..binary import BinaryConv2d
-from ..checkpoint_io import tensor_checksum, write_atomic
+from ..checkpoint_io import checkpoint_role, tensor_checksum, write_atomic
 from ..cli import first_line
+from ..dense.loading import dense_skeleton
 from ..models import create_model
 from ..models.loading import require_meta
 from .fuse import fuse_epilogues
@@ -140,8 +141,9 @@ def load_exported(path: str | Path, model: nn.Module | None = None,
                   packed: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported model in eval mode; returns ``(model, meta)``.
 
-    Without ``model`` the backbone is built from the file's ``meta`` (``create_model(arch,
-    method, num_classes, output_stride, real_weights)``); otherwise ``model`` is a freshly
+    Without ``model`` the network is built from the file's ``meta``: a fine-tuned dense model's
+    skeleton when it names a task, else the backbone (``create_model(arch, method, num_classes,
+    output_stride, real_weights)``); otherwise ``model`` is a freshly
     built training-time skeleton of the exported network (e.g. a DeepLab model), whose
     binary convs are packed and whose tensors are then all replaced by the file's.
     ``packed=True`` switches on the XNOR-popcount forward (:func:`set_packed`) and fuses the
@@ -149,7 +151,9 @@ def load_exported(path: str | Path, model: nn.Module | None = None,
     """
     tensors, metadata = read_export(path)
     meta = metadata["meta"]
-    if model is None:
+    if model is None and checkpoint_role(meta) == "dense":
+        model = dense_skeleton(meta)
+    elif model is None:
         require_meta(meta, ("arch", "method", "num_classes"), path, hint="not a backbone: pass the model skeleton")
         model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"],
                              output_stride=meta.get("output_stride"), real_weights=meta.get("real_weights", False))
