@@ -38,15 +38,16 @@ def python() -> str:
     return sys.executable
 
 
+def load_entry_script(name: str):
+    """An entry script (``"finetune/nyud"``, ``"plots/seg_vs_depth"``) loaded as a module, to call its
+    ``main(argv)`` in this process: runs and errors without a fresh interpreter's imports (4-5 s)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{name.replace('/', '_')}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
-def entry_script(root: Path):
-    """Loads an entry script (``"finetune/nyud"``, ``"plots/seg_vs_depth"``) as a module, to call its
-    ``main(argv)`` in this process: argument and input errors without a fresh interpreter's imports."""
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"entry_{name.replace('/', '_')}", root / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+def entry_script():
+    """:func:`load_entry_script` as a fixture."""
+    return load_entry_script

@@ -14,6 +14,7 @@ from cmim_dense.checkpoint_io import load_checkpoint
 from cmim_dense.engine.finetune import iteration_batches, run_finetuning
 from cmim_dense.engine.finetune_config import finetune_config, resolve_finetune_config
 
+from .conftest import load_entry_script
 from .test_dense import save_backbone
 from .test_progress_lines import progress_lines
 
@@ -37,10 +38,11 @@ def backbone(tmp_path_factory, python, root):
 
 
 def finetune(python, root, cache, *args) -> None:
-    """finetune/nyud.py as a subprocess, which must succeed."""
-    env = {"CMIM_DENSE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([python, str(root / "finetune" / "nyud.py"), *args], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+    """finetune/nyud.py's ``main()`` in this process, which must succeed (the SIGKILL and torchrun
+    tests start it as a process of its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CMIM_DENSE_CACHE", str(cache))
+        assert load_entry_script("finetune/nyud").main(list(args)) == 0
 
 
 def test_short_finetunes_beat_the_trivial_baselines(python, root, cache, backbone, tmp_path) -> None:

@@ -261,8 +261,9 @@ def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs,
     return out.total, diagnostics
 
 
-def train_one_epoch(run: PretrainRun, log: LineLog) -> dict[str, float]:
-    """One pass over the training set in the epoch's own deterministic order, reporting to ``log``."""
+def train_one_epoch(run: PretrainRun, log: LineLog | None = None) -> dict[str, float]:
+    """One pass over the training set in the epoch's own deterministic order, reporting to ``log``
+    (progress lines; none without one)."""
     config, model, device = run.config, run.model, run.device
     model.set_progress(run.epoch / config.epochs)
     model.train()
@@ -307,7 +308,8 @@ def train_one_epoch(run: PretrainRun, log: LineLog) -> dict[str, float]:
         loss_sum += loss_value * labels.numel()
         rate = seen * run.dist.world_size / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-        log.update(run.step, loss_value, rate, run.optimizer.param_groups[0]["lr"], cmim_value)
+        if log is not None:
+            log.update(run.step, loss_value, rate, run.optimizer.param_groups[0]["lr"], cmim_value)
         if run.step >= run.total_steps:
             break
     elapsed = time.perf_counter() - start
