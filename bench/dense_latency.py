@@ -40,7 +40,7 @@ from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.dense import create_dense_model  # noqa: E402
 from cmim_dense.export import pack_model, set_packed  # noqa: E402
 from cmim_dense.export.fuse import fuse_epilogues  # noqa: E402
-from cmim_dense.summary import dense_parts  # noqa: E402
+from cmim_dense.model_summary import dense_parts  # noqa: E402
 
 # (head, output stride, width): the paper's default, a wider V3+, the built-in rooms' slim V3+, FPN
 HEAD_CONFIGS = (("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64))

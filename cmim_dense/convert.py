@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from .cli import report_user_errors
-from .models.conversion import Conversion, convert_checkpoint
-from .models.published import LAYOUTS
+
+if TYPE_CHECKING:
+    from .models.conversion import Conversion
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cmim_dense.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", metavar="SRC", help="the published file (.pth, .pth.tar or .safetensors)")
-    parser.add_argument("--format", required=True, choices=LAYOUTS.registered(),
-                        help="; ".join(f"{name}: {LAYOUTS.get(name).description}" for name in LAYOUTS.registered()))
+    parser.add_argument("--format", required=True, metavar="NAME",
+                        help="the repository the file comes from: torchvision, timm, irnet, rbnn, bireal or reactnet "
+                             "(each described in docs/backbones.md)")
     parser.add_argument("--out", required=True, metavar="DST.pt", help="the backbone checkpoint to write")
     parser.add_argument("--real-weights", action="store_true",
                         help="a ReActNet step-1 file (binary activations, real-valued weights)")
@@ -41,6 +44,8 @@ def describe(conversion: Conversion) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from .models.conversion import convert_checkpoint  # torch loads here, after --help and the argument checks
+
     status, conversion = report_user_errors(
         lambda: convert_checkpoint(args.source, args.format, args.out, args.real_weights))
     if conversion is not None:

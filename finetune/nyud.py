@@ -17,17 +17,13 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmim_dense.arguments import image_size, scale_range  # noqa: E402
-from cmim_dense.dense import DEPTH_LOSSES, HEADS, TASKS, get_task  # noqa: E402
-from cmim_dense.engine.distributed import run_command  # noqa: E402
-from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning  # noqa: E402
-from cmim_dense.engine.finetune_config import DEPTH_GROUND_TRUTHS, finetune_config  # noqa: E402
+from cmim_dense.arguments import image_size, scale_range  # noqa: E402  (no torch: --help answers at once)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=TASKS.names(),
-                        help="; ".join(f"{name}: {TASKS.get(name).title}" for name in TASKS) + " (required)")
+    parser.add_argument("--task", help="seg (semantic segmentation), depth or normals (surface normals), or a "
+                        "plug-in's registered task (required)")
     parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt) or of python -m "
                         "cmim_dense.convert, or a torchvision/timm ResNet-18/34 state dict (required)")
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
@@ -35,10 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "flags given beside it replace its values")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
     parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
-    parser.add_argument("--head", choices=HEADS.names(), help="default deeplabv3 (deeplabv3plus on synthetic)")
-    strides = sorted({stride for head in HEADS for stride in HEADS.get(head).output_strides})
-    parser.add_argument("--output-stride", type=int, choices=strides,
-                        help="default 8 (16 on synthetic; 32 for fpn and unet, their only one)")
+    parser.add_argument("--head", help="deeplabv3 (default), deeplabv3plus (default on synthetic), fpn or unet")
+    parser.add_argument("--output-stride", type=int,
+                        help="8 (default) or 16 for the DeepLab heads (16 on synthetic); 32 for fpn and unet, their only "
+                             "one")
     parser.add_argument("--decoder-channels", type=int, help="decoder width (default 256; 64 on synthetic)")
     parser.add_argument("--iters", type=int, help="iterations (default 30000; synthetic: 300 seg, 600 depth, normals)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 8)")
@@ -48,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-step", type=int, help="divide the lr by 10 every this many iterations "
                         "(default 10000; synthetic: 200 seg, 400 depth)")
     parser.add_argument("--weight-decay", type=float, help="default 1e-4")
-    parser.add_argument("--depth-loss", choices=list(DEPTH_LOSSES), help="depth loss on valid pixels (default l1)")
-    parser.add_argument("--depth-gt", choices=DEPTH_GROUND_TRUTHS, help="ground-truth depth (default: filled depths)")
+    parser.add_argument("--depth-loss", help="depth loss on valid pixels: l1 (default) or berhu")
+    parser.add_argument("--depth-gt", help="ground-truth depth: depths (filled, default) or rawDepths")
     parser.add_argument("--eigen-crop", action="store_true", default=None, help="evaluate depth inside the Eigen crop")
     parser.add_argument("--depth-cap", type=float, help="evaluate depth only where ground truth <= this (metres)")
     parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
@@ -72,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cmim_dense.dense import get_task  # torch loads here, after --help and the argument checks
+    from cmim_dense.engine.distributed import run_command
+    from cmim_dense.engine.finetune import evaluate_head_checkpoint, run_finetuning
+    from cmim_dense.engine.finetune_config import finetune_config
 
     def finetune() -> dict:
         if args.evaluate:

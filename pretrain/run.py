@@ -13,10 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmim_dense.engine.config import CMIM_CHOICES  # noqa: E402
-from cmim_dense.engine.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
-from cmim_dense.methods import list_recipes  # noqa: E402
-from cmim_dense.models import list_archs  # noqa: E402
+from cmim_dense.methods import CMIM_CHOICES, list_recipes  # noqa: E402  (no torch: --help answers at once)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,15 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file of flag values (e.g. configs/table2_*.yaml), or a run's "
                         "config.json, which recreates that run; flags given beside it replace its values")
     parser.add_argument("--method", help="NAME or NAME+cmim (default: irnet)")
-    parser.add_argument("--arch", choices=list_archs(), help="backbone (default: resnet18)")
+    parser.add_argument("--arch", help="backbone: resnet18 (default), resnet34 or resnet18_cifar")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or an ImageNet-style folder")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--lr", type=float, help="default: the recipe's, scaled by batch size")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS.names(), help="default: the recipe's")
+    parser.add_argument("--optimizer", help="sgd or adam (default: the recipe's)")
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--schedule", choices=SCHEDULES.names(), help="default: the recipe's")
+    parser.add_argument("--schedule", help="learning-rate schedule: cos, linear or step (default: the recipe's)")
     parser.add_argument("--warmup", type=float, help="warm-up epochs")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)

@@ -12,7 +12,8 @@ from cmim_dense import create_model
 from cmim_dense.accounting import Totals, count_model
 from cmim_dense.binary import BinaryConv2d, Spec
 from cmim_dense.checkpoint_io import save_atomic
-from cmim_dense.summary import dense_parts, main
+from cmim_dense.model_summary import dense_parts
+from cmim_dense.summary import main
 
 SIGN = Spec("sign", estimator=Spec("ste_clip"))
 WSIGN = Spec("sign", estimator=Spec("ste"))

@@ -6,7 +6,7 @@ from .activation import (INPUT_BINARIZERS, InputBinarizer, LearnableBias, PerSam
 from .conv import BinaryConv2d
 from .estimators import ESTIMATORS, Sign, SignEstimator, binary_sign, build_estimator
 from .progress import LogLinearSchedule, ProgressAware, set_progress
-from .spec import Spec
+from ..spec import Spec
 from .weight import WEIGHT_BINARIZERS
 
 __all__ = [

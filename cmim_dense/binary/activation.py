@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 from .estimators import Sign
-from .spec import Spec
+from ..spec import Spec
 from .standardize import EPSILON, standardize_rows, unbiased_std
 
 InputBinarizerBuilder = Callable[..., "InputBinarizer"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activation import InputBinarizer, build_input_binarizer
-from .spec import Spec
+from ..spec import Spec
 from .weight import build_weight_binarizer
 
 PAD_VALUES = (0.0, 1.0, -1.0)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..registry import Registry
 from .progress import LogLinearSchedule, ProgressAware
-from .spec import Spec
+from ..spec import Spec
 from .standardize import EPSILON, unbiased_std
 
 ESTIMATORS: Registry[type["SignEstimator"]] = Registry("estimator")

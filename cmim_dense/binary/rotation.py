@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .estimators import Sign, binary_sign
 from .progress import ProgressAware
-from .spec import Spec
+from ..spec import Spec
 from .standardize import standardize_rows
 from .weight import WEIGHT_BINARIZERS, channel_mean_abs
 

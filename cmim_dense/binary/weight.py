@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 from .estimators import Sign
-from .spec import Spec
+from ..spec import Spec
 from .standardize import standardize_rows
 
 WeightBinarizerBuilder = Callable[..., nn.Module]

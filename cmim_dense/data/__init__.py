@@ -1,31 +1,17 @@
-"""Data sets: the built-in synthetic world (object photographs and rooms) and loaders of the real on-disk formats."""
+"""Data sets: the built-in synthetic world (object photographs and rooms) and loaders of the real on-disk formats.
 
-from typing import Any
+The names below are imported on first use: ``NYUDv2`` imports albumentations (seconds), which
+pretraining never needs, and the dataset scripts' ``--help`` needs neither it nor torch.
+"""
 
-from .classification import (
-    ClassificationData,
-    WithIndex,
-    build_classification_data,
-    image_folder_data,
-    synthetic_data,
-)
-from .synthetic_objects import SyntheticObjects
+from __future__ import annotations
 
-__all__ = [
-    "ClassificationData",
-    "NYUDv2",
-    "SyntheticObjects",
-    "WithIndex",
-    "build_classification_data",
-    "image_folder_data",
-    "synthetic_data",
-]
+from ..lazy import lazy_attributes
 
+__all__ = ["ClassificationData", "NYUDv2", "SyntheticObjects", "WithIndex", "build_classification_data",
+           "image_folder_data", "synthetic_data"]
 
-def __getattr__(name: str) -> Any:
-    """``NYUDv2`` on first use: it imports albumentations (seconds), which pretraining never needs."""
-    if name == "NYUDv2":
-        from .nyud import NYUDv2
-
-        return NYUDv2
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {
+    **dict.fromkeys(("ClassificationData", "WithIndex", "build_classification_data", "image_folder_data",
+                     "synthetic_data"), "classification"),
+    "SyntheticObjects": "synthetic_objects", "NYUDv2": "nyud"})

@@ -16,15 +16,13 @@ import yaml
 
 from ..cli import first_line
 from ..data.cifar import find_cifar
-from ..methods import CMIMConfig, Recipe, get_recipe, has_cmim
+from ..methods import CMIM_CHOICES, CMIMConfig, Recipe, get_recipe, has_cmim
 from ..losses import OBJECTIVES
+from ..models.resnet import ARCHS
 from .optim import OPTIMIZERS, SCHEDULES
 from .run_state import result_settings
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
-# how the CMIM loss is computed (CMIMSettings): the values each option takes, the default first
-CMIM_CHOICES = {"embed": ("mlp", "none"), "variant": ("paper", "code"), "bank_dtype": ("float32", "float16"),
-                "normalizer": ("running", "crd", "none"), "negatives": ("other-class", "any")}
 
 
 @dataclass(frozen=True)
@@ -294,6 +292,7 @@ def validate(config: PretrainConfig) -> None:
         (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
         (config.save_every >= 1, f"--save-every must be >= 1, got {config.save_every}"),
         (config.log_every >= 0, f"--log-every must be >= 0 seconds, got {config.log_every}"),
+        (config.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {config.arch!r}"),
         (config.optimizer in OPTIMIZERS,
          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}"),

@@ -1,11 +1,17 @@
 """1-bit export: bit-packed binary weights in safetensors, and an XNOR-popcount inference path.
 
-``python -m cmim_dense.export CKPT --out model.safetensors``; layout in docs/export.md.
+``python -m cmim_dense.export CKPT --out model.safetensors``; layout in docs/export.md.  The names
+below are imported on first use, so that the command line's ``--help`` does not load torch.
 """
 
-from .export import ExportReport, export_model, load_exported, pack_model, read_export, set_packed
-from .fuse import fuse_epilogues
-from .packed import PackedBinaryConv2d, xnor_conv2d
+from __future__ import annotations
+
+from ..lazy import lazy_attributes
 
 __all__ = ["ExportReport", "PackedBinaryConv2d", "export_model", "fuse_epilogues", "load_exported", "pack_model",
            "read_export", "set_packed", "xnor_conv2d"]
+
+__getattr__ = lazy_attributes(__name__, {
+    **dict.fromkeys(("ExportReport", "export_model", "load_exported", "pack_model", "read_export", "set_packed"),
+                    "export"),
+    "fuse_epilogues": "fuse", "PackedBinaryConv2d": "packed", "xnor_conv2d": "packed"})

@@ -1,6 +1,6 @@
 """Bi-Real Net (Liu et al., ECCV 2018): shortcut per binary conv, ApproxSign."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

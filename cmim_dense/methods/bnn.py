@@ -1,6 +1,6 @@
 """BNN (Hubara, Courbariaux et al., NeurIPS 2016): plain sign, clipped straight-through."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

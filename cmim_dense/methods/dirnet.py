@@ -3,7 +3,7 @@ reconstructed in docs/methods.md (no official code exists)."""
 
 import dataclasses
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .irnet import RECIPE as IRNET
 from .recipe import TrainingDefaults

@@ -1,6 +1,6 @@
 """IR-Net (Qin et al., CVPR 2020): Libra-PB weights and the Error Decay Estimator."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

@@ -1,6 +1,6 @@
 """RBNN (Lin et al., NeurIPS 2020): bi-rotated weights, training-aware sign approximation."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

@@ -1,6 +1,6 @@
 """ReActNet-18 (Liu et al., ECCV 2020): RSign, RPReLU, distributional loss, two steps."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..binary.spec import Spec
+from ..spec import Spec
 
 BlockStyle = Literal["basic", "bireal"]
 Activation = Literal["relu", "hardtanh", "identity", "rprelu"]
@@ -54,6 +54,12 @@ class TrainingDefaults:
     distill_weight: float = 1.0
     two_stage: bool = False
     clip_latent_weights: float | None = None
+
+
+# how this toolkit computes the CMIM loss (engine.config.CMIMSettings): the values each option
+# takes, the default first (here, without torch, for the command line's choices)
+CMIM_CHOICES = {"embed": ("mlp", "none"), "variant": ("paper", "code"), "bank_dtype": ("float32", "float16"),
+                "normalizer": ("running", "crd", "none"), "negatives": ("other-class", "any")}
 
 
 @dataclass(frozen=True)

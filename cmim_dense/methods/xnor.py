@@ -1,6 +1,6 @@
 """XNOR-Net (Rastegari et al., ECCV 2016): per-filter L1 weight scale."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

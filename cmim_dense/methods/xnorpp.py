@@ -1,6 +1,6 @@
 """XNOR-Net++ (Bulat and Tzimiropoulos, BMVC 2019): learned per-channel scale."""
 
-from ..binary.spec import Spec
+from ..spec import Spec
 from . import register
 from .recipe import Recipe, TrainingDefaults
 

@@ -3,7 +3,8 @@
 A :class:`Spec` names a registered building block (an estimator, an input binarizer or a
 weight binarizer) together with its keyword arguments.  Recipes are written with specs
 instead of objects so that a method is data: it can be printed, compared, stored in a
-checkpoint's metadata as JSON and rebuilt from it.
+checkpoint's metadata as JSON and rebuilt from it.  This module imports no torch, so the
+recipes, and the command lines that list them, load in milliseconds.
 """
 
 from __future__ import annotations
