@@ -1,7 +1,7 @@
 """Packed XNOR-popcount binary convolution vs FP32 ``F.conv2d`` at ResNet-18's shapes, and whole networks.
 
     python bench/packed_conv.py [--batch 1 8] [--repeats 7] [--threads 2] [--check-draws 8] [--seed 0]
-                                [--json runs/bench/packed_conv.json]
+                                [--busy N] [--json runs/bench/packed_conv.json]
 
 Every 3x3 binary convolution shape of ResNet-18 at 224x224 (the stride-1 convs at 64x56x56 ...
 512x7x7 and the stride-2 first convs of stages 2-4), per batch size, all in one run on the same
@@ -21,7 +21,8 @@ FP32 ResNet-18, Bi-Real-18 in float, Bi-Real-18 packed + fused on the kernel (an
 with where the packed network's time goes, and the packed network checked against its float self on
 ``--check-draws`` random 64x64 images (:func:`common.packed_check`).  Also the kernel's build time (a
 fresh build into a temporary cache).  ``--seed`` fixes every random draw.  Tables go to stdout, all
-numbers and the machine to ``--json``.
+numbers and the machine to ``--json``.  ``--busy N`` runs the whole measurement beside N processes
+that each keep one core busy (a shared server, a CI machine running tests), recorded in the JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +57,19 @@ from cmim_dense.export.native.kernel import ISA_ENV, popcount_rate
 SHAPES = ((64, 64, 56, 1), (128, 128, 28, 1), (256, 256, 14, 1), (512, 512, 7, 1),
           (64, 128, 56, 2), (128, 256, 28, 2), (256, 512, 14, 2))
 OPS_PER_WORD = 128  # one 64-bit XOR + popcount = 64 multiply-adds = 128 operations
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that each spin on one core for the duration of a block."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if spinners else 0)  # let them start spinning
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 @contextlib.contextmanager
@@ -175,8 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-draws", type=int, default=8,
                         help="random 64x64 images for the whole network's packed-vs-float check")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random weights and inputs (default 0)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="measure beside N processes that each keep one core busy (default 0)")
     parser.add_argument("--json", default="runs/bench/packed_conv.json", help="where to write the results")
     args = parser.parse_args(argv)
+    with busy_processes(args.busy):
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Every measurement of the bench, its tables printed and its record written (see the module docstring)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     native = native_library()
@@ -186,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     isa = cpu_isa(native)
     peak = {name: popcount_rate(native, name) * OPS_PER_WORD / 1e9 for name in ("avx2", isa)}
     print(f"kernel: {isa}, {args.threads} threads; measured XOR+popcount peak {peak[isa]:,.0f} binary GOPS"
-          + (f" (AVX2: {peak['avx2']:,.0f})" if isa == "avx512" else ""))
+          + (f" (AVX2: {peak['avx2']:,.0f})" if isa == "avx512" else "")
+          + (f"; beside {args.busy} busy process(es)" if args.busy else ""))
     layers = [bench_shape(*shape, batch, args.repeats, args.fallback, peak[isa], isa == "avx512")
               for batch in args.batch for shape in SHAPES]
     print(f"{'layer':>22} {'N':>2} {'fp32':>7} {'packed':>7} {'avx2':>7} {'fallback':>8} {'speedup':>7} "
@@ -206,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:>36}: {ms:6.2f} ms")
     seconds = build_seconds()
     print(f"\nfresh build of the kernel: {seconds:.2f} s ({native.path.name})")
-    write_record(args.json, {"repeats": args.repeats, "seed": args.seed, "isa": isa, "popcount_peak_gops": peak,
+    write_record(args.json, {"repeats": args.repeats, "seed": args.seed, "busy_processes": args.busy, "isa": isa,
+                             "popcount_peak_gops": peak,
                              "popcount_peak_method": "xnor_popcount_rate: XOR+popcount+add of a 4 KiB L1 buffer "
                                                      "against 8 register words, all threads, 128 ops per word",
                              "build_seconds": seconds, "layers": layers, "network": network})

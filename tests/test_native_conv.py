@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from cmim_dense.export.native import (
     native_library,
     xnor_conv2d_native,
 )
-from cmim_dense.export.native.build import build_library
+from cmim_dense.export.native.build import build_library, torch_openmp_runtime
 from cmim_dense.export.native.kernel import ISAS, threshold_epilogue, weight_tiles
 from cmim_dense.export.packed import pack_weight
 
@@ -179,6 +181,37 @@ def test_build_is_cached_atomically(tmp_path: Path) -> None:
     assert built.path.name.startswith("xnor_conv-") and built.path.suffix == ".so"
     again = build_library(tmp_path)
     assert again.path == built.path and again.build_seconds is None
+
+
+def dynamic_entries(library: Path, tag: str) -> list[str]:
+    """The values of one tag (NEEDED, SONAME, RUNPATH) in a shared library's dynamic section (readelf -d)."""
+    listing = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]") for line in listing.splitlines() if f"({tag})" in line]
+
+
+def openmp_runtimes_mapped() -> set[str]:
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return {line.split()[-1] for line in lines if "/" in line and Path(line.split()[-1]).name.startswith(("libgomp",
+                                                                                                          "libiomp"))}
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None or not Path("/proc/self/maps").is_file(),
+                    reason="needs readelf and /proc (Linux)")
+def test_the_kernel_runs_on_torchs_openmp_runtime(tmp_path: Path) -> None:
+    """The library is linked against the OpenMP runtime file torch loaded, found again at load time by its
+    folder, and the process then holds that one runtime: one thread team for torch's ops and the kernel.
+
+    Catches: a kernel linked against the compiler's own runtime (plain -fopenmp), which beside a wheel's
+    renamed copy (libgomp-<hash>.so.1) makes two teams spin against each other on the same cores."""
+    runtime = torch_openmp_runtime()
+    assert runtime is not None and runtime.name.startswith(("libgomp", "libiomp"))
+    if any((Path(torch.__file__).parent / "lib").glob("libgomp*")):
+        assert runtime.parent == Path(torch.__file__).parent / "lib"  # not OpenCV's, also mapped here
+    before = openmp_runtimes_mapped()
+    built = build_library(tmp_path)
+    assert dynamic_entries(runtime, "SONAME")[0] in dynamic_entries(built.path, "NEEDED")
+    assert str(runtime.parent) in ":".join(dynamic_entries(built.path, "RUNPATH")).split(":")
+    assert openmp_runtimes_mapped() == before  # loading the kernel brought no runtime of its own
 
 
 def randomize(model: torch.nn.Module) -> torch.nn.Module:

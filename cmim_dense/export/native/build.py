@@ -3,8 +3,14 @@
 Nothing is downloaded: the source ships with the package and is built with the machine's own C++
 compiler (``$CXX``, else ``c++``/``g++``).  The library is cached in the ``native`` folder of
 :func:`cmim_dense.cache.cache_root` under a name keyed on the source, the compiler's identity,
-the flags and the platform; it is written to a temporary name and renamed into place, so concurrent
-builds never leave a partial file.  ``CMIM_DENSE_NATIVE=0`` disables it.  When the library cannot be
+the flags, the platform and the OpenMP runtime; it is written to a temporary name and renamed into
+place, so concurrent builds never leave a partial file.
+
+The kernel's OpenMP loops run on torch's own OpenMP runtime: the library is linked against the
+runtime file torch has loaded (its bundled ``libgomp``, possibly renamed by the wheel, or Intel's
+``libiomp5``), so kernel and torch ops share one thread team instead of two teams spinning
+against each other on the same cores.  Where that file cannot be found (no ``/proc``), the
+compiler's own ``-fopenmp`` runtime is linked.  ``CMIM_DENSE_NATIVE=0`` disables it.  When the library cannot be
 built or loaded, one warning line says why and callers use the pure-PyTorch path.
 """
 
@@ -27,7 +33,7 @@ from pathlib import Path
 from ...cache import cache_root
 
 SOURCE = Path(__file__).with_name("xnor_conv.cpp")
-FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-fopenmp")  # compiling; linking adds -shared and the runtime
 BUILD_TIMEOUT_S = 300
 
 
@@ -76,21 +82,57 @@ def _compiler(cxx: str | None) -> str:
     raise RuntimeError(f"no C++ compiler found (tried {', '.join(candidates)}; set CXX)")
 
 
-def _library_name(compiler: str) -> str:
-    """``xnor_conv-<key>.so``, the key hashing the source, the compiler's path and version, flags and platform."""
+def torch_openmp_runtime() -> Path | None:
+    """The OpenMP runtime library torch loaded into this process (read from ``/proc/self/maps``): the one in
+    torch's own ``lib`` folder where the wheel bundles it, else the first one mapped (a conda torch's);
+    None where the map cannot be read or holds none.  Other packages may map runtimes of their own
+    (OpenCV's wheel does), hence the preference."""
+    import torch  # the runtime is the one torch loaded: make sure it has
+
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return None
+    runtimes = [Path(line.split()[-1]) for line in maps.read_text().splitlines() if "/" in line]
+    runtimes = [path for path in dict.fromkeys(runtimes)
+                if path.name.startswith(("libgomp", "libiomp")) and ".so" in path.name]
+    bundled = [path for path in runtimes if path.parent == Path(torch.__file__).parent / "lib"]
+    return (bundled or runtimes or [None])[0]
+
+
+def _link_flags(runtime: Path | None) -> list[str]:
+    """The link step's flags: torch's OpenMP runtime by its path (found again beside it at load time), or
+    the compiler's ``-fopenmp`` runtime."""
+    if runtime is None:
+        return ["-shared", "-fopenmp"]
+    return ["-shared", str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+
+
+def _library_name(compiler: str, runtime: Path | None) -> str:
+    """``xnor_conv-<key>.so``, the key hashing the source, the compiler's path and version, flags, platform
+    and OpenMP runtime."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), compiler.encode(), version.stdout.encode(), " ".join(FLAGS).encode(),
-                 platform.machine().encode(), sys.platform.encode()):
+                 platform.machine().encode(), sys.platform.encode(), str(runtime).encode()):
         key.update(part)
         key.update(b"\0")
     return f"xnor_conv-{key.hexdigest()[:16]}.so"
 
 
+def _run(compiler: str, arguments: list[str]) -> None:
+    """One compiler call; a failure raises with the compiler's first line of complaint."""
+    result = subprocess.run([compiler, *arguments], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                            check=False)
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[0]
+        raise RuntimeError(f"{Path(compiler).name} failed: {detail}")
+
+
 def build_library(directory: Path, cxx: str | None = None) -> NativeLibrary:
     """Load the library cached in ``directory``, compiling it there first if it is missing (raises on failure)."""
     compiler = _compiler(cxx)
-    path = directory / _library_name(compiler)
+    runtime = torch_openmp_runtime()
+    path = directory / _library_name(compiler, runtime)
     seconds = None
     if not path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
@@ -98,16 +140,14 @@ def build_library(directory: Path, cxx: str | None = None) -> NativeLibrary:
         os.close(fd)
         try:
             start = time.perf_counter()
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                                    timeout=BUILD_TIMEOUT_S, check=False)
+            _run(compiler, [*FLAGS, "-c", str(SOURCE), "-o", f"{tmp}.o"])
+            _run(compiler, [f"{tmp}.o", *_link_flags(runtime), "-o", tmp])
             seconds = time.perf_counter() - start
-            if result.returncode != 0:
-                detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[0]
-                raise RuntimeError(f"{Path(compiler).name} failed: {detail}")
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            for leftover in (tmp, f"{tmp}.o"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
     lib = ctypes.CDLL(str(path))
     lib.xnor_cpu_isa.restype = ctypes.c_int64
     lib.xnor_conv2d.restype, lib.xnor_conv2d.argtypes = ctypes.c_int64, [ctypes.c_void_p]

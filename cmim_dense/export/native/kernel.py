@@ -5,7 +5,7 @@ a previous layer wrote, :class:`PackedBits`), computes ``dot = K - 2 popcount(x 
 (XNOR-Net Sec. 3.2), corrects zero-padded borders, and applies a fused per-channel epilogue:
 ``alpha[o] * dot + beta[o]`` in float, or the packed bits ``sign[o] * dot >= threshold[o]`` written
 straight into the next binary layer's input layout.  The work runs on ``torch.get_num_threads()``
-OpenMP threads inside the library (xnor_conv.cpp).
+threads of torch's own OpenMP runtime, which the library is linked against (:mod:`.build`).
 """
 
 from __future__ import annotations
