@@ -7,8 +7,10 @@ stages that need it are skipped, and the others still run.
 Seeds: with ``seeds=N`` every pretraining and fine-tuning runs N times, seed k = 0..N-1 (the
 fine-tunes of seed k on the backbone pretrained with seed k), in ``pretrain/RUN/seed<k>`` and
 ``finetune/RUN/seed<k>/TASK``; one seed keeps ``pretrain/RUN`` and ``finetune/RUN/TASK``.  The
-chart and table then give each metric's mean over the seeds with its 95 % confidence interval,
-and the paired +cmim differences (:mod:`cmim_dense.plots.seg_depth`).
+tables then give each metric's mean over the seeds with its 95 % confidence interval, and the
+paired +cmim differences (:mod:`cmim_dense.plots.result_tables`); the seg-vs-depth chart
+(:mod:`cmim_dense.plots.seg_depth`) draws the backbones with seg and depth runs, and a job of other
+tasks (``--tasks depth``) says why it has none.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint_io import load_checkpoint
-from .dense import get_task
+from .dense import TASKS
 from .engine import resolve_config, run_pretraining
 from .engine.finetune import run_finetuning
 from .engine.finetune_config import resolve_finetune_config
@@ -26,7 +28,8 @@ from .methods import base_method
 from .plots.analysis import sweep_chart
 from .plots.cmim_study import cmim_study_report
 from .plots.predictions import qualitative_chart
-from .plots.seg_depth import PAIRED, headline_differences, seg_depth_chart
+from .plots.result_tables import headline_differences
+from .plots.seg_depth import seg_depth_chart
 from .stages import Stage, run_stages
 from .stats import seed_names
 
@@ -93,25 +96,29 @@ def finetune(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def chart_stage(root: Path, needs: list[str]) -> Stage:
-    """The seg-vs-depth chart and tables of every run under ``root/finetune`` (seeds gathered into one
-    dot each); prints what it skipped, its notes and the paired +cmim differences of each task's headline."""
+    """The tables of every run under ``root/finetune`` (seeds gathered into one row each) and the
+    seg-vs-depth chart of the backbones with seg and depth runs; prints what it skipped, its notes,
+    the paired +cmim differences of each task's headline and, without a chart, one line saying why."""
 
     def run() -> Any:
         result = seg_depth_chart([root / "finetune"], root / "seg_vs_depth")
         for skipped in result.skipped:
-            print(f"  chart skipped {skipped}")
-        for note in result.notes:
+            print(f"  skipped {skipped}")
+        for note in result.notes + result.left_out:
             print(f"  note: {note}")
         for difference in result.differences:
             print(f"  {difference.twin} − {difference.base} (seeds {seed_names(difference.seeds)}): "
                   f"{headline_differences(difference)}")
+        if result.no_chart:
+            print(f"  no seg-vs-depth chart: {result.no_chart}; tables in {root / 'seg_vs_depth.md'} (and .csv)")
         return result
 
     return Stage("chart", lambda: False, run, needs)
 
 
 def qualitative_stage(root: Path, folders: list[str], needs: list[str], images: tuple[int, ...] = (0, 1)) -> Stage:
-    """The qualitative grid (Fig. 5a) of every fine-tuned backbone on the first test images."""
+    """The qualitative grid (Fig. 5a) of every fine-tuned backbone on the first test images: a ground
+    truth and a prediction panel per task the folders hold (depth alone, too)."""
     def run() -> Any:
         return qualitative_chart([root / "finetune" / folder for folder in folders], images, root / "qualitative")
 
@@ -158,13 +165,18 @@ def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
 
 
 def check_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
-    """``tasks`` if each is a registered dense task and the chart's two are among them; else a one-line error."""
+    """``tasks`` if it names one or more registered dense tasks, each once; else a one-line
+    ValueError that lists the valid names.  (Any tasks make the tables; the seg-vs-depth chart is
+    drawn when seg and depth are among them.)"""
+    valid = f"valid: {', '.join(TASKS.names())}"
+    if not tasks:
+        raise ValueError(f"--tasks names no task; {valid}")
     for name in tasks:
-        get_task(name)  # the registry's one-line error for an unknown name
-    missing = [name for name in PAIRED if name not in tasks]
-    if missing:
-        raise ValueError(f"--tasks must include {' and '.join(PAIRED)}, the chart's axes "
-                         f"(missing {', '.join(missing)})")
+        if name not in TASKS:
+            raise ValueError(f"--tasks: unknown task {name!r}; {valid}")
+    repeated = sorted({name for name in tasks if tasks.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--tasks names {', '.join(repeated)} more than once; {valid}")
     return tasks
 
 
@@ -172,8 +184,8 @@ def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: 
                     progress: bool = True, teacher: str | None = None, seeds: int = 1,
                     tasks: tuple[str, ...] = MAIN_TASKS) -> list[Stage]:
     """The main job: every method pretrained, fine-tuned for every task of ``tasks`` (``seeds`` times,
-    seeds 0..N-1), then the chart and table (mean ± 95 % CI over the seeds) and the qualitative grid
-    (seed 0)."""
+    seeds 0..N-1), then the tables (mean ± 95 % CI over the seeds), the seg-vs-depth chart (when
+    ``tasks`` has both) and the qualitative grid of the tasks fine-tuned (seed 0)."""
     pretrain = pretrain_settings(quick, teacher)
     finetune = QUICK_FINETUNE if quick else {}
     stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress, seeds,

@@ -2,6 +2,7 @@
 
     python pipeline/run.py                       # pretrain fp, bnn, irnet, irnet+cmim, rbnn, rbnn+cmim;
                                                  # seg, depth, normals fine-tune each; chart + table
+    python pipeline/run.py --tasks depth          # depth fine-tunes only: the tables (no seg-vs-depth chart)
     python pipeline/run.py --sweep lambda --methods irnet,rbnn    # CMIM lambda grid (Table 3)
     python pipeline/run.py --sweep n_nce --methods irnet          # negatives grid (Fig. 4e-f)
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 12, "
                         "its transfer fine-tunes for the first 3; --study --quick: 3)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
-                        "seg and depth are the chart's axes)")
+                        "the tables take any, the seg-vs-depth chart needs seg and depth)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run N pretrainings / fine-tunes at a time in worker processes that share the CPU "
                              "threads, each stage's output in ROOT/logs/ (default 1; 2 on 2 cores finishes a "
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.study:
             stages = cmim_study_stages(root, methods, values, args.quick, progress, seeds)
         elif args.sweep is None:
-            tasks = tuple(args.tasks.split(",")) if args.tasks else MAIN_TASKS
+            tasks = tuple(name.strip() for name in args.tasks.split(",")) if args.tasks is not None else MAIN_TASKS
             stages = main_job_stages(root, methods, args.quick, progress, args.teacher, seeds, tasks)
         else:
             stages = sweep_stages(args.sweep, methods, root, values, args.quick, progress, args.teacher, seeds)
@@ -99,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.study:
         print(f"study: {root / 'cmim_study.md'} (tables) and {root / 'cmim_study.png'} (curves)")
-    print(f"chart: {root / 'seg_vs_depth.png'} (and .svg); table: {root / 'seg_vs_depth.md'} (and .csv"
+    chart = root / "seg_vs_depth.png"  # absent when the runs lack seg or depth (the chart stage said why)
+    print((f"chart: {chart} (and .svg); " if chart.is_file() else "")
+          + f"table: {root / 'seg_vs_depth.md'} (and .csv"
           + (", mean ± 95 % CI over the seeds" if seeds > 1 else "") + ")"
           + (f"; qualitative grid: {root / 'qualitative.png'}" if kind is None else ""))
     return 0

@@ -2,8 +2,10 @@
 
 Thin entry point: parses flags and calls :func:`cmim_dense.plots.seg_depth.seg_depth_chart`.
 Inputs are fine-tuning run folders (each with metrics.json), metrics.json files, folders of
-run folders, or globs.  Writes OUT.png, OUT.svg, OUT.csv and OUT.md; runs that cannot be
-paired are listed on stderr and skipped.
+run folders, or globs.  Writes the tables OUT.csv and OUT.md (every backbone, every task it was
+fine-tuned on) and the chart OUT.png, OUT.svg of the backbones with seg and depth runs; runs
+that cannot be read or joined are listed on stderr and skipped.  Runs without seg and depth (a
+depth-only job) get the tables and one line saying why there is no chart.
 
 Seeds: the backbones of one method whose paths differ only in a ``seed<k>`` folder (as
 ``pipeline/run.py --seeds N`` lays them out) make one dot at their means, with the 95 %
@@ -40,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return status
     for skipped in result.skipped:
         print(f"warning: skipped {skipped}", file=sys.stderr)
-    for note in result.notes:
+    for note in result.notes + result.left_out:
         print(f"note: {note}", file=sys.stderr)
+    if result.no_chart:
+        print(f"no seg-vs-depth chart: {result.no_chart}; tables in {args.out}.md (and .csv)")
     count, runs = len(result.points), sum(point.n for point in result.points)
-    print(f"{count} backbone{'s' * (count != 1)} from {runs} seed run{'s' * (runs != 1)} ({len(result.skipped)} "
-          "inputs skipped); wrote " + ", ".join(str(path) for path in result.files))
+    charted = f", {len(result.charted)} in the chart" if result.charted and len(result.charted) < count else ""
+    print(f"{count} backbone{'s' * (count != 1)} from {runs} seed run{'s' * (runs != 1)}{charted} "
+          f"({len(result.skipped)} inputs skipped); wrote " + ", ".join(str(path) for path in result.files))
     return 0
 
 

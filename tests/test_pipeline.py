@@ -106,15 +106,49 @@ def test_unknown_method_is_a_one_line_error(entry_script, tmp_path, capsys) -> N
     assert not any(tmp_path.iterdir())
 
 
-def test_main_job_tasks_are_registered_and_include_the_charts_two() -> None:
-    """Catches: a typo'd task reaching the stages, a job without the chart's axes that fails only at its end."""
-    from cmim_dense.pipeline import check_tasks
+def test_main_job_takes_any_registered_tasks(entry_script, tmp_path, capsys) -> None:
+    """--tasks depth: a pretraining, a depth fine-tune per method, then the chart stage, which writes
+    the tables of the depth runs and says in one line why there is no chart, and the qualitative
+    grid; unknown, repeated or no task names are refused in one line that lists the valid ones.
 
-    assert check_tasks(("seg", "depth", "normals")) == ("seg", "depth", "normals")
-    with pytest.raises(ValueError, match="unknown task 'normal'; valid: depth, normals, seg"):
-        check_tasks(("seg", "depth", "normal"))
-    with pytest.raises(ValueError, match="--tasks must include seg and depth, the chart's axes .missing depth."):
-        check_tasks(("seg", "normals"))
+    Catches: a job of one task refused (or one without seg and depth failing at its chart stage),
+    a typo'd or doubled task reaching the stages, a stale chart left beside the new tables."""
+    from cmim_dense.pipeline import check_tasks, main_job_stages
+
+    from .test_plots import write_run
+
+    for tasks in (("seg", "depth", "normals"), ("depth",), ("normals", "seg")):
+        assert check_tasks(tasks) == tasks
+    for tasks, message in ((("seg", "depth", "normal"), "--tasks: unknown task 'normal'"),
+                           (("depth", "seg", "depth"), "--tasks names depth more than once"),
+                           ((), "--tasks names no task")):
+        with pytest.raises(ValueError) as error:
+            check_tasks(tasks)
+        assert str(error.value) == f"{message}; valid: depth, normals, seg"
+    script = entry_script("pipeline/run")
+    for value in ("depth,depth", "", "seg,,depth"):
+        assert script.main(["--tasks", value, "--root", str(tmp_path / "refused")]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("error: --tasks") and "valid: depth, normals, seg" in error
+    assert not (tmp_path / "refused").exists()
+
+    root = tmp_path / "main"
+    stages = main_job_stages(root, ("irnet", "irnet+cmim"), quick=True, progress=False, tasks=("depth",))
+    assert [(stage.name, stage.needs) for stage in stages[-2:]] == [
+        ("chart", ["depth irnet", "depth irnet+cmim"]), ("qualitative grid", ["depth irnet", "depth irnet+cmim"])]
+    assert [stage.name for stage in stages[:-2]] == ["pretrain irnet", "depth irnet", "pretrain irnet+cmim",
+                                                     "depth irnet+cmim"]
+    for method, rmse in (("irnet", 0.8), ("irnet+cmim", 0.7)):  # what the fine-tunes write, where they write it
+        write_run(root / "finetune" / method / "depth", "depth", method, 0.5, 0.0, rmse,
+                  backbone=str(root / "pretrain" / method / "best.pt"))
+    (root / "seg_vs_depth.png").write_text("a chart of earlier runs")
+    stages[-2].run()
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  no seg-vs-depth chart: it needs seg and depth runs, these runs have depth only; tables in "
+        f"{root / 'seg_vs_depth.md'} (and .csv)")
+    assert sorted(path.name for path in root.iterdir()) == ["finetune", "seg_vs_depth.csv", "seg_vs_depth.md",
+                                                            "seg_vs_depth_cmim_differences.csv"]
+    assert "| irnet+cmim | 50.00 | 0.3567 | 0.7000 | 55.00 |" in (root / "seg_vs_depth.md").read_text()
 
 
 def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,

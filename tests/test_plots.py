@@ -15,15 +15,8 @@ from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_
 from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
 from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, TaskPanels, qualitative_grid
-from cmim_dense.plots.seg_depth import (
-    MIN_DOT_AREA,
-    dot_areas,
-    load_points,
-    plot_seg_depth,
-    scaled_areas,
-    seed_folder,
-    seg_depth_chart,
-)
+from cmim_dense.plots.finetune_results import load_points, seed_folder
+from cmim_dense.plots.seg_depth import MIN_DOT_AREA, dot_areas, plot_seg_depth, scaled_areas, seg_depth_chart
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
 
@@ -64,23 +57,29 @@ def finetune_runs(tmp_path: Path) -> Path:
 
 
 def test_seg_depth_chart_plots_the_inputs_and_reports_the_rest(finetune_runs: Path, tmp_path: Path) -> None:
+    """Backbones with seg and depth runs are the dots; a backbone with a seg run alone is a table row
+    (depth '–') and named as left out of the chart; unreadable runs and empty inputs are skipped."""
     result = seg_depth_chart([finetune_runs, tmp_path / "missing_run", str(tmp_path / "nothing*")],
                              tmp_path / "out" / "chart")
-    assert sorted(p.label for p in result.points) == sorted(BACKBONES)
+    assert sorted(p.label for p in result.charted) == sorted(BACKBONES)
+    assert sorted(p.label for p in result.points) == sorted([*BACKBONES, "xnor", "bireal"])
+    assert result.no_chart is None
+    assert result.left_out == ["bireal: not in the chart, no depth run", "xnor: not in the chart, no depth run"]
     reported = {Path(s.name).parent.name if s.name.endswith("metrics.json") else Path(s.name).name: s.reason
                 for s in result.skipped}
-    assert "no depth run" in reported["lonely_seg"]
     assert "missing keys rmse" in reported["no_rmse_depth"]
-    assert "no depth run" in reported["no_rmse_seg"]
+    assert "lonely_seg" not in reported and "no_rmse_seg" not in reported
     assert "not valid JSON" in reported["broken"]
     assert "does not exist" in reported["missing_run"]
     assert "matches nothing" in reported["nothing*"]
     assert sorted(path.name for path in result.files) == ["chart.csv", "chart.md", "chart.png", "chart.svg",
                                                           "chart_cmim_differences.csv"]  # irnet+cmim - irnet
 
-    figure = plot_seg_depth(result.points)
+    with pytest.raises(ValueError, match="every dot needs seg and depth runs .bireal: not in the chart, no depth run"):
+        plot_seg_depth(result.points)
+    figure = plot_seg_depth(result.charted)
     ax = figure.axes[0]
-    sized = [p for p in result.points if p.top1 is not None]
+    sized = [p for p in result.charted if p.top1 is not None]
     dots = next(c for c in ax.collections if c.get_gid() == "backbones")
     expected = np.array([[-math.log(BACKBONES[p.method][2]), 100 * BACKBONES[p.method][1]] for p in sized])
     np.testing.assert_allclose(dots.get_offsets(), expected)
@@ -98,9 +97,11 @@ def test_seg_depth_chart_plots_the_inputs_and_reports_the_rest(finetune_runs: Pa
         assert float(rows[method]["rmse"]) == rmse
         assert float(rows[method]["neg_log_rmse"]) == -math.log(rmse)
         assert rows[method]["top1"] == ("" if top1 is None else str(top1))
+    assert (rows["xnor"]["miou"], rows["xnor"]["rmse"], rows["xnor"]["depth_run"]) == ("0.2", "", "")
     markdown = (tmp_path / "out" / "chart.md").read_text()
     assert "| method | top-1 (%) | mIoU (%) | −ln RMSE | pixel acc. (%) | RMSE (m) | δ<1.25 (%) | backbone |" in markdown
     assert "| irnet+cmim | 61.20 | 27.00 | 0.3011 | 57.00 | 0.7400 | 55.00 |" in markdown
+    assert "| xnor | 51.20 | 20.00 | – | 50.00 | – | – |" in markdown
 
 
 def test_seg_depth_labels_tell_backbones_of_one_method_apart(tmp_path: Path) -> None:
@@ -227,7 +228,7 @@ def test_a_single_seed_chart_says_it_has_no_error_bars(finetune_runs: Path, tmp_
     Catches: a single-seed chart that looks like a seeded one (or draws zero-width bars), a '± nan'
     in the table, backbones such as rbnn_seed0 or seed01 taken for seeds of one dot."""
     result = seg_depth_chart([finetune_runs], tmp_path / "chart")
-    ax = plot_seg_depth(result.points).axes[0]
+    ax = plot_seg_depth(result.charted).axes[0]
     assert ax.get_title().endswith("\n1 seed: no error bars")
     assert not [c for c in ax.collections if str(c.get_gid()).startswith("seed-ci")]
     markdown = (tmp_path / "chart.md").read_text()
@@ -244,12 +245,56 @@ def test_seg_vs_depth_script(finetune_runs: Path, tmp_path: Path, capsys, entry_
     script = entry_script("plots/seg_vs_depth")
     assert script.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: no backbone has both") and "\n" not in error
+    assert error.startswith("error: no usable fine-tuning run") and "\n" not in error
     assert script.main([str(finetune_runs), "--out", str(tmp_path / "chart")]) == 0
     captured = capsys.readouterr()
-    assert "4 backbones" in captured.out
+    assert "6 backbones from 6 seed runs, 4 in the chart (2 inputs skipped)" in captured.out
     assert "warning: skipped" in captured.err and "broken" in captured.err
+    assert "note: xnor: not in the chart, no depth run" in captured.err
     assert (tmp_path / "chart.png").stat().st_size > 10_000
+
+
+def test_depth_only_runs_get_the_tables_and_the_reason_for_no_chart(tmp_path: Path, capsys, entry_script) -> None:
+    """The runs of a ``--tasks depth --seeds 2`` job (irnet and irnet+cmim, seeds 0 and 1, in
+    RUN/seed<k>/depth) and one fp run: the tables have the depth columns, each mean ± 95 % interval
+    and the paired differences; no chart is written (an old one at OUT is removed) and one line says
+    why.  irnet −ln RMSE 0.1, 0.3 -> 0.2 ± 1.2706 (t_{0.975,1} = 12.7062 times s / √2 = 0.1);
+    irnet+cmim 0.15, 0.45 -> 0.3 ± 1.9059; paired differences 0.05, 0.15 -> +0.1000 ± 0.6353.
+
+    Catches: a depth-only job that fails at its end (tables or differences that need a seg run), a
+    chart of no dots or a stale chart beside the new tables, the no-chart case passed over silently."""
+    root = tmp_path / "finetune"
+    for method, values in (("irnet", (0.1, 0.3)), ("irnet+cmim", (0.15, 0.45))):
+        for seed, neg_log_rmse in enumerate(values):
+            write_run(root / method / f"seed{seed}" / "depth", "depth", method, 0.5, 0.0, math.exp(-neg_log_rmse),
+                      backbone=f"/runs/pretrain/{method}/seed{seed}/best.pt", seed=seed)
+    write_run(root / "fp" / "depth", "depth", "fp", 0.7, 0.0, 0.6)
+    for suffix in ("png", "svg"):
+        (tmp_path / f"chart.{suffix}").write_text("a chart of other runs")
+
+    assert entry_script("plots/seg_vs_depth").main([str(root), "--out", str(tmp_path / "chart")]) == 0
+    out = capsys.readouterr().out
+    assert (f"no seg-vs-depth chart: it needs seg and depth runs, these runs have depth only; tables in "
+            f"{tmp_path / 'chart'}.md (and .csv)\n") in out
+    assert "3 backbones from 5 seed runs (0 inputs skipped)" in out
+    assert not (tmp_path / "chart.png").exists() and not (tmp_path / "chart.svg").exists()
+    markdown = (tmp_path / "chart.md").read_text()
+    assert markdown.startswith("| method | seeds | top-1 (%) | −ln RMSE | RMSE (m) | δ<1.25 (%) | backbone |\n")
+    assert "| irnet | 2 | 50.00 ± 0.00 | 0.2000 ± 1.2706 |" in markdown
+    assert "| irnet+cmim | 2 | 50.00 ± 0.00 | 0.3000 ± 1.9059 |" in markdown
+    assert "| fp | 1 | 70.00 | 0.5108 | 0.6000 | 55.00 |" in markdown
+    assert "| irnet+cmim − irnet | 0, 1 | +0.00 ± 0.00 | +0.1000 ± 0.6353 |" in markdown
+    assert "mIoU" not in markdown
+    with (tmp_path / "chart.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert float(rows["irnet"]["neg_log_rmse"]) == pytest.approx(0.2) and rows["irnet"]["seeds"] == "0;1"
+    assert float(rows["irnet"]["neg_log_rmse_ci95"]) == pytest.approx(1.2706204736174698, rel=1e-9)
+
+    write_run(root / "xnor" / "seg", "seg", "xnor", 0.5, 0.2, 0.9)  # seg and depth, never of one backbone
+    result = seg_depth_chart([root], tmp_path / "chart")
+    assert result.no_chart == "no backbone has both seg and depth runs (for each of its seeds)"
+    assert not result.charted and [p.label for p in result.points] == ["fp", "irnet", "irnet+cmim", "xnor"]
+    assert [path.suffix for path in result.files] == [".csv", ".md", ".csv"]
 
 
 def test_palette_and_qualitative_grid() -> None:
