@@ -181,7 +181,11 @@ def unreadable(path: Path, error: Exception) -> str:
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A cmim-dense checkpoint (a dict with ``model`` and ``meta``), read without unpickling code
     (``mmap``: see :func:`read_weights`)."""
-    obj = read_weights(path, mmap)
+    return as_checkpoint(read_weights(path, mmap), path)
+
+
+def as_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
+    """What :func:`read_weights` read from ``path``, when it is a cmim-dense checkpoint; else a one-line error."""
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise ValueError(f"{path} is not a cmim-dense checkpoint (expected a dict with 'model' and 'meta')")
     return obj
@@ -210,8 +214,14 @@ def load_checkpoint_as(path: str | Path, role: str, mmap: bool = False) -> dict[
     every command checks what it reads, with a one-line error that says what the file is and
     what was expected (e.g. a fine-tuned last.pt given as a backbone), and whose weights are finite
     (a mapped read, for the meta, skips that)."""
-    checkpoint = require_role(load_checkpoint(path, mmap), role, path)
-    if not mmap:
+    return checkpoint_as(read_weights(path, mmap), role, path, check_weights=not mmap)
+
+
+def checkpoint_as(obj: Any, role: str, path: str | Path, check_weights: bool = True) -> dict[str, Any]:
+    """:func:`load_checkpoint_as` of what :func:`read_weights` already read from ``path`` (a reader that
+    had to look inside the file first need not read it twice)."""
+    checkpoint = require_role(as_checkpoint(obj, path), role, path)
+    if check_weights:
         require_finite_weights(checkpoint["model"], path)
     return checkpoint
 

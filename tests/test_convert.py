@@ -149,7 +149,13 @@ def test_exact_zeros_are_counted_and_binarized_to_plus_one(tmp_path: Path) -> No
     assert (binary[0, :2, 0, 0] > 0).all()  # sign(0) = +1
 
 
-def test_torchvision_and_timm_files_convert_and_serve_as_backbones(tmp_path: Path) -> None:
+def test_torchvision_and_timm_files_convert_and_serve_as_backbones(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: a backbone file is read once (torch.load), whether ours or a torchvision state dict converted in
+    memory.  Catches: the role check or the conversion reading the file again."""
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args[0]) or real_load(*args, **kwargs))
     reference = torchvision.models.resnet34(num_classes=7).eval()
     plain = tmp_path / "resnet34-tv.pth"
     torch.save(reference.state_dict(), plain)
@@ -160,7 +166,9 @@ def test_torchvision_and_timm_files_convert_and_serve_as_backbones(tmp_path: Pat
     for path, fmt in ((plain, "torchvision"), (timm_file, "timm")):
         assert convert_main([str(path), "--format", fmt, "--out", str(tmp_path / f"{fmt}.pt")]) == 0
         for backbone in (path, tmp_path / f"{fmt}.pt"):  # the plain file is accepted directly too
+            reads.clear()
             model = load_backbone(backbone)
+            assert reads == ([] if backbone.suffix == ".safetensors" else [backbone])
             assert (model.arch, model.recipe.name) == ("resnet34", "fp")
             with torch.no_grad():
                 assert torch.equal(model(x), reference(x))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ..binary import BinaryConv2d
-from ..checkpoint_io import checkpoint_role, load_checkpoint_as, read_weights, save_atomic
+from ..checkpoint_io import checkpoint_as, checkpoint_role, read_weights, save_atomic
 from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
 from .factory import create_model
 from .loading import load_strict, model_from_checkpoint
@@ -54,11 +54,11 @@ def plain_number(value: Any) -> float | int | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def read_source(path: str | Path) -> tuple[State, dict[str, Any]]:
+def read_source(path: str | Path, contents: Any = None) -> tuple[State, dict[str, Any]]:
     """The state dict inside a published file (``.pth``/``.pth.tar``/``.safetensors``) with
     DataParallel's ``module.`` prefix removed, and the file's top-level entries that are plain
-    numbers (epoch, best top-1)."""
-    obj = read_file(path)
+    numbers (epoch, best top-1); ``contents``: what :func:`read_file` already read from it."""
+    obj = read_file(path) if contents is None else contents
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if checkpoint_role(obj.get("meta")) is not None:
@@ -116,17 +116,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def converted_checkpoint(source: str | Path, fmt: str, real_weights: bool = False) -> tuple[dict[str, Any], Conversion]:
+def converted_checkpoint(source: str | Path, fmt: str, real_weights: bool = False, contents: Any = None
+                         ) -> tuple[dict[str, Any], Conversion]:
     """The published checkpoint ``source`` of layout ``fmt`` as a backbone checkpoint in memory:
     the state dict renamed, loaded strictly into ``create_model(arch, method)``, with a meta
     describing it (method, arch, classes, ImageNet normalisation, source file and its SHA-256, the
     top-1 the file reports), and what the conversion found.
 
     ``real_weights``: a ReActNet step-1 file (binary activations, real-valued weights: the same
-    names and shapes as step 2, so it must be said)."""
+    names and shapes as step 2, so it must be said); ``contents``: the file as :func:`read_file` already
+    read it (it is then only read again for its SHA-256)."""
     source = Path(source)
     layout = LAYOUTS.get(fmt)
-    state, extras = read_source(source)
+    state, extras = read_source(source, contents)
     found = detect_layout(state)
     compatible = {layout.name} | ({"torchvision", "timm"} if layout.method == "fp" else set())
     if found is not None and found not in compatible:
@@ -165,14 +167,14 @@ def convert_checkpoint(source: str | Path, fmt: str, out: str | Path, real_weigh
 def backbone_checkpoint(path: str | Path) -> dict[str, Any]:
     """A backbone checkpoint: one of this package's (pretrained or converted), or a torchvision or
     timm ResNet-18/34 state dict converted in memory (the FP backbone from ImageNet weights)."""
-    obj = read_file(path)
+    obj = read_file(path)  # read once: the checks and the conversion below take what it read
     if isinstance(obj, dict) and checkpoint_role(obj.get("meta")) is not None:
-        return load_checkpoint_as(path, "backbone")
+        return checkpoint_as(obj, "backbone", path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     found = detect_layout({key.removeprefix("module."): value for key, value in state.items()}) \
         if isinstance(state, dict) else None
     if found == "torchvision":
-        return converted_checkpoint(path, "torchvision")[0]
+        return converted_checkpoint(path, "torchvision", contents=obj)[0]
     hint = f"convert it first: python -m cmim_dense.convert --format {found} {path} --out BACKBONE.pt" if found \
         else "expected a checkpoint of pretrain/run.py, one of python -m cmim_dense.convert, or a torchvision/timm ResNet"
     raise ValueError(f"{path} is not a backbone checkpoint; {hint}")
