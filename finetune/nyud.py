@@ -18,6 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmim_dense.arguments import image_size, scale_range  # noqa: E402  (no torch: --help answers at once)
+from cmim_dense.data.nyud_meta import CLASS_COUNTS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file of flag values, or a run's config.json, which recreates that run; "
                         "flags given beside it replace its values")
     parser.add_argument("--data", help="'synthetic' (built-in, default) or a layout of datasets/prepare_nyud.py")
-    parser.add_argument("--classes", type=int, choices=[40, 13], help="segmentation classes (default 40)")
+    parser.add_argument("--classes", type=int, choices=CLASS_COUNTS, help="segmentation classes (default 40)")
     parser.add_argument("--head", help="deeplabv3 (default), deeplabv3plus (default on synthetic), fpn or unet")
     parser.add_argument("--output-stride", type=int,
                         help="8 (default) or 16 for the DeepLab heads (16 on synthetic); 32 for fpn and unet, their only "

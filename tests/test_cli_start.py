@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from cmim_dense.dense import DEPTH_LOSSES, HEADS, TASKS
-from cmim_dense.engine.finetune_config import DEPTH_GROUND_TRUTHS
+from cmim_dense.data.nyud_meta import DEPTH_KINDS
 from cmim_dense.engine.optim import OPTIMIZERS, SCHEDULES
 from cmim_dense.models import ARCHS, LAYOUTS
 
@@ -56,7 +56,7 @@ def test_help_names_every_registered_choice(entry_script, capsys) -> None:
 
     expected = {
         "pretrain/run": [*ARCHS, *OPTIMIZERS, *SCHEDULES],
-        "finetune/nyud": [*TASKS, *HEADS, *DEPTH_LOSSES, *DEPTH_GROUND_TRUTHS],
+        "finetune/nyud": [*TASKS, *HEADS, *DEPTH_LOSSES, *DEPTH_KINDS],
         "convert": LAYOUTS.names(),
     }
     for name, names in expected.items():
@@ -69,8 +69,9 @@ def test_help_names_every_registered_choice(entry_script, capsys) -> None:
     ("finetune/nyud", ["--task", "segmentation", "--backbone", "x.pt"], "unknown task 'segmentation'; valid: depth, "
                                                                          "normals, seg"),
     ("finetune/nyud", ["--task", "seg", "--backbone", "x.pt", "--head", "pspnet"], "unknown head 'pspnet'; valid: "),
-    ("finetune/nyud", ["--task", "depth", "--backbone", "x.pt", "--depth-loss", "l2"], "--depth-loss must be one of "
-                                                                                          "l1, berhu, got 'l2'"),
+    ("finetune/nyud", ["--task", "depth", "--backbone", "x.pt", "--depth-loss", "l2"], "unknown depth loss 'l2'; "
+                                                                                          "valid: berhu, l1"),
+
     ("finetune/nyud", ["--task", "seg", "--backbone", "x.pt", "--output-stride", "4"], "--output-stride of the "
                                                                                          "deeplabv3plus head must be"),
     ("pretrain/run", ["--arch", "resnet50"], "--arch must be one of resnet18, resnet18_cifar, resnet34, got "

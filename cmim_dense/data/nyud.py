@@ -15,10 +15,9 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from ..cli import first_line  # noqa: E402
-from .nyud_meta import IGNORE_INDEX  # noqa: E402
+from .nyud_meta import DEPTH_KINDS, IGNORE_INDEX, require_class_count  # noqa: E402
 from .nyud_prepare import prepared_meta  # noqa: E402
 
-DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
 SAMPLE_DTYPES = {"normals": np.float32}  # sample arrays read as another dtype than stored (float16 normals)
 
 
@@ -66,8 +65,7 @@ class NYUDv2(Dataset):
                                     "python datasets/prepare_nyud.py --mat nyu_depth_v2_labeled.mat --out DIR")
         if split not in ("train", "test"):
             raise ValueError(f"NYUD-v2 split must be train or test, got {split!r}")
-        if classes not in (40, 13):
-            raise ValueError(f"NYUD-v2 classes must be 40 or 13, got {classes}")
+        require_class_count(classes)
         if depth not in DEPTH_KINDS:
             raise ValueError(f"NYUD-v2 depth must be one of {', '.join(DEPTH_KINDS)}, got {depth!r}")
         self.meta = meta

@@ -21,6 +21,16 @@ import numpy as np
 
 META_FILE = Path(__file__).with_name("nyud_meta.json")
 IGNORE_INDEX = 255
+CLASS_COUNTS = (40, 13)  # the two NYUD-v2 label sets (Gupta et al. 2013; Silberman et al. 2012)
+# ground-truth depth maps of the labeled set -> their arrays in the prepared layout
+DEPTH_KINDS = {"depths": "depths", "rawDepths": "raw_depths"}
+
+
+def require_class_count(classes: int) -> int:
+    """``classes`` when NYUD-v2 has such a label set (40 or 13 classes); else a one-line error."""
+    if classes not in CLASS_COUNTS:
+        raise ValueError(f"NYUD-v2 has {' or '.join(map(str, CLASS_COUNTS))} classes (--classes), got {classes}")
+    return classes
 
 
 @dataclass(frozen=True)
@@ -42,10 +52,8 @@ class NYUDMeta:
     def train_labels(self, raw: np.ndarray, classes: int) -> np.ndarray:
         """Raw labels (0 = unlabeled, 1..894) -> 0-based ``classes``-way ids, void = 255 (uint8)."""
         lut = np.asarray(self.lut40, dtype=np.uint8)
-        if classes == 13:
+        if require_class_count(classes) == 13:
             lut = np.asarray(self.lut13, dtype=np.uint8)[lut]
-        elif classes != 40:
-            raise ValueError(f"NYUD-v2 classes must be 40 or 13, got {classes}")
         one_based = lut[raw]
         return np.where(one_based == 0, IGNORE_INDEX, one_based - 1).astype(np.uint8)
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..registry import Registry
 
+DepthLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (prediction, target, valid mask) -> loss
+DEPTH_LOSSES: Registry[DepthLoss] = Registry("depth loss")
+
+
+@DEPTH_LOSSES.register("l1")
 def l1_depth(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean |d - d*| over valid pixels, in metres."""
     return (pred - target).abs()[valid].mean()
 
 
+@DEPTH_LOSSES.register("berhu")
 def berhu_depth(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Reverse Huber (Laina et al. 2016, Eq. 3): |e| for |e| <= c, (e^2 + c^2) / 2c above,
     with c = 0.2 max |e| over the batch's valid pixels."""
@@ -19,19 +28,15 @@ def berhu_depth(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     return error.where(error <= c, (error ** 2 + c ** 2) / (2 * c)).mean()
 
 
-DEPTH_LOSSES = {"l1": l1_depth, "berhu": berhu_depth}
-
-
 def depth_loss(name: str, pred: Tensor, target: Tensor) -> Tensor:
     """``pred`` (N, 1, H, W) or (N, H, W), ``target`` (N, H, W) metres with 0 = no ground truth."""
-    if name not in DEPTH_LOSSES:
-        raise ValueError(f"unknown depth loss {name!r}; valid: {', '.join(DEPTH_LOSSES)}")
+    loss = DEPTH_LOSSES.get(name)
     if pred.dim() == 4:
         pred = pred[:, 0]
     valid = target > 0
     if not valid.any():
         return pred.sum() * 0.0
-    return DEPTH_LOSSES[name](pred, target, valid)
+    return loss(pred, target, valid)
 
 
 def normals_loss(pred: Tensor, target: Tensor) -> Tensor:

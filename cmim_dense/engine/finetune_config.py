@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
 from .config import read_config_file, require_finite, require_seed
 from .run_state import result_settings
@@ -30,7 +31,6 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 300, "batch_size": 8, "crop": (64
 # iterations, depth at lr 3e-3), and brings its random-scale range (DenseTask.scale).  Depth has
 # none (the BTS/AdaBins convention): scaling changes apparent distance, and dividing depth by the
 # scale (the multi-task lineage) cost 0.2-0.6 m of RMSE on the built-in data against crop + flip.
-DEPTH_GROUND_TRUTHS = ("depths", "rawDepths")
 MAX_DECODER_CHANNELS = 4096  # 16x the paper's 256; beyond, a head's weights alone run into gigabytes
 
 
@@ -118,8 +118,7 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
 def validate_finetune(config: FinetuneConfig) -> None:
     require_finite(dataclasses.asdict(config))
     require_seed(config.seed)
-    if config.classes not in (40, 13):
-        raise ValueError(f"--classes must be 40 or 13, got {config.classes}")
+    require_class_count(config.classes)
     strides = HEADS.get(config.head).output_strides
     if config.output_stride not in strides:
         raise ValueError(f"--output-stride of the {config.head} head must be {' or '.join(map(str, strides))}, "
@@ -141,7 +140,6 @@ def validate_finetune(config: FinetuneConfig) -> None:
         raise ValueError(f"--log-every must be >= 0 seconds, got {config.log_every}")
     if config.depth_cap is not None and config.depth_cap <= 0:
         raise ValueError(f"--depth-cap must be > 0 metres, got {config.depth_cap}")
-    if config.depth_gt not in DEPTH_GROUND_TRUTHS:
-        raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_GROUND_TRUTHS)}, got {config.depth_gt!r}")
-    if config.depth_loss not in DEPTH_LOSSES:
-        raise ValueError(f"--depth-loss must be one of {', '.join(DEPTH_LOSSES)}, got {config.depth_loss!r}")
+    if config.depth_gt not in DEPTH_KINDS:
+        raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_KINDS)}, got {config.depth_gt!r}")
+    DEPTH_LOSSES.get(config.depth_loss)  # the registry's one-line error for an unknown name

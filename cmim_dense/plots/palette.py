@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.nyud_meta import IGNORE_INDEX, nyud_meta
+from ..data.nyud_meta import IGNORE_INDEX, nyud_meta, require_class_count
 
 VOID_COLOUR = (0, 0, 0)
 
 
 def nyud_palette(classes: int) -> np.ndarray:
     """(classes, 3) uint8 RGB colours of the 0-based NYUD-v2 class ids (``classes`` 40 or 13)."""
-    if classes not in (40, 13):
-        raise ValueError(f"NYUD-v2 has 40 or 13 classes, got {classes}")
-    colours = np.zeros((classes, 3), dtype=np.uint8)
+    colours = np.zeros((require_class_count(classes), 3), dtype=np.uint8)
     for index in range(classes):
         code = index + 1
         for level in range(8):
