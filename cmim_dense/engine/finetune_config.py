@@ -17,20 +17,14 @@ from .run_state import result_settings
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
 PAPER_DEFAULTS: dict[str, Any] = {"iters": 30_000, "batch_size": 8, "crop": (480, 640), "lr": 1e-3,
                                   "lr_step": 10_000, "save_every": 1000}
-# The built-in synthetic NYUD-v2 (96x128 frames): the same schedule shape, sized for 2 CPU cores:
-# output stride 16 and a 64-wide DeepLabV3+ head, whose /4 decoder draws the room's edges that a
-# DeepLabV3 head (a 6x8 grid of a 96x128 frame at stride 16) cannot; a larger lr for the short
-# schedule, lower and longer for depth, whose L1 gradients oscillate at 1e-2.  Measured on an FP
-# backbone of the built-in world (docs/nyud.md, "Fine-tuning budget on the built-in rooms"):
-# segmentation mIoU 0.722 after 300 iterations, 0.737 after 600; depth RMSE 0.756 m after 600
-# and after 900 iterations (DeepLabV3: mIoU 0.49, RMSE 0.84-0.90 m).
+# The built-in synthetic NYUD-v2 (96x128 frames): the same schedule shape, sized for 2 CPU cores,
+# with a 64-wide DeepLabV3+ head at stride 16, whose /4 decoder draws the room's edges (why, and
+# the measured budget: docs/nyud.md, "Fine-tuning budget on the built-in rooms").
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"iters": 300, "batch_size": 8, "crop": (64, 96), "lr": 3e-2,
                                       "lr_step": 200, "save_every": 100, "output_stride": 16, "decoder_channels": 64,
                                       "head": "deeplabv3plus"}
-# Each task overrides some of these (DenseTask.synthetic_schedule: depth and normals run 600
-# iterations, depth at lr 3e-3), and brings its random-scale range (DenseTask.scale).  Depth has
-# none (the BTS/AdaBins convention): scaling changes apparent distance, and dividing depth by the
-# scale (the multi-task lineage) cost 0.2-0.6 m of RMSE on the built-in data against crop + flip.
+# Each task overrides some of these (DenseTask.synthetic_schedule) and brings its random-scale
+# range (DenseTask.scale; none for depth, whose apparent distance scaling would change: docs/nyud.md).
 MAX_DECODER_CHANNELS = 4096  # 16x the paper's 256; beyond, a head's weights alone run into gigabytes
 
 

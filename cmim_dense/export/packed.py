@@ -33,10 +33,8 @@ from .native import ConvGeometry, NativeLibrary, PackedBits, native_library, xno
 from .native.kernel import threshold_epilogue, weight_tiles
 from .pack import BYTE_COUNT_SUMS, byte_counts_, bytes_to_words, pack_bits, packed_length, signs_from_bits, sum_bytes_
 
-# Block of the XNOR-popcount GEMM: 256K outputs, i.e. three int64 scratch buffers of 2 MiB.
-# Measured on a 2-core EPYC (2026-11-23, idle): 2x faster than 32K blocks with 2 threads
-# (elementwise ops above torch's grain size of 32,768 elements are split across threads) and
-# 1.3x with one; like any OpenMP code it slows down badly when other processes hold the cores.
+# Block of the fallback's XNOR-popcount GEMM: 256K outputs (three int64 scratch buffers of 2 MiB),
+# above torch's grain size, so its elementwise ops are split across threads (docs/export.md).
 _BLOCK = 1 << 18
 _BLOCK_POSITIONS = 1 << 14
 
