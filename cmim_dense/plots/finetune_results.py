@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..dense import TASKS, get_task
+from ..methods import base_method, has_cmim
 from ..stats import Interval, mean_interval, seed_names, sorted_seeds
 from .common import Skipped, discover_files, distinct_tails
 
@@ -266,3 +267,18 @@ def _points(groups: dict[tuple[str, str], list[SeedRun]]) -> list[BackbonePoint]
                 intervals[metric] = mean_interval(values)
         points.append(BackbonePoint(label, key[0], key[1], runs, intervals))
     return sorted(points, key=lambda p: p.label)
+
+
+def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
+    """The pairing of the paired differences and the chart's arrows: for each ``+cmim`` point (by
+    index), the index of its base method's point when that method has exactly one, else why not."""
+    by_method: dict[str, list[int]] = {}
+    for index, point in enumerate(points):
+        by_method.setdefault(point.method.lower(), []).append(index)
+    partners: dict[int, int | str] = {}
+    for index, point in enumerate(points):
+        if has_cmim(point.method):
+            name = base_method(point.method)
+            bases = by_method.get(name, [])
+            partners[index] = bases[0] if len(bases) == 1 else f"{len(bases)} {name} backbones to pair it with"
+    return partners

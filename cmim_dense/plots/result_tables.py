@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..dense import TASKS, get_task
-from ..methods import base_method, has_cmim
 from ..stats import LEVEL, Interval, PairedDifference, paired_difference, seed_names, sorted_seeds
-from .finetune_results import BackbonePoint, metric_task, reported_metrics, shown_tasks
+from .finetune_results import BackbonePoint, cmim_partners, metric_task, reported_metrics, shown_tasks
 
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
 
@@ -36,19 +35,13 @@ def cmim_differences(points: Sequence[BackbonePoint]) -> tuple[list[CmimDifferen
     """Each ``+cmim`` point minus its base method's point (where that method has exactly one), seed
     by seed, per metric, with the 95 % interval of the mean difference; and notes on twins without
     a partner (or without a metric in common) and on seeds that only one side has (left out)."""
-    by_method: dict[str, list[BackbonePoint]] = {}
-    for p in points:
-        by_method.setdefault(p.method.lower(), []).append(p)
     differences, notes = [], []
-    for twin in points:
-        if not has_cmim(twin.method):
+    for index, partner in cmim_partners(points).items():
+        twin = points[index]
+        if isinstance(partner, str):
+            notes.append(f"{twin.label}: no paired difference, {partner}")
             continue
-        base_name = base_method(twin.method)
-        bases = by_method.get(base_name, [])
-        if len(bases) != 1:
-            notes.append(f"{twin.label}: no paired difference, {len(bases)} {base_name} backbones to pair it with")
-            continue
-        base = bases[0]
+        base = points[partner]
         common = set(base.seeds) & set(twin.seeds)
         if not common:
             notes.append(f"{twin.label} − {base.label}: no seed in common "

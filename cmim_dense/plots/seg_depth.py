@@ -29,7 +29,7 @@ from ..dense import get_task
 from ..methods import base_method, has_cmim
 from ..stats import LEVEL, seed_names
 from .common import FIGURE_FORMATS, Skipped, method_colours, new_figure, save_figure
-from .finetune_results import BackbonePoint, load_points, shown_tasks
+from .finetune_results import BackbonePoint, cmim_partners, load_points, shown_tasks
 from .labels import place_labels
 from .result_tables import CmimDifference, cmim_differences, write_tables
 
@@ -193,21 +193,15 @@ def _neg_log_from_rmse(value: np.ndarray) -> np.ndarray:
 
 def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, str], radii: np.ndarray
                  ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """An arrow from each base method's dot to its ``+cmim`` dot (where each is unique)."""
-    by_method: dict[str, list[int]] = {}
-    for i, p in enumerate(points):
-        by_method.setdefault(p.method.lower(), []).append(i)
+    """An arrow from each base method's dot to its ``+cmim`` dot (paired as the differences are)."""
     segments = []
-    for method, indices in by_method.items():
-        bases = by_method.get(base_method(method), [])
-        if not has_cmim(method) or len(indices) != 1 or len(bases) != 1:
+    for twin, base in cmim_partners(points).items():
+        if isinstance(base, str):
             continue
-        start, end = points[bases[0]], points[indices[0]]
-        tail, head = position(start), position(end)
+        tail, head = position(points[base]), position(points[twin])
         ax.annotate("", xy=head, xytext=tail, zorder=2,
-                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(method)], "lw": 1.4,
-                                "shrinkA": radii[bases[0]] + 1, "shrinkB": radii[indices[0]] + 1,
-                                "mutation_scale": 12})
+                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(points[twin].method)], "lw": 1.4,
+                                "shrinkA": radii[base] + 1, "shrinkB": radii[twin] + 1, "mutation_scale": 12})
         segments.append((tail, head))
     return segments
 
