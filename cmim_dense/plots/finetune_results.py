@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..dense import TASKS, get_task
+from ..dense import TASKS, Metric, get_task
 from ..methods import base_method, has_cmim
 from ..stats import Interval, mean_interval, seed_names, sorted_seeds
 from .common import Skipped, discover_files, distinct_tails
@@ -67,6 +67,11 @@ class SeedRun:
 def metric_task(metric: str) -> str:
     """The registered task whose results table shows ``metric``."""
     return next(name for name in TASKS.registered() if metric in get_task(name).table)
+
+
+def table_metric(metric: str) -> Metric:
+    """The description (label, unit, decimals) of a results-table column, from the task that shows it."""
+    return get_task(metric_task(metric)).metric(metric)
 
 
 def shown_tasks(runs: Sequence[SeedRun]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..dense import TASKS, get_task
 from ..stats import LEVEL, Interval, PairedDifference, paired_difference, seed_names, sorted_seeds
-from .finetune_results import BackbonePoint, cmim_partners, metric_task, reported_metrics, shown_tasks
+from .finetune_results import BackbonePoint, cmim_partners, reported_metrics, shown_tasks, table_metric
 
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
 
@@ -64,12 +64,12 @@ def cmim_differences(points: Sequence[BackbonePoint]) -> tuple[list[CmimDifferen
 
 def is_percent(metric: str) -> bool:
     """Whether ``metric`` is a fraction, shown in %."""
-    return metric == "top1" or get_task(metric_task(metric)).metric(metric).percent
+    return metric == "top1" or table_metric(metric).percent
 
 
 def metric_header(metric: str, unit_of_difference: bool = False) -> str:
     """A table header: the metric's label with "(%)" (or "(pp)" for differences) for fractions."""
-    label = "top-1" if metric == "top1" else get_task(metric_task(metric)).metric(metric).label
+    label = "top-1" if metric == "top1" else table_metric(metric).label
     return f"{label} ({'pp' if unit_of_difference else '%'})" if is_percent(metric) else label
 
 
@@ -79,7 +79,7 @@ def _cell(interval: Interval | None, metric: str, signed: bool = False) -> str:
         return "–"
     if is_percent(metric):
         return interval.format(100.0, 2, signed)
-    return interval.format(1.0, get_task(metric_task(metric)).metric(metric).decimals, signed)
+    return interval.format(1.0, table_metric(metric).decimals, signed)
 
 
 def headline_differences(difference: CmimDifference) -> str:
