@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth-cap", type=float, help="evaluate depth only where ground truth <= this (metres)")
     parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the dense network for the training iterations (TorchInductor; the "
+                             "first iterations compile, the results are the same to float rounding)")
     parser.add_argument("--save-every", type=int, help="write last.pt every this many iterations")
     parser.add_argument("--eval-every", type=int, metavar="N",
                         help="also evaluate on the test split every N iterations, to TensorBoard and a line "

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (default: runs/pretrain/METHOD)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the network for the training steps (TorchInductor; the first steps "
+                             "compile, the results are the same to float rounding; validation stays eager)")
     parser.add_argument("--synthetic-samples", type=int, help="training images of the built-in set (default 2000)")
     parser.add_argument("--synthetic-val-samples", type=int,
                         help="validation images of the built-in set (default: a quarter of --synthetic-samples)")

@@ -92,9 +92,15 @@ class BinaryConv2d(nn.Conv2d):
         """:meth:`effective_weight`, reused while no gradient can flow to it and none of the
         tensors it is computed from has changed (a frozen backbone, evaluation): binarizing
         (or rotating, standardizing) 11M weights on every forward is otherwise ~40 % of a
-        frozen binary ResNet-18's forward at small inputs."""
+        frozen binary ResNet-18's forward at small inputs.
+
+        Under ``torch.compile`` the weight is binarized in the compiled program on every call
+        (the same value): the cache's validity is a Python-side identity and version check,
+        which a compiled graph cannot hold, and the compiled binarization is fused."""
         if self.weight_binarizer is None:
             return self.weight
+        if torch.compiler.is_compiling():
+            return self.effective_weight()
         sources = [self.weight, *self.weight_binarizer.parameters(), *self.weight_binarizer.buffers()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             self._weight_cache = None

@@ -74,6 +74,12 @@ class BiRotationWeight(ProgressAware, nn.Module):
     after each :func:`~cmim_dense.binary.set_progress` that changes the progress, i.e. once
     per epoch, as RBNN does on the first batch of every epoch.  The progress value of the
     last update is stored in the state dict, so resuming mid-epoch does not repeat it.
+
+    Whether a re-fit is due is decided outside the forward, when the progress is set or a
+    state is loaded (a Python flag, ``_refit_due``); the forward only reads that flag and the
+    progress as a tensor (a non-persistent buffer).  A compiled model therefore has two
+    programs, with and without the re-fit, each compiled once for the whole run, and reads
+    no Python number that changes from epoch to epoch.
     """
 
     def __init__(self, weight: Tensor, estimator: Spec, iterations: int = 3) -> None:
@@ -87,13 +93,20 @@ class BiRotationWeight(ProgressAware, nn.Module):
         self.register_buffer("r1", random_orthogonal(self.shape_ab[0]))
         self.register_buffer("r2", random_orthogonal(self.shape_ab[1]))
         self.register_buffer("updated_at", torch.tensor(-1.0))
-        self._updated_at: float | None = None
-        self.register_load_state_dict_post_hook(_forget_cached_update)
+        self.register_buffer("progress_now", torch.tensor(self.progress), persistent=False)
+        self._updated_at = -1.0  # the progress the rotations were last fitted at, while a re-fit is due
+        self._refit_due = True
+        self.register_load_state_dict_post_hook(_read_loaded_update)
+
+    def set_progress(self, progress: float) -> None:
+        if not self._refit_due:  # the rotations are fitted at the current progress (re-fitted or not)
+            self._updated_at = self.progress
+        super().set_progress(progress)
+        self.progress_now.fill_(self.progress)
+        self._refit_due = self._updated_at != self.progress
 
     def _needs_update(self) -> bool:
-        if self._updated_at is None:
-            self._updated_at = float(self.updated_at)
-        return self.training and self._updated_at != self.progress
+        return self.training and self._refit_due
 
     @torch.no_grad()
     def refit(self, standardized: Tensor) -> None:
@@ -104,8 +117,8 @@ class BiRotationWeight(ProgressAware, nn.Module):
             r1, r2 = update_rotations(x, self.r1.float(), self.r2.float(), self.iterations)
         self.r1.copy_(r1)
         self.r2.copy_(r2)
-        self.updated_at.fill_(self.progress)
-        self._updated_at = self.progress
+        self.updated_at.copy_(self.progress_now)
+        self._refit_due = False
 
     def forward(self, w: Tensor) -> Tensor:
         w2 = standardize_rows(w)
@@ -120,5 +133,8 @@ class BiRotationWeight(ProgressAware, nn.Module):
         return f"rotation={self.shape_ab}, iterations={self.iterations}"
 
 
-def _forget_cached_update(module: Any, incompatible_keys: Any) -> None:
-    module._updated_at = None
+def _read_loaded_update(module: Any, incompatible_keys: Any) -> None:
+    """After a state is loaded: a re-fit is due unless the loaded rotations were fitted at the
+    current progress."""
+    module._updated_at = float(module.updated_at)
+    module._refit_due = module._updated_at != module.progress

@@ -22,7 +22,7 @@ def unbiased_std(centered: Tensor, dim: int | tuple[int, ...] | None = None, kee
     (``Tensor.std`` makes two passes and is about 30x slower on CPU for weight-sized rows).
     """
     dims = range(centered.dim()) if dim is None else (dim,) if isinstance(dim, int) else dim
-    count = math.prod(centered.shape[d] for d in dims)
+    count = math.prod([centered.shape[d] for d in dims])  # a list: torch.compile cannot trace a generator argument
     return torch.linalg.vector_norm(centered, dim=dim, keepdim=keepdim) / math.sqrt(max(count - 1, 1))
 
 

@@ -50,7 +50,7 @@ class CMIMSettings:
 
 
 # where a run writes and how it reports: not part of its result (config.json leaves them out)
-VOLATILE_FIELDS = ("progress_bar", "log_every", "resume", "workers", "out", "init_from", "save_every")
+VOLATILE_FIELDS = ("progress_bar", "log_every", "resume", "workers", "out", "init_from", "save_every", "compile")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class PretrainConfig:
     init_from: str | None = None
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training network (volatile: the same run, compiled or not)
     synthetic_samples: int = 2000
     synthetic_val_samples: int | None = None  # None: a quarter of synthetic_samples
     seed: int = 0
@@ -150,6 +151,7 @@ def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
         init_from=given.get("init_from"),
         amp=bool(given.get("amp", False)),
         channels_last=bool(given.get("channels_last", False)),
+        compile=bool(given.get("compile", False)),
         synthetic_samples=samples,
         synthetic_val_samples=None if given.get("synthetic_val_samples") is None else int(given["synthetic_val_samples"]),
         seed=int(given.get("seed", 0)),

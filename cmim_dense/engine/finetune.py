@@ -133,8 +133,8 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.1 ** (it // config.lr_step))
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
-    return FinetuneRun(config, task, model, distribute(model, context), backbone_meta, train, test, optimizer,
-                       scheduler, scaler, context)
+    network = distribute(model, context, compile=config.compile)
+    return FinetuneRun(config, task, model, network, backbone_meta, train, test, optimizer, scheduler, scaler, context)
 
 
 # a fine-tune is short: a diverged one starts again (its last.pt stays for --evaluate)

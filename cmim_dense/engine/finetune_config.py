@@ -54,6 +54,7 @@ class FinetuneConfig:
     depth_cap: float | None = None
     unfreeze: bool = False
     amp: bool = False
+    compile: bool = False  # torch.compile the training network: not part of the result
     seed: int = 0
     workers: int = 0
     save_every: int = 1000
@@ -65,7 +66,7 @@ class FinetuneConfig:
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
         return result_settings(self, ("progress_bar", "log_every", "resume", "workers", "out", "save_every",
-                                      "eval_every"))
+                                      "eval_every", "compile"))
 
 
 def backbone_folder_name(backbone: str) -> str:

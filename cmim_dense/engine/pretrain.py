@@ -112,7 +112,7 @@ class PretrainRun:
     teacher: BinaryResNet | None = None
     scaler: torch.amp.GradScaler | None = None
     dist: DistributedContext = field(default_factory=DistributedContext)
-    network: nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun
+    network: nn.Module | None = None  # the model as trained: DDP-wrapped under torchrun, compiled by --compile
     cmim_network: nn.Module | None = None
     epoch: int = 0
     step: int = 0
@@ -218,7 +218,7 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
         optimizer, lambda step: lr_factor(step, total_steps, config.schedule, warmup, milestones)
     )
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
-    network = distribute(model, context)
+    network = distribute(model, context, compile=config.compile)  # the CMIM loss stays eager
     cmim_network = distribute(cmim, context) if cmim is not None and any(p.requires_grad for p in cmim.parameters()) \
         else cmim
     return PretrainRun(config, data, model, optimizer, scheduler, device, total_steps, cmim, sites,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -54,12 +55,16 @@ def require_divisible_batch(batch_size: int, context: DistributedContext) -> Non
         raise ValueError(f"--batch-size {batch_size} (global) must divide by the {context.world_size} processes")
 
 
-def distribute(module: nn.Module, context: DistributedContext) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel under torchrun, itself otherwise."""
-    if not context.enabled:
-        return module
-    device = context.device
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+def distribute(module: nn.Module, context: DistributedContext, compile: bool = False) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel under torchrun, itself otherwise; with
+    ``compile`` (``--compile``) that network under ``torch.compile`` (TorchInductor, compiled on
+    its first calls).  The wrappers share ``module``'s parameters and buffers: checkpoints save
+    ``module.state_dict()``, whose keys carry no ``module.`` or ``_orig_mod.`` prefix."""
+    network = module
+    if context.enabled:
+        device = context.device
+        network = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(network) if compile else network
 
 
 def read_resumed(config: RunConfig, role: str) -> dict[str, Any] | None:
