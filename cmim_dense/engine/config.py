@@ -20,7 +20,7 @@ from ..methods import CMIM_CHOICES, CMIMConfig, Recipe, get_recipe, has_cmim
 from ..losses import OBJECTIVES
 from ..models.resnet import ARCHS
 from .optim import OPTIMIZERS, SCHEDULES
-from .run_state import result_settings
+from .run_state import result_fields, result_settings, volatile
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
 
@@ -49,10 +49,6 @@ class CMIMSettings:
         return CMIMConfig(self.lam, self.beta, self.tau, self.n_nce, self.layers)
 
 
-# where a run writes and how it reports: not part of its result (config.json leaves them out)
-VOLATILE_FIELDS = ("progress_bar", "log_every", "resume", "workers", "out", "init_from", "save_every", "compile")
-
-
 @dataclass(frozen=True)
 class PretrainConfig:
     """A fully resolved pretraining run (every value explicit, stored in the checkpoints)."""
@@ -60,7 +56,7 @@ class PretrainConfig:
     method: str
     arch: str
     data: str
-    out: str
+    out: str = volatile()
     epochs: int
     batch_size: int
     image_size: int
@@ -77,24 +73,24 @@ class PretrainConfig:
     cmim: CMIMSettings | None = None
     teacher: str | None = None
     stage: int = 0
-    init_from: str | None = None
+    init_from: str | None = volatile(None)
     amp: bool = False
     channels_last: bool = False
-    compile: bool = False  # torch.compile the training network (volatile: the same run, compiled or not)
+    compile: bool = volatile(False)  # torch.compile the training network: the same run, compiled or not
     synthetic_samples: int = 2000
     synthetic_val_samples: int | None = None  # None: a quarter of synthetic_samples
     seed: int = 0
-    workers: int = 0
+    workers: int = volatile(0)
     max_steps: int | None = None
     eval_every: int = 1  # validate every N epochs and after the last
-    save_every: int = 1  # write last.pt every N epochs and after the last
-    progress_bar: bool = True
-    log_every: float = 30.0  # seconds between progress lines where no bar is drawn; 0: none
-    resume: bool = False
+    save_every: int = volatile(1)  # write last.pt every N epochs and after the last
+    progress_bar: bool = volatile(True)
+    log_every: float = volatile(30.0)  # seconds between progress lines where no bar is drawn; 0: none
+    resume: bool = volatile(False)
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match; ``config.json``)."""
-        return result_settings(self, VOLATILE_FIELDS)
+        return result_settings(self)
 
     @cached_property
     def recipe(self) -> Recipe:
@@ -201,7 +197,7 @@ def pretrain_config(flags: dict[str, Any], config_file: str | Path | None = None
     given = {key: value for key, value in flags.items() if value is not None}
     if config_file is None:
         return resolve_config(given.pop("method", "irnet"), given)
-    recorded = set(PretrainConfig.__dataclass_fields__) - set(VOLATILE_FIELDS)
+    recorded = result_fields(PretrainConfig)
     values = read_config_file(config_file, set(flags) | recorded)
     if not set(values) - set(flags):  # flag values only: a YAML config
         values.update(given)

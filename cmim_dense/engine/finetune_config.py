@@ -11,7 +11,7 @@ from typing import Any
 from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
 from .config import read_config_file, require_finite, require_seed
-from .run_state import result_settings
+from .run_state import result_settings, volatile
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
@@ -35,7 +35,7 @@ class FinetuneConfig:
     task: str
     backbone: str
     data: str
-    out: str
+    out: str = volatile()
     iters: int
     batch_size: int
     crop: tuple[int, int]
@@ -54,19 +54,18 @@ class FinetuneConfig:
     depth_cap: float | None = None
     unfreeze: bool = False
     amp: bool = False
-    compile: bool = False  # torch.compile the training network: not part of the result
+    compile: bool = volatile(False)  # torch.compile the training network
     seed: int = 0
-    workers: int = 0
-    save_every: int = 1000
-    eval_every: int = 0  # evaluate on the test split every N iterations during the run (0: at the end only)
-    progress_bar: bool = True
-    log_every: float = 30.0  # seconds between progress lines where no bar is drawn; 0: none
-    resume: bool = False
+    workers: int = volatile(0)
+    save_every: int = volatile(1000)
+    eval_every: int = volatile(0)  # evaluate on the test split every N iterations during the run (0: at the end only)
+    progress_bar: bool = volatile(True)
+    log_every: float = volatile(30.0)  # seconds between progress lines where no bar is drawn; 0: none
+    resume: bool = volatile(False)
 
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
-        return result_settings(self, ("progress_bar", "log_every", "resume", "workers", "out", "save_every",
-                                      "eval_every", "compile"))
+        return result_settings(self)
 
 
 def backbone_folder_name(backbone: str) -> str:

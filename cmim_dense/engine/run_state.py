@@ -30,13 +30,23 @@ def resumable_state(out: str | Path, resume: bool, role: str) -> dict[str, Any] 
     return state
 
 
-def result_settings(config: Any, volatile: tuple[str, ...]) -> dict[str, Any]:
+def volatile(default: Any = dataclasses.MISSING) -> Any:
+    """A configuration field that does not define the run's result (where it writes, how it reports,
+    how it is run): :func:`result_settings` and a run's ``config.json`` leave it out."""
+    return dataclasses.field(default=default, metadata={"volatile": True})
+
+
+def result_fields(config_class: type) -> set[str]:
+    """The names of a configuration dataclass's fields that define the run's result."""
+    return {f.name for f in dataclasses.fields(config_class) if not f.metadata.get("volatile")}
+
+
+def result_settings(config: Any) -> dict[str, Any]:
     """A configuration dataclass's values that define the run's result (what ``--resume`` must
-    match): every field but the ``volatile`` ones, tuples as lists (as JSON reads them back)."""
+    match): every field not declared :func:`volatile`, tuples as lists (as JSON reads them back)."""
     values = dataclasses.asdict(config)
-    for key in volatile:
-        values.pop(key)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    kept = result_fields(type(config))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k in kept}
 
 
 def require_same_settings(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
