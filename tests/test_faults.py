@@ -122,9 +122,12 @@ PRETRAIN = ["--method", "irnet", "--epochs", "4", "--synthetic-samples", "96", "
             "--image-size", "32", "--no-progress"]
 
 
-def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_intact(python, root, tmp_path) -> None:
+def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_intact(python, root, tmp_path,
+                                                                                   entry_script, capsys) -> None:
     """The issue's case: irnet and bnn started into one --out both exited 0 and mixed their files;
-    a --resume into a running folder was not refused either."""
+    a --resume into a running folder was not refused either.  The first run is a process of its own
+    (the folder's lock is held by another process); the second and third are the command's main()
+    in this process, which would otherwise take 4 s each to import torch."""
     out = tmp_path / "run"
     first = subprocess.Popen([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -133,11 +136,12 @@ def test_a_second_pretraining_into_a_busy_folder_is_refused_and_the_first_is_int
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # paused, still the folder's owner, however slow the others start
     try:
+        pretrain = entry_script("pretrain/run")
         for extra in ([], ["--resume"]):
-            second = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--method", "bnn",
-                                     "--out", str(out), *extra], capture_output=True, text=True)
-            assert second.returncode == 2, second.stderr
-            assert second.stderr.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in second.stderr
+            capsys.readouterr()
+            assert pretrain.main([*PRETRAIN, "--method", "bnn", "--out", str(out), *extra]) == 2
+            error = capsys.readouterr().err
+            assert error.count("\n") == 1 and f"is in use by another run (pid {first.pid} " in error, error
     finally:
         first.send_signal(signal.SIGCONT)
     assert first.wait() == 0, first.stderr.read()
@@ -405,15 +409,19 @@ def test_a_cmim_flag_on_a_method_without_cmim_is_refused(tmp_path) -> None:
         resolve_config("irnet", _tiny(tmp_path / "run", cmim_lambda=2.0))
 
 
-def test_pretrain_cli_prints_one_line_for_faults(python, root, tmp_path) -> None:
+def test_pretrain_cli_prints_one_line_for_faults(entry_script, tmp_path, capsys) -> None:
+    """pretrain/run.py's main() in this process (an interpreter per case took 4 s each): status 2,
+    one line naming the fault, nothing written."""
+    pretrain = entry_script("pretrain/run")
     for args, expected in (
         (["--lr", "inf"], "--lr must be a finite number"),
         (["--cmim-lambda", "nan", "--method", "irnet+cmim"], "--cmim-lambda"),
         (["--init-from", str(tmp_path / "missing.pt")], "does not exist"),
     ):
-        result = subprocess.run([python, str(root / "pretrain" / "run.py"), *PRETRAIN, "--out", str(tmp_path / "r"),
-                                 *args], capture_output=True, text=True)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+        status = pretrain.main([*PRETRAIN, "--out", str(tmp_path / "r"), *args])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and expected in error, error
+        assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def _image_folder(root: Path) -> Path:
@@ -445,19 +453,25 @@ def test_an_image_over_pils_pixel_limit_is_named_in_one_line(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, python, root, tmp_path) -> None:
+def test_a_corrupt_image_is_named_in_one_line_with_or_without_workers(workers, python, root, tmp_path, entry_script,
+                                                                      capsys) -> None:
     """The issue's case: with workers a multi-line DataLoader traceback; without, a line that did
-    not say what to do."""
+    not say what to do.  With workers the command runs as a process of its own (all that its loader
+    workers print reaches its stderr); without, its main() runs in this process."""
     data = _image_folder(tmp_path / "imagenet")
     bad = data / "train" / "dog" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    result = subprocess.run([python, str(root / "pretrain" / "run.py"), "--method", "bnn", "--data", str(data),
-                             "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--workers", workers,
-                             "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"error: {bad} cannot be decoded as an image (")
-    assert "replace or delete" in result.stderr
+    flags = ["--method", "bnn", "--data", str(data), "--epochs", "1", "--batch-size", "4", "--image-size", "16",
+             "--workers", workers, "--out", str(tmp_path / "run"), "--no-progress"]
+    if workers == "0":
+        status, stderr = entry_script("pretrain/run").main(flags), capsys.readouterr().err
+    else:
+        result = subprocess.run([python, str(root / "pretrain" / "run.py"), *flags], capture_output=True, text=True)
+        status, stderr = result.returncode, result.stderr
+    assert status == 2, stderr[-2000:]
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"error: {bad} cannot be decoded as an image (")
+    assert "replace or delete" in stderr
 
 
 def test_system_errors_read_as_a_path_a_reason_and_what_to_check() -> None:
@@ -544,14 +558,17 @@ def finish_despite_kills(command: list[str], out: Path, seed: int, kills: int = 
         return killed
 
 
-def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp_path) -> None:
+def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp_path, entry_script) -> None:
     """Pretraining killed -9 at seeded random moments, resumed each time: the weights and memory
     banks end as an uninterrupted run's, and no temporary is left."""
-    args = [python, str(root / "pretrain" / "run.py"), "--method", "rbnn+cmim", "--epochs", "4",
-            "--synthetic-samples", "96", "--batch-size", "16", "--image-size", "32", "--cmim-nce-n", "8",
-            "--no-progress"]
-    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
-    assert finish_despite_kills(args, tmp_path / "killed", seed=0) >= 2
+    flags = ["--method", "rbnn+cmim", "--epochs", "4", "--synthetic-samples", "96", "--batch-size", "16",
+             "--image-size", "32", "--cmim-nce-n", "8", "--no-progress"]
+    # the uninterrupted reference in this process (its main(): no interpreter start), the killed runs as
+    # processes of their own, on as many threads as this one
+    assert entry_script("pretrain/run").main([*flags, "--out", str(tmp_path / "reference")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    assert finish_despite_kills([python, str(root / "pretrain" / "run.py"), *flags], tmp_path / "killed", seed=0,
+                                env=env) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
     assert all(torch.equal(bank["values"], b["cmim"]["banks"][site][side]["values"])
@@ -559,15 +576,18 @@ def test_kills_at_random_moments_then_resume_end_bit_identical(python, root, tmp
     assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
-def test_finetuning_killed_at_random_moments_then_resumed_ends_bit_identical(python, root, tmp_path) -> None:
-    """The same for fine-tuning, saving every 3 iterations so that kills land in saves too."""
+def test_finetuning_killed_at_random_moments_then_resumed_ends_bit_identical(python, root, tmp_path, entry_script,
+                                                                            monkeypatch) -> None:
+    """The same for fine-tuning, saving every 3 iterations so that kills land in saves too (the
+    reference is finetune/nyud.py's main() in this process, the killed runs processes of their own)."""
     run_pretraining(resolve_config("fp", _tiny(tmp_path / "backbone", lr=1e-3)))
-    env = {**os.environ, "CMIM_DENSE_CACHE": str(tmp_path / "cache")}
-    args = [python, str(root / "finetune" / "nyud.py"), "--task", "seg", "--backbone",
-            str(tmp_path / "backbone" / "best.pt"), "--iters", "45", "--save-every", "3", "--output-stride", "16",
-            "--decoder-channels", "16", "--batch-size", "4", "--no-progress"]
-    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True, env=env)
-    assert finish_despite_kills(args, tmp_path / "killed", seed=1, env=env) >= 2
+    monkeypatch.setenv("CMIM_DENSE_CACHE", str(tmp_path / "cache"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    flags = ["--task", "seg", "--backbone", str(tmp_path / "backbone" / "best.pt"), "--iters", "45", "--save-every",
+             "3", "--output-stride", "16", "--decoder-channels", "16", "--batch-size", "4", "--no-progress"]
+    assert entry_script("finetune/nyud").main([*flags, "--out", str(tmp_path / "reference")]) == 0
+    assert finish_despite_kills([python, str(root / "finetune" / "nyud.py"), *flags], tmp_path / "killed", seed=1,
+                                env=env) >= 2
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert a["meta"]["iteration"] == b["meta"]["iteration"] == 45
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())

@@ -27,13 +27,14 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory, python, root):
+def backbone(tmp_path_factory):
     """A real pretraining checkpoint: fp, 2 epochs of 390 images of the built-in world (88 % top-1;
-    one epoch of 64 images reached 12 %, and a depth head on it only 0.93 x the baseline RMSE)."""
+    one epoch of 64 images reached 12 %, and a depth head on it only 0.93 x the baseline RMSE), by
+    pretrain/run.py's main() in this process."""
     out = tmp_path_factory.mktemp("pretrain") / "fp"
-    subprocess.run([python, str(root / "pretrain" / "run.py"), "--method", "fp", "--epochs", "2", "--synthetic-samples",
-                    "390", "--batch-size", "32", "--image-size", "32", "--optimizer", "adam", "--lr", "1e-3", "--out",
-                    str(out), "--no-progress"], check=True, capture_output=True)
+    assert load_entry_script("pretrain/run").main([
+        "--method", "fp", "--epochs", "2", "--synthetic-samples", "390", "--batch-size", "32", "--image-size", "32",
+        "--optimizer", "adam", "--lr", "1e-3", "--out", str(out), "--no-progress"]) == 0
     return out / "best.pt"
 
 

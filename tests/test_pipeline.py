@@ -3,7 +3,6 @@ with --seeds, once per seed."""
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ def table_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["method"]: row for row in csv.DictReader(handle)}
 
 
-def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, data_cache) -> None:
+def test_quick_main_job_produces_the_chart_and_resumes(entry_script, tmp_path, data_cache, monkeypatch,
+                                                       capsys) -> None:
     """The quick job (1 epoch of 64 images, 4 fine-tuning iterations) guarantees no learning: its seg
     heads score below the majority-class baseline (measured mIoU 1.0-1.3 % vs 3.1 %).  What it does
     guarantee, and what is checked: every fine-tune read its own method's backbone and the data set
@@ -37,19 +37,20 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
     That the heads beat the baselines at a real budget is test_finetune.py's test.
 
     Catches: a stage reading another method's backbone, a chart fed stale or swapped metrics, a
-    depth head not initialised at the mean, a re-run that redoes finished stages."""
-    command = [python, str(root / "pipeline" / "run.py"), "--quick", "--methods", "fp,bnn+cmim", "--root",
-               str(tmp_path / "main"), "--no-progress"]
-    env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
+    depth head not initialised at the mean, a re-run that redoes finished stages.  (pipeline/run.py's
+    main() in this process, twice: the job's stages run in it with one job, as in a process of its own.)"""
+    command = ["--quick", "--methods", "fp,bnn+cmim", "--root", str(tmp_path / "main"), "--no-progress"]
+    monkeypatch.setenv("CMIM_DENSE_CACHE", data_cache)
+    job = entry_script("pipeline/run")
+    status, first = job.main(command), capsys.readouterr()
+    assert status == 0, first.out + first.err
     main = tmp_path / "main"
     for suffix in (".png", ".svg", ".csv", ".md"):
         assert (main / f"seg_vs_depth{suffix}").is_file()
     assert (main / "qualitative.png").is_file()
     table = (main / "seg_vs_depth.md").read_text()
     assert "| fp |" in table and "| bnn+cmim |" in table
-    assert "chart: " in first.stdout
+    assert "chart: " in first.out
 
     rows = table_rows(main / "seg_vs_depth.csv")
     assert sorted(rows) == ["bnn+cmim", "fp"]
@@ -72,28 +73,30 @@ def test_quick_main_job_produces_the_chart_and_resumes(python, root, tmp_path, d
         baselines["depth"].append(depth["baseline"])
     assert all(records[0] == records[1] for records in baselines.values())
 
-    again = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already done") == 8  # 2 pretrainings + 6 fine-tunes; only the chart is redrawn
+    status, again = job.main(command), capsys.readouterr()
+    assert status == 0, again.out + again.err
+    assert again.out.count("already done") == 8  # 2 pretrainings + 6 fine-tunes; only the chart is redrawn
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_a_failed_stage_names_itself_and_blocks_its_dependents(python, root, tmp_path, jobs) -> None:
+def test_a_failed_stage_names_itself_and_blocks_its_dependents(entry_script, tmp_path, jobs, monkeypatch,
+                                                               capsys) -> None:
     """A corrupt last.pt fails its pretraining with the cause on one line (in a worker too, whose
     traceback goes to its log), the fine-tunes that need it are skipped, the exit code says so.
-    Catches: a worker's failure lost or reported without its cause, dependents run on nothing."""
+    Catches: a worker's failure lost or reported without its cause, dependents run on nothing.
+    (pipeline/run.py's main() in this process; with --jobs 2 the stages still run in spawned workers.)"""
     out = tmp_path / "main" / "pretrain" / "fp"
     out.mkdir(parents=True)
     (out / "last.pt").write_bytes(b"not a checkpoint")
-    command = [python, str(root / "pipeline" / "run.py"), "--quick", "--methods", "fp", "--root",
-               str(tmp_path / "main"), "--no-progress", "--jobs", jobs]
-    env = {"CMIM_DENSE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert result.returncode == 1
-    failure = next(line for line in result.stdout.splitlines() if "pretrain fp: FAILED" in line)
+    monkeypatch.setenv("CMIM_DENSE_CACHE", str(tmp_path / "cache"))
+    status = entry_script("pipeline/run").main(["--quick", "--methods", "fp", "--root", str(tmp_path / "main"),
+                                                "--no-progress", "--jobs", jobs])
+    result = capsys.readouterr()
+    assert status == 1, result.out + result.err
+    failure = next(line for line in result.out.splitlines() if "pretrain fp: FAILED" in line)
     assert "last.pt" in failure and "checkpoint" in failure
-    assert "seg fp: skipped, needs pretrain fp" in result.stdout
-    assert "rerun the same command" in result.stderr
+    assert "seg fp: skipped, needs pretrain fp" in result.out
+    assert "rerun the same command" in result.err
     assert (out / "last.pt").read_bytes() == b"not a checkpoint"  # nothing written over it
     if jobs == "2":
         assert "Traceback" in (tmp_path / "main" / "logs" / "pretrain_fp.log").read_text()
@@ -151,40 +154,42 @@ def test_main_job_takes_any_registered_tasks(entry_script, tmp_path, capsys) -> 
     assert "| irnet+cmim | 50.00 | 0.3567 | 0.7000 | 55.00 |" in (root / "seg_vs_depth.md").read_text()
 
 
-def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(python, root, tmp_path,
-                                                                             data_cache) -> None:
+def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(entry_script, tmp_path, data_cache,
+                                                                             monkeypatch, capsys) -> None:
     """--seeds 2 --jobs 2: every pretraining and fine-tuning runs for seeds 0 and 1 in RUN/seed<k>, two at a time
     in worker processes (each fine-tune after its backbone's pretraining, the table after all), the
     fine-tunes of seed k on the backbone of seed k, each run configured with its seed; the table
     gives mean ± interval over 2 seeds and the paired irnet+cmim − irnet differences; a re-run skips
-    all 12 finished runs (``--tasks seg,depth``: the quick job above covers normals).
+    all 8 finished runs (``--tasks seg``: the quick job above covers depth and normals, whose
+    fine-tunes are the same stages with another task).  pipeline/run.py's main() in this process
+    (the job's parent; its stages run in spawned workers).
 
     Catches: seeds written over one folder, a seed not passed to the pretraining or the fine-tuning
     (both would run seed 0), a fine-tune of seed 1 on seed 0's backbone, a table that does not
     gather the seeds or averages other numbers than the runs', paired differences not taken seed by
     seed, seeded stages that are not skipped when finished."""
     main = tmp_path / "main"
-    command = [python, str(root / "pipeline" / "run.py"), "--quick", "--seeds", "2", "--methods", "irnet,irnet+cmim",
-               "--tasks", "seg,depth", "--root", str(main), "--no-progress", "--jobs", "2"]
-    env = {"CMIM_DENSE_CACHE": data_cache, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.count(": done in ") == 12 and len(list((main / "logs").glob("*.log"))) == 12
+    command = ["--quick", "--seeds", "2", "--methods", "irnet,irnet+cmim", "--tasks", "seg", "--root", str(main),
+               "--no-progress", "--jobs", "2"]
+    monkeypatch.setenv("CMIM_DENSE_CACHE", data_cache)
+    job = entry_script("pipeline/run")
+    status, first = job.main(command), capsys.readouterr()
+    assert status == 0, first.out + first.err
+    assert first.out.count(": done in ") == 8 and len(list((main / "logs").glob("*.log"))) == 8
     assert "epoch 1/1" in (main / "logs" / "pretrain_irnet_seed1.log").read_text()
     for method in ("irnet", "irnet+cmim"):
         for seed in (0, 1):
             backbone = main / "pretrain" / method / f"seed{seed}" / "best.pt"
             assert torch.load(backbone, weights_only=True)["meta"]["config"]["seed"] == seed
-            assert not (main / "finetune" / method / f"seed{seed}" / "normals").exists()  # --tasks seg,depth
-            for task in ("seg", "depth"):
-                run = main / "finetune" / method / f"seed{seed}" / task
-                assert json.loads((run / "config.json").read_text())["seed"] == seed
-                assert json.loads((run / "metrics.json").read_text())["backbone"] == str(backbone.resolve())
+            assert sorted(path.name for path in (main / "finetune" / method / f"seed{seed}").iterdir()) == ["seg"]
+            run = main / "finetune" / method / f"seed{seed}" / "seg"
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+            assert json.loads((run / "metrics.json").read_text())["backbone"] == str(backbone.resolve())
     assert not (main / "pretrain" / "irnet" / "best.pt").exists()
     table = (main / "seg_vs_depth.md").read_text()
     assert "| irnet | 2 | " in table and "| irnet+cmim | 2 | " in table and "±" in table
     assert "| irnet+cmim − irnet | 0, 1 | " in table
-    assert "irnet+cmim − irnet (seeds 0, 1): mIoU " in first.stdout
+    assert "irnet+cmim − irnet (seeds 0, 1): mIoU " in first.out
     # the table's means and the paired differences are those of the runs' own metrics.json
     miou = {(method, seed): metrics(main / "finetune" / method / f"seed{seed}" / "seg")["miou"]
             for method in ("irnet", "irnet+cmim") for seed in (0, 1)}
@@ -198,9 +203,9 @@ def test_seeded_quick_job_runs_each_seed_in_its_folder_and_tabulates_intervals(p
     assert [float(v) for v in paired["differences"].split(";")] == pytest.approx(per_seed, rel=1e-9, abs=1e-12)
     assert float(paired["mean"]) == pytest.approx(sum(per_seed) / 2, rel=1e-9, abs=1e-12)
 
-    again = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already done") == 12  # 4 pretrainings + 8 fine-tunes
+    status, again = job.main(command), capsys.readouterr()
+    assert status == 0, again.out + again.err
+    assert again.out.count("already done") == 8  # 4 pretrainings + 4 fine-tunes
 
 
 def test_seeds_must_be_a_positive_integer(entry_script, tmp_path, capsys) -> None:

@@ -1,4 +1,5 @@
-"""The pretraining command line, run as a user runs it."""
+"""The pretraining command line with a user's arguments: ``--list-methods`` as a process of its own, the
+runs as pretrain/run.py's main() in this process (the same code without an interpreter's start)."""
 
 import json
 import subprocess
@@ -47,32 +48,36 @@ def test_bad_input_gives_one_line_error(entry_script, capsys, tmp_path, args, me
     assert not (tmp_path / "out" / "last.pt").exists()
 
 
-def test_pretraining_writes_self_describing_checkpoints_and_learns(python, root, tmp_path) -> None:
+def test_pretraining_writes_self_describing_checkpoints_and_learns(entry_script, capsys, tmp_path) -> None:
+    """pretrain/run.py's main() in this process (the command line without an interpreter's start):
+    2 epochs of 390 images learn the built-in world (measured 88 % top-1, chance 7.7 %), the
+    checkpoints describe themselves, and --evaluate of last.pt reproduces its top-1."""
     out = tmp_path / "fp"
-    result = run(python, root, "--method", "fp", "--epochs", "3", "--synthetic-samples", "390", "--batch-size", "32",
-                 "--image-size", "32", "--optimizer", "adam", "--lr", "0.001", "--out", str(out), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    pretrain = entry_script("pretrain/run")
+    assert pretrain.main(["--method", "fp", "--epochs", "2", "--synthetic-samples", "390", "--batch-size", "32",
+                          "--image-size", "32", "--optimizer", "adam", "--lr", "0.001", "--out", str(out),
+                          "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     checkpoint = load_checkpoint(out / "best.pt")
     assert set(checkpoint) == {"model", "meta"}  # resume state lives in last.pt only
     meta = checkpoint["meta"]
     assert {"method", "arch", "num_classes", "epoch", "top1", "top5", "data", "recipe", "config"} <= set(meta)
     assert meta["top1"] == max(r["val_top1"] for r in records)
-    assert meta["top1"] > 0.2  # 13 classes: chance is 0.077 (measured 0.907)
+    assert meta["top1"] > 0.2  # 13 classes: chance is 0.077
     model = create_model(meta["arch"], meta["method"], num_classes=meta["num_classes"])
     model.load_state_dict(checkpoint["model"])
     last_checkpoint = load_checkpoint(out / "last.pt")
     assert {"optimizer", "scheduler", "progress", "rng"} <= set(last_checkpoint)
     last = last_checkpoint["meta"]
-    assert last["epoch"] == 3
-    evaluated = run(python, root, "--evaluate", str(out / "last.pt"))
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["top1"] == last["top1"]
+    assert last["epoch"] == 2
+    capsys.readouterr()
+    assert pretrain.main(["--evaluate", str(out / "last.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == last["top1"]
 
 
-def test_image_folder_data(python, root, tmp_path) -> None:
+def test_image_folder_data(entry_script, tmp_path) -> None:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("cat", "dog"):
@@ -81,28 +86,29 @@ def test_image_folder_data(python, root, tmp_path) -> None:
             for i in range(4):
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    result = run(python, root, "--method", "irnet", "--data", str(tmp_path / "data"), "--image-size", "32",
-                 "--batch-size", "4", "--epochs", "1", "--out", str(out), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    assert entry_script("pretrain/run").main(["--method", "irnet", "--data", str(tmp_path / "data"), "--image-size",
+                                              "32", "--batch-size", "4", "--epochs", "1", "--out", str(out),
+                                              "--no-progress"]) == 0
     meta = load_checkpoint(out / "last.pt")["meta"]
     assert meta["num_classes"] == 2 and meta["data"].startswith("imagefolder(")
     assert torch.load(out / "last.pt", weights_only=True)["meta"]["method"] == "irnet"
 
 
-def test_cmim_pretraining_saves_heads_and_banks(python, root, tmp_path) -> None:
+def test_cmim_pretraining_saves_heads_and_banks(entry_script, tmp_path) -> None:
+    """The CMIM flags reach the saved recipe, heads and banks (float16), and the CMIM term is trained
+    (64 built-in images: the banks' size is not what is checked)."""
     out = tmp_path / "rbnn_cmim"
-    result = run(python, root, "--method", "rbnn+cmim", "--epochs", "1", "--max-steps", "3", "--batch-size", "8",
-                 "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages", "--cmim-lambda", "0.4",
-                 "--cmim-bank-dtype", "float16", "--out", str(out),
-                 "--no-progress")
-    assert result.returncode == 0, result.stderr
+    assert entry_script("pretrain/run").main([
+        "--method", "rbnn+cmim", "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--synthetic-samples",
+        "64", "--image-size", "32", "--cmim-nce-n", "16", "--cmim-layers", "stages", "--cmim-lambda", "0.4",
+        "--cmim-bank-dtype", "float16", "--out", str(out), "--no-progress"]) == 0
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["meta"]["method"] == "rbnn+cmim"
     assert checkpoint["meta"]["config"]["cmim"]["n_nce"] == 16
     # the recipe the model was built from records the settings used, not the defaults
     assert checkpoint["meta"]["recipe"]["cmim"] == {"lam": 0.4, "beta": 2.0, "tau": 0.1, "n_nce": 16, "layers": "stages"}
     assert len(checkpoint["cmim"]["banks"]) == 4
-    assert all(bank["values"].dtype == torch.float16
+    assert all(bank["values"].dtype == torch.float16 and len(bank["values"]) == 64
                for banks in checkpoint["cmim"]["banks"].values() for bank in banks.values())
     assert torch.isfinite(checkpoint["cmim"]["heads"]["log_z"]).all()
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

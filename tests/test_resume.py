@@ -1,5 +1,6 @@
 """A run killed with SIGKILL and resumed ends bit for bit where an uninterrupted run ends."""
 
+import os
 import signal
 import subprocess
 import time
@@ -14,10 +15,6 @@ ARGS = ["--method", "rbnn+cmim", "--epochs", "3", "--synthetic-samples", "64", "
         "--image-size", "32", "--cmim-nce-n", "8", "--no-progress"]
 
 
-def command(python, root, out, *extra: str) -> list[str]:
-    return [python, str(root / "pretrain" / "run.py"), *ARGS, "--out", str(out), *extra]
-
-
 def finished_epoch(path) -> int:
     try:
         return load_checkpoint(path)["meta"]["epoch"]
@@ -25,12 +22,13 @@ def finished_epoch(path) -> int:
         return 0
 
 
-def test_existing_run_is_never_overwritten(python, root, tmp_path) -> None:
+def test_existing_run_is_never_overwritten(entry_script, tmp_path, capsys) -> None:
+    """pretrain/run.py's main() in this process: status 2, and the existing last.pt untouched."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b"precious")
-    result = subprocess.run(command(python, root, out), capture_output=True, text=True)
-    assert result.returncode == 2 and "add --resume" in result.stderr
+    assert entry_script("pretrain/run").main([*ARGS, "--out", str(out)]) == 2
+    assert "add --resume" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == b"precious"
 
 
@@ -61,25 +59,30 @@ def image_folder(root) -> None:
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_sigkill_then_resume_on_an_image_folder_with_augmentation_is_bit_exact(python, root, tmp_path, workers) -> None:
+def test_sigkill_then_resume_on_an_image_folder_with_augmentation_is_bit_exact(entry_script, python, root, tmp_path,
+                                                                               workers) -> None:
     """Real data: RandomResizedCrop and flips draw from the global RNG in the main process
     (``--workers 0``) and from per-epoch worker seeds otherwise.  A kill -9 after the first epoch,
     then --resume, must end as an uninterrupted run.  Catches a resume that does not restore the
-    RNG state (the workers-0 case), which the built-in data, drawing no random numbers, cannot."""
+    RNG state (the workers-0 case), which the built-in data, drawing no random numbers, cannot.
+    The killed run is a process of its own; the reference and the resume are pretrain/run.py's
+    main() in this process (no interpreter start), the killed run on as many threads."""
     data = tmp_path / "images"
     image_folder(data)
-    args = [python, str(root / "pretrain" / "run.py"), "--method", "irnet", "--data", str(data), "--epochs", "3",
-            "--batch-size", "8", "--image-size", "16", "--workers", workers, "--no-progress"]
-    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
+    flags = ["--method", "irnet", "--data", str(data), "--epochs", "3", "--batch-size", "8", "--image-size", "16",
+             "--workers", workers, "--no-progress"]
+    pretrain = entry_script("pretrain/run")
+    assert pretrain.main([*flags, "--out", str(tmp_path / "reference")]) == 0
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*args, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([python, str(root / "pretrain" / "run.py"), *flags, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     while finished_epoch(killed / "last.pt") < 1 and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert finished_epoch(killed / "last.pt") in (1, 2)
-    result = subprocess.run([*args, "--out", str(killed), "--resume"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert pretrain.main([*flags, "--out", str(killed), "--resume"]) == 0
     a, b = load_checkpoint(tmp_path / "reference" / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["meta"]["epoch"] == b["meta"]["epoch"] == 3
     assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
