@@ -57,14 +57,15 @@ def make_step(method: str, batch: int, size: int, device: torch.device, amp: boo
     model = create_model("resnet18", method, num_classes=1000).to(device).train()
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
-    cmim, sites = None, []
+    cmim = None
     trained = [model]
     if has_cmim(method):
         config = resolve_config(method, {"out": "/tmp/unused", "cmim_nce_n": 4096})
         dataset = torch.utils.data.TensorDataset(torch.zeros(8192, 1))  # its length sizes the banks
         dataset.targets = [i % 1000 for i in range(8192)]  # the classes the negatives avoid
-        cmim, sites = build_cmim_loss(config, model, None, dataset, device)
+        cmim = build_cmim_loss(config.cmim, model, None, dataset, config.image_size, device, config.seed)
         trained.append(cmim)
+    sites = cmim.sites if cmim is not None else []
     params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda") if amp else None
@@ -78,7 +79,7 @@ def make_step(method: str, batch: int, size: int, device: torch.device, amp: boo
                 loss = F.cross_entropy(network(images), labels)
             if cmim is not None:
                 indices = torch.arange(steps_taken * batch, (steps_taken + 1) * batch, device=device) % 8192
-                loss = loss + cmim(taps, indices).total
+                loss = loss + cmim(taps, indices, [], None).total
         backward_step(loss, optimizer, scaler)
         steps_taken += 1
 

@@ -256,7 +256,7 @@ def test_official_code_variant_is_two_sided_crd() -> None:
     student = torch.randn(4, 8, requires_grad=True)
     teacher = torch.randn(4, 6)
     before = loss_fn.bank_teacher.values.clone()
-    loss = loss_fn(student, teacher, torch.tensor([0, 1, 2, 3]))
+    loss = loss_fn.contrast(student, teacher, torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert torch.isfinite(loss) and student.grad.abs().sum() > 0
     changed = (loss_fn.bank_teacher.values != before).any(dim=1)

@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..checkpoint_io import load_checkpoint_as, save_atomic, strict_json, write_atomic
 from ..cli import first_line
 from ..data import ClassificationData, WithIndex, build_classification_data
-from ..losses import OBJECTIVES, CMIMLoss, ObjectiveInputs
+from ..losses import OBJECTIVES, CMIMLoss, CMIMTerm, ObjectiveInputs
 from ..losses.cmim_code import OfficialCMIMLoss
 from ..models import (BinaryResNet, checkpoint_with_data, collect_taps, create_model, load_teacher,
                       model_from_checkpoint, select_sites)
-from .config import PretrainConfig
+from .config import CMIMSettings, PretrainConfig
 from .distributed import DistributedContext, setup_distributed
 from .optim import backward_step, build_optimizer, clip_latent_weights, lr_factor
 from .rng import rng_state, seed_everything, set_rng_state
@@ -69,31 +69,30 @@ def evaluate_checkpoint(path: str, data: str | None = None, batch_size: int = 64
             **metrics}
 
 
-def build_cmim_loss(config: PretrainConfig, model: BinaryResNet, teacher: BinaryResNet | None,
-                    train: Dataset, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The CMIM loss: the paper's over the configured tap sites, or the official code's CRD."""
-    cmim = config.cmim
-    assert cmim is not None
+def build_cmim_loss(cmim: CMIMSettings, model: BinaryResNet, teacher: BinaryResNet | None, train: Dataset,
+                    image_size: int, device: torch.device, seed: int) -> CMIMTerm:
+    """The CMIM term ``cmim.variant`` names, built once: the paper's over the configured tap sites,
+    or the official code's CRD between the model's and the teacher's penultimate features."""
     if cmim.variant == "code":
-        assert teacher is not None
-        loss = OfficialCMIMLoss(model.fc.in_features, teacher.fc.in_features, len(train), dataset_labels(train),
-                                n_nce=cmim.n_nce, tau=cmim.tau, lam=cmim.lam, device=device, seed=config.seed)
-        return loss.to(device), []
-    dataset_size = len(train)
+        if teacher is None:  # the configuration refuses it first (--teacher is required)
+            raise ValueError("--cmim-variant code contrasts with a full-precision network: pass --teacher PATH")
+        return OfficialCMIMLoss(model.fc.in_features, teacher.fc.in_features, len(train), dataset_labels(train),
+                                n_nce=cmim.n_nce, tau=cmim.tau, lam=cmim.lam, device=device, seed=seed,
+                                student_penultimate=model.penultimate,
+                                teacher_penultimate=teacher.penultimate).to(device)
     sites = select_sites(model, cmim.layers)
     modules = dict(model.named_modules())
     channels = {site: modules[site].in_channels for site in sites}
     dims = None
     if cmim.embed == "none":  # the bank stores whole activations: measure them once
         with torch.no_grad(), collect_taps(model.eval(), sites) as taps:
-            model(torch.zeros(2, 3, config.image_size, config.image_size, device=device))
+            model(torch.zeros(2, 3, image_size, image_size, device=device))
         model.train()
         dims = {site: tap.latent[0].numel() for site, tap in taps.items()}
     labels = dataset_labels(train) if cmim.negatives == "other-class" else None
-    loss = CMIMLoss(channels, dataset_size, cmim.loss_config, embed=cmim.embed, site_dims=dims,
+    return CMIMLoss(channels, len(train), cmim.loss_config, embed=cmim.embed, site_dims=dims,
                     bank_dtype=getattr(torch, cmim.bank_dtype), normalizer=cmim.normalizer, labels=labels,
-                    device=device, seed=config.seed).to(device)
-    return loss, sites
+                    device=device, seed=seed).to(device)
 
 
 @dataclass
@@ -107,8 +106,7 @@ class PretrainRun:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
     total_steps: int
-    cmim: CMIMLoss | OfficialCMIMLoss | None = None
-    sites: list[str] = field(default_factory=list)
+    cmim: CMIMTerm | None = None
     teacher: BinaryResNet | None = None
     scaler: torch.amp.GradScaler | None = None
     dist: DistributedContext = field(default_factory=DistributedContext)
@@ -201,7 +199,8 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
             raise ValueError(
                 f"teacher {config.teacher} predicts {teacher.num_classes} classes but the data has {data.num_classes}"
             )
-    cmim, sites = build_cmim_loss(config, model, teacher, data.train, device) if config.cmim else (None, [])
+    cmim = (build_cmim_loss(config.cmim, model, teacher, data.train, config.image_size, device, config.seed)
+            if config.cmim else None)
     trained = nn.ModuleList([model] + ([cmim] if cmim is not None else []))
     optimizer = build_optimizer(trained, config.optimizer, config.lr, config.weight_decay,
                                 config.binary_weight_decay, recipe.training.momentum, recipe.training.nesterov,
@@ -221,7 +220,7 @@ def build_run(config: PretrainConfig, context: DistributedContext) -> PretrainRu
     network = distribute(model, context, compile=config.compile)  # the CMIM loss stays eager
     cmim_network = distribute(cmim, context) if cmim is not None and any(p.requires_grad for p in cmim.parameters()) \
         else cmim
-    return PretrainRun(config, data, model, optimizer, scheduler, device, total_steps, cmim, sites,
+    return PretrainRun(config, data, model, optimizer, scheduler, device, total_steps, cmim,
                        teacher, scaler, context, network, cmim_network)
 
 
@@ -249,14 +248,9 @@ def objective(run: PretrainRun, images: torch.Tensor, labels: torch.Tensor) -> S
 
 def cmim_step(run: PretrainRun, taps: dict, outputs: StepOutputs,
               indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The CMIM term and its per-site diagnostics (``cmim/SITE/loss|positive|negative|log_z``):
-    the paper's over the taps, or the official code's over penultimate features (no diagnostics)."""
-    if isinstance(run.cmim, OfficialCMIMLoss):
-        assert run.teacher is not None and outputs.teacher_features is not None
-        student = run.model.penultimate(outputs.features[-1])
-        teacher = run.teacher.penultimate(outputs.teacher_features[-1])
-        return run.cmim_network(student, teacher, indices), {}
-    out = run.cmim_network(taps, indices)
+    """The CMIM term and its per-site diagnostics (``cmim/SITE/loss|positive|negative|log_z``; none
+    for the official code's variant, which taps no site)."""
+    out = run.cmim_network(taps, indices, outputs.features, outputs.teacher_features)
     diagnostics = {f"cmim/{site}/{key}": value for site, stats in out.per_layer.items() for key, value in stats.items()}
     return out.total, diagnostics
 
@@ -285,7 +279,8 @@ def train_one_epoch(run: PretrainRun, log: LineLog | None = None) -> dict[str, f
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
-            with collect_taps(model, run.sites) if run.sites else nullcontext({}) as taps:
+            sites = run.cmim.sites if run.cmim is not None else []
+            with collect_taps(model, sites) if sites else nullcontext({}) as taps:
                 outputs = objective(run, images, labels)
             loss, logits = outputs.loss, outputs.logits
             if run.cmim is not None:

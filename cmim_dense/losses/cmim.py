@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,23 @@ class CMIMOutput:
 
     total: Tensor
     per_layer: dict[str, dict[str, Tensor]]
+
+
+class CMIMTerm(Protocol):
+    """What pretraining calls, whichever CMIM variant (``--cmim-variant paper`` :class:`CMIMLoss`, ``code``
+    :class:`~cmim_dense.losses.cmim_code.OfficialCMIMLoss`): the weighted term and its per-site
+    diagnostics from one step's activations at the term's tap ``sites`` (none for the code's variant),
+    the student's and the teacher's (None without one) feature maps, and the samples' dataset indices;
+    its memory banks are saved and restored with the run."""
+
+    sites: list[str]
+
+    def __call__(self, taps: dict[str, Tap], indices: Tensor, features: list[Tensor],
+                 teacher_features: list[Tensor] | None) -> CMIMOutput: ...
+
+    def bank_state(self) -> dict: ...
+
+    def load_bank_state(self, state: dict) -> None: ...
 
 
 SIDES = ("binary", "latent")  # a_B and a_F: each side's embedding, bank and direction of contrast
@@ -235,7 +253,9 @@ class CMIMLoss(nn.Module):
                      "log_z": log_z.detach().clone()}
         return loss, stats
 
-    def forward(self, taps: dict[str, Tap], indices: Tensor) -> CMIMOutput:
+    def forward(self, taps: dict[str, Tap], indices: Tensor, features: list[Tensor] | None = None,
+                teacher_features: list[Tensor] | None = None) -> CMIMOutput:
+        """Eq. 14 over ``taps`` (:class:`CMIMTerm`'s call; the feature maps are not read)."""
         total = None
         per_layer: dict[str, dict[str, Tensor]] = {}
         for k, (site, weight) in enumerate(zip(self.sites, self.weights)):

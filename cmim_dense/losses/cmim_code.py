@@ -7,10 +7,13 @@ docs/methods.md for the eight differences.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
-from .cmim import crd_log_z, nce_loss
+from ..models.taps import Tap
+from .cmim import CMIMOutput, crd_log_z, nce_loss
 from .memory import MemoryBank
 
 
@@ -34,7 +37,13 @@ class OfficialCMIMLoss(nn.Module):
     first batch; CRD's loss (the same form as Eq. 13); both banks updated with momentum.
     ``train_heads=False`` reproduces the official code, whose projection heads are never
     given to the optimizer and stay at their random initialisation.
+
+    As a :class:`~cmim_dense.losses.cmim.CMIMTerm` it taps no site: it reads the two networks' last
+    feature maps and pools them with ``student_penultimate`` and ``teacher_penultimate`` (the
+    networks' own ``penultimate``: what their classifiers see).
     """
+
+    sites: list[str] = []
 
     def __init__(
         self,
@@ -50,9 +59,12 @@ class OfficialCMIMLoss(nn.Module):
         train_heads: bool = False,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        student_penultimate: Callable[[Tensor], Tensor] | None = None,
+        teacher_penultimate: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.n_nce, self.tau, self.lam = n_nce, tau, lam
+        self.student_penultimate, self.teacher_penultimate = student_penultimate, teacher_penultimate
         self.dataset_size = dataset_size
         self.embed_student = EmbedL2(student_dim, embed_dim)
         self.embed_teacher = EmbedL2(teacher_dim, embed_dim)
@@ -74,7 +86,18 @@ class OfficialCMIMLoss(nn.Module):
         scores = scores - self.log_z[k]
         return nce_loss(scores[:, 0], scores[:, 1:], self.n_nce / self.dataset_size)
 
-    def forward(self, student_feature: Tensor, teacher_feature: Tensor, indices: Tensor) -> Tensor:
+    def forward(self, taps: dict[str, Tap], indices: Tensor, features: list[Tensor],
+                teacher_features: list[Tensor] | None) -> CMIMOutput:
+        """The term from the networks' last feature maps (no per-site diagnostics)."""
+        if self.student_penultimate is None or self.teacher_penultimate is None or teacher_features is None:
+            raise ValueError("the official code's CMIM contrasts the student with a full-precision teacher: build it "
+                             "with both networks' penultimate functions and pass the teacher's features")
+        loss = self.contrast(self.student_penultimate(features[-1]), self.teacher_penultimate(teacher_features[-1]),
+                             indices)
+        return CMIMOutput(loss, {})
+
+    def contrast(self, student_feature: Tensor, teacher_feature: Tensor, indices: Tensor) -> Tensor:
+        """lambda times the two-sided CRD loss of penultimate features, and the banks' momentum update."""
         student = self.embed_student(student_feature)
         teacher = self.embed_teacher(teacher_feature.detach())
         loss = self._side(0, student, self.bank_teacher, indices) + self._side(1, teacher, self.bank_student, indices)
