@@ -39,7 +39,7 @@ from common import interleaved_calls, packed_check, write_record  # noqa: E402
 from cmim_dense.arguments import image_size  # noqa: E402
 from cmim_dense.dense import create_dense_model  # noqa: E402
 from cmim_dense.export import pack_model, set_packed  # noqa: E402
-from cmim_dense.export.fuse import fuse_epilogues  # noqa: E402
+from cmim_dense.packed.fuse import fuse_epilogues  # noqa: E402
 from cmim_dense.model_summary import dense_parts  # noqa: E402
 
 # (head, output stride, width): the paper's default, a wider V3+, the built-in rooms' slim V3+, FPN

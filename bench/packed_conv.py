@@ -15,7 +15,7 @@ machine, best of ``--repeats`` after one warm-up call:
   skips it);
 
 with the binary throughput ``2 K outputs / time`` (K = 9 C_in) against the measured popcount peak
-(:func:`~cmim_dense.export.native.kernel.popcount_rate`, 128 binary operations per 64-bit word), and
+(:func:`~cmim_dense.packed.native.kernel.popcount_rate`, 128 binary operations per 64-bit word), and
 checks the packed output against the float one.  Then whole networks at 1x3x``--image-size``:
 FP32 ResNet-18, Bi-Real-18 in float, Bi-Real-18 packed + fused on the kernel (and on the fallback),
 with where the packed network's time goes, and the packed network checked against its float self on
@@ -49,9 +49,9 @@ from common import best_seconds, packed_check, write_record
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec
 from cmim_dense.export import PackedBinaryConv2d, fuse_epilogues, pack_model, set_packed
-from cmim_dense.export.native import cpu_isa, native_library
-from cmim_dense.export.native.build import build_library
-from cmim_dense.export.native.kernel import ISA_ENV, popcount_rate
+from cmim_dense.packed.native import cpu_isa, native_library
+from cmim_dense.packed.native.build import build_library
+from cmim_dense.packed.native.kernel import ISA_ENV, popcount_rate
 
 # (C_in, C_out, input size, stride) of ResNet-18's 3x3 convolutions at 224x224 input
 SHAPES = ((64, 64, 56, 1), (128, 128, 28, 1), (256, 256, 14, 1), (512, 512, 7, 1),

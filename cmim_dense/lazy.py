@@ -13,9 +13,10 @@ from typing import Any, Callable, Mapping
 
 
 def lazy_attributes(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
-    """The ``__getattr__`` of ``package``: ``homes`` maps each public name to the submodule that
-    defines it (relative, e.g. ``"export"``); the name is imported from there on first use and kept
-    on the package, and any other name is an AttributeError as usual."""
+    """The ``__getattr__`` of ``package``: ``homes`` maps each public name to the module that defines
+    it, relative to ``package`` (``"export"`` is ``package.export``, ``".packed"`` a sibling package);
+    the name is imported from there on first use and kept on the package, and any other name is an
+    AttributeError as usual."""
 
     def __getattr__(name: str) -> Any:
         if name not in homes:

@@ -164,6 +164,12 @@ def pretrain_settings(quick: bool, teacher: str | None) -> dict[str, Any]:
     return {**(QUICK_PRETRAIN if quick else MAIN_PRETRAIN), **({"teacher": teacher} if teacher else {})}
 
 
+def finetune_settings(quick: bool, packed_backbone: bool) -> dict[str, Any]:
+    """What every fine-tune of a job is given beyond its task's schedule (``packed_backbone=False``:
+    ``--no-packed-backbone``, the frozen backbone in float on a CPU)."""
+    return {**(QUICK_FINETUNE if quick else {}), **({} if packed_backbone else {"packed_backbone": False})}
+
+
 def check_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
     """``tasks`` if it names one or more registered dense tasks, each once; else a one-line
     ValueError that lists the valid names.  (Any tasks make the tables; the seg-vs-depth chart is
@@ -182,12 +188,12 @@ def check_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
 
 def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
                     progress: bool = True, teacher: str | None = None, seeds: int = 1,
-                    tasks: tuple[str, ...] = MAIN_TASKS) -> list[Stage]:
+                    tasks: tuple[str, ...] = MAIN_TASKS, packed_backbone: bool = True) -> list[Stage]:
     """The main job: every method pretrained, fine-tuned for every task of ``tasks`` (``seeds`` times,
     seeds 0..N-1), then the tables (mean ± 95 % CI over the seeds), the seg-vs-depth chart (when
     ``tasks`` has both) and the qualitative grid of the tasks fine-tuned (seed 0)."""
     pretrain = pretrain_settings(quick, teacher)
-    finetune = QUICK_FINETUNE if quick else {}
+    finetune = finetune_settings(quick, packed_backbone)
     stages = method_stages({m: (m, {}) for m in methods}, root, pretrain, finetune, progress, seeds,
                            check_tasks(tasks))
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
@@ -216,14 +222,14 @@ def sweep_runs(kind: str, methods: tuple[str, ...], values: tuple[float, ...] | 
 
 def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
                  quick: bool = False, progress: bool = True, teacher: str | None = None,
-                 seeds: int = 1) -> list[Stage]:
+                 seeds: int = 1, packed_backbone: bool = True) -> list[Stage]:
     """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
     of each ``methods`` entry (plus the method without CMIM), each run ``seeds`` times; then the
     seg-vs-depth chart (mean ± 95 % CI over the seeds) and the top-1 sweep chart (of seed 0)."""
     check_seeds(seeds)
     pretrain = pretrain_settings(quick, teacher)
     runs = sweep_runs(kind, methods, values)
-    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds)
+    stages = method_stages(runs, root, pretrain, finetune_settings(quick, packed_backbone), progress, seeds)
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
     stages.append(chart_stage(root, finetunes))
     if kind in SWEEPS:
@@ -235,7 +241,7 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
 
 def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, values: tuple[float, ...] | None = None,
                       quick: bool = False, progress: bool = True, seeds: int = STUDY_SEEDS,
-                      transfer_seeds: int = STUDY_TRANSFER_SEEDS) -> list[Stage]:
+                      transfer_seeds: int = STUDY_TRANSFER_SEEDS, packed_backbone: bool = True) -> list[Stage]:
     """The CMIM evidence study: each method without CMIM and with CMIM at each lambda (``values``,
     default Table 3's 0.8 and 3.2) pretrained ``seeds`` times in the over-fitting regime
     :data:`STUDY_PRETRAIN`, the backbones of the first ``transfer_seeds`` seeds fine-tuned on the
@@ -244,7 +250,8 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, valu
     check_seeds(seeds)
     pretrain = QUICK_STUDY_PRETRAIN if quick else STUDY_PRETRAIN
     runs = sweep_runs("lambda", methods, values or STUDY_LAMBDAS)
-    stages = method_stages(runs, root, pretrain, QUICK_FINETUNE if quick else {}, progress, seeds, STUDY_TASKS,
+    finetune = finetune_settings(quick, packed_backbone)
+    stages = method_stages(runs, root, pretrain, finetune, progress, seeds, STUDY_TASKS,
                            min(seeds, check_seeds(transfer_seeds)))
     everything = [stage.name for stage in stages]
     report = Stage("CMIM study report", lambda: False, lambda: cmim_study_report(root, root / "cmim_study"), everything)

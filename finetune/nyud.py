@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the dense network for the training iterations (TorchInductor; the "
                              "first iterations compile, the results are the same to float rounding)")
+    parser.add_argument("--no-packed-backbone", dest="packed_backbone", action="store_false", default=None,
+                        help="run the frozen binary backbone in float on a CPU too (default: on the packed 1-bit "
+                             "kernel, the same features up to sign ties, docs/export.md; GPUs and --unfreeze always "
+                             "use float)")
     parser.add_argument("--save-every", type=int, help="write last.pt every this many iterations")
     parser.add_argument("--eval-every", type=int, metavar="N",
                         help="also evaluate on the test split every N iterations, to TensorBoard and a line "
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def finetune() -> dict:
         if args.evaluate:
-            return evaluate_head_checkpoint(args.evaluate, args.data, args.out)
+            return evaluate_head_checkpoint(args.evaluate, args.data, args.out, args.packed_backbone is not False)
         flags = {k: v for k, v in vars(args).items() if k not in ("evaluate", "config")}
         return run_finetuning(finetune_config(flags, args.config))
 

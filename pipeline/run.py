@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                              "threads, each stage's output in ROOT/logs/ (default 1; 2 on 2 cores finishes a "
                              "many-run job about 1.3x sooner)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test of the whole path)")
+    parser.add_argument("--no-packed-backbone", dest="packed_backbone", action="store_false",
+                        help="fine-tune and evaluate over the frozen binary backbones in float on a CPU too (default: "
+                             "on the packed 1-bit kernel, the same features up to sign ties, docs/export.md)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
@@ -76,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         given = args.seeds if args.seeds is not None else str(study_seeds if args.study else 1)
         seeds = int(given) if given.strip().isdigit() else given  # check_seeds names a bad one
         if args.study:
-            stages = cmim_study_stages(root, methods, values, args.quick, progress, seeds)
+            stages = cmim_study_stages(root, methods, values, args.quick, progress, seeds,
+                                       packed_backbone=args.packed_backbone)
         elif args.sweep is None:
             tasks = tuple(name.strip() for name in args.tasks.split(",")) if args.tasks is not None else MAIN_TASKS
-            stages = main_job_stages(root, methods, args.quick, progress, args.teacher, seeds, tasks)
+            stages = main_job_stages(root, methods, args.quick, progress, args.teacher, seeds, tasks,
+                                     args.packed_backbone)
         else:
-            stages = sweep_stages(args.sweep, methods, root, values, args.quick, progress, args.teacher, seeds)
+            stages = sweep_stages(args.sweep, methods, root, values, args.quick, progress, args.teacher, seeds,
+                                  args.packed_backbone)
     except ValueError as error:  # unknown method, bad values or seeds
         print(f"error: {error}", file=sys.stderr)
         return 2

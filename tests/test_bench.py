@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cmim_dense.export.native import native_library
+from cmim_dense.packed.native import native_library
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +87,16 @@ def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> 
         assert row["packed_head_ms"] == row["packed_ms"] - row["packed_backbone_ms"]
     heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3"}
     assert heads[8] > 10 * record["rows"][2]["head_gops"]  # the slim head is far cheaper than the paper's
+
+
+def test_finetune_step_bench_times_frozen_float_packed_and_unfrozen(tmp_path: Path) -> None:
+    record = run_bench("finetune_step.py", "--settings", "smoke", "--steps", "1", "--frames", "2",
+                       out=tmp_path / "finetune.json")
+    smoke = record["settings"]["smoke"]
+    assert set(smoke["step_seconds"]) == {"frozen_float", "frozen_packed", "unfreeze"}
+    assert set(smoke["eval_images_per_s"]) == {"float", "packed"}
+    assert all(value > 0 for value in [*smoke["step_seconds"].values(), *smoke["eval_images_per_s"].values()])
+    assert smoke["speedup"]["eval"] == smoke["eval_images_per_s"]["packed"] / smoke["eval_images_per_s"]["float"]
+    assert smoke["crop"] == [32, 32] and smoke["head"] == "deeplabv3plus"
+    assert set(record["loading_samples_per_s"]) == {"prepared layout (np.load mmap)", "same bytes raw (os.pread)",
+                                                    "v7.3 .mat via h5py"}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from cmim_dense.cache import cache_root
 from cmim_dense.data.nyud_source import nyud_root
-from cmim_dense.export.native.build import native_library
+from cmim_dense.packed.native.build import native_library
 
 
 def test_the_cache_root_follows_the_variable_then_xdg_then_home(monkeypatch, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import torch
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.checkpoint_io import save_atomic
-from cmim_dense.dense import HEADS, TASKS, create_dense_model, dense_model_from_backbone, depth_loss, normals_loss
+from cmim_dense.dense import (HEADS, TASKS, create_dense_model, dense_model_from_backbone, dense_model_from_checkpoint,
+                              depth_loss, normals_loss)
 from cmim_dense.models import create_model
 
 
@@ -194,3 +195,26 @@ def test_normals_loss_is_one_minus_cosine_on_valid_pixels() -> None:
     pred = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -3.0], [5.0, 5.0, 5.0]]).T.reshape(1, 3, 1, 4)
     assert normals_loss(pred, target).item() == pytest.approx((0.0 + 1.0 + 2.0) / 3)
     assert normals_loss(pred, torch.zeros_like(target)).item() == 0.0
+
+
+def test_a_frozen_model_rebuilt_from_its_checkpoint_evaluates_the_backbone_it_trained(tmp_path) -> None:
+    """smp's freeze_encoder puts only BatchNorms in eval mode and its eval() skips a frozen encoder: a
+    fine-tuned RBNN model rebuilt from last.pt (--evaluate, predict, the grid, the export's round trip)
+    kept its backbone in training mode and re-fitted the rotations on its first forward, evaluating
+    another backbone than the one its head was trained on.  Catches any encoder module left training."""
+    model = create_dense_model("resnet18", "rbnn", 3, "deeplabv3plus", 16, 16)
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("updated_at"):
+            value.fill_(0.5)  # fitted during pretraining, at another progress than a fresh model's
+    meta = {"task": "seg", "classes": 40, "out_channels": 3, "head": "deeplabv3plus", "output_stride": 16,
+            "decoder_channels": 16, "backbone": "b.pt", "backbone_meta": {"method": "rbnn", "arch": "resnet18"},
+            "iteration": 1, "config": {}}
+    save_atomic({"model": state, "meta": meta}, tmp_path / "last.pt")
+    rebuilt, _ = dense_model_from_checkpoint(tmp_path / "last.pt")
+    assert not any(module.training for module in rebuilt.encoder.modules())
+    rebuilt.train()  # a fine-tuning loop's call: the head trains, the frozen encoder stays in eval mode
+    assert rebuilt.decoder.training and not any(module.training for module in rebuilt.encoder.modules())
+    with torch.no_grad():
+        rebuilt(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(value, rebuilt.state_dict()[key]) for key, value in state.items() if "encoder" in key)

@@ -21,11 +21,11 @@ from cmim_dense.export import (
     set_packed,
     xnor_conv2d,
 )
-from cmim_dense.export import packed as packed_module
+from cmim_dense.packed import conv as packed_module
 from cmim_dense.export.__main__ import main
 from cmim_dense.export.agreement import agreement
-from cmim_dense.export.pack import byte_counts_, pack_bits, sum_bytes_, unpack_bits
-from cmim_dense.export.packed import pack_weight, unpack_weight
+from cmim_dense.packed.bits import byte_counts_, pack_bits, sum_bytes_, unpack_bits
+from cmim_dense.packed.conv import pack_weight, unpack_weight
 from cmim_dense.methods import get_recipe
 from cmim_dense.models.blocks import BLOCKS
 from cmim_dense.models.layers import LayerFactory

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec, binary_sign, set_progress
 from cmim_dense.export import PackedBinaryConv2d, export_model, load_exported
-from cmim_dense.export import packed as packed_module
+from cmim_dense.packed import conv as packed_module
 from cmim_dense.export.agreement import agreement
-from cmim_dense.export.native import (
+from cmim_dense.packed.native import (
     ConvGeometry,
     NativeKernelWarning,
     PackedBits,
@@ -24,9 +24,9 @@ from cmim_dense.export.native import (
     native_library,
     xnor_conv2d_native,
 )
-from cmim_dense.export.native.build import build_library, torch_openmp_runtime
-from cmim_dense.export.native.kernel import ISAS, threshold_epilogue, weight_tiles
-from cmim_dense.export.packed import pack_weight
+from cmim_dense.packed.native.build import build_library, torch_openmp_runtime
+from cmim_dense.packed.native.kernel import ISAS, threshold_epilogue, weight_tiles
+from cmim_dense.packed.conv import pack_weight
 
 NATIVE = native_library()
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="no C++ compiler: the native kernel cannot be built")

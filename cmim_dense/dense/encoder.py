@@ -5,6 +5,10 @@ entry per (arch, method) so that ``smp.DeepLabV3(encoder_name=...)`` builds the 
 backbone.  Dilation for output stride 8/16 is native to :class:`BinaryResNet` (it also
 de-strides the average-pool shortcuts of Bi-Real-style blocks, which smp's ``make_dilated``
 cannot, since that only rewrites ``nn.Conv2d``), so ``make_dilated`` only checks the stride.
+
+A frozen encoder on a CPU runs its forward on the packed XNOR-popcount kernel (:mod:`cmim_dense.packed`):
+a packed copy of the float backbone, built on first use and rebuilt whenever the float weights
+change, while the float backbone stays the model's state (what is saved, loaded and exported).
 """
 
 from __future__ import annotations
@@ -17,13 +21,18 @@ from torch import Tensor, nn
 from ..methods import list_recipes
 from ..models import create_model
 from ..models.loading import load_strict
+from ..packed import PackedInference, runs_on_the_kernel
 
 
 class BinaryResNetEncoder(nn.Module, EncoderMixin):
     """Returns ``[x, f/2, f/4, f/8, f/16, f/32]`` (the last ones at /8 or /16 when dilated).
 
     While its parameters are frozen (``requires_grad`` False everywhere) the backbone always
-    runs in eval mode (BatchNorm statistics fixed) and under ``no_grad``.
+    runs in eval mode (BatchNorm statistics fixed) and under ``no_grad``; then, with
+    ``packed_inference`` (the default), float32 CPU inputs go through the packed kernel, which
+    gives the float forward's features up to float rounding and sign ties (docs/export.md).  The
+    float path stays for GPUs, autocast, ``torch.compile``, an encoder being trained, and backbones
+    with no binary convolution to pack.
     """
 
     def __init__(self, arch: str, method: str, real_weights: bool = False, depth: int = 5,
@@ -39,6 +48,9 @@ class BinaryResNetEncoder(nn.Module, EncoderMixin):
         self.backbone.fc = nn.Identity()  # classification head unused under a dense decoder
         self._depth, self._in_channels, self._output_stride = depth, 3, output_stride
         self._out_channels = [3] + [info["num_chs"] for info in self.backbone.feature_info]
+        self.packed_inference = True
+        self._packed = PackedInference()
+        self._packable: bool | None = None  # runs_on_the_kernel(backbone), asked on the first frozen forward
 
     @property
     def frozen(self) -> bool:
@@ -50,8 +62,18 @@ class BinaryResNetEncoder(nn.Module, EncoderMixin):
     def forward(self, x: Tensor) -> list[Tensor]:
         if self.frozen:  # train() keeps a frozen encoder in eval mode (BatchNorm statistics fixed)
             with torch.no_grad():
-                return [x, *self.backbone.forward_features(x)]
+                backbone = self._packed.of(self.backbone) if self._on_the_kernel(x) else self.backbone
+                return [x, *backbone.forward_features(x)]
         return [x, *self.backbone.forward_features(x)]
+
+    def _on_the_kernel(self, x: Tensor) -> bool:
+        """Whether this frozen forward of ``x`` runs on the packed kernel (see the class docstring)."""
+        if (not self.packed_inference or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
+            return False
+        if self._packable is None:
+            self._packable = runs_on_the_kernel(self.backbone)
+        return self._packable
 
     def make_dilated(self, output_stride: int) -> None:
         if output_stride != self._output_stride:

@@ -15,7 +15,7 @@ from ..data.nyud import JointTransform, NYUDv2
 from ..data.nyud_source import nyud_root
 from ..models import backbone_checkpoint
 from .encoder import BinaryResNetEncoder
-from .model import create_dense_model
+from .model import create_dense_model, freeze_backbone
 from .tasks import DenseTask, get_task
 
 IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
@@ -37,8 +37,7 @@ def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "
     encoder: BinaryResNetEncoder = model.encoder
     encoder.load_backbone(checkpoint["model"], str(path))
     if freeze:
-        model.freeze_encoder()  # requires_grad off, BatchNorm in eval; smp's train() then skips the encoder
-        encoder.eval()
+        freeze_backbone(model)
     return model, meta
 
 
@@ -58,8 +57,7 @@ def dense_model_from_checkpoint(path: str | Path) -> tuple[smp.SegmentationModel
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit its own description ({first_line(error)})") from None
-    model.freeze_encoder()
-    return model.eval(), meta
+    return freeze_backbone(model).eval(), meta
 
 
 def input_normalization(backbone_meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:

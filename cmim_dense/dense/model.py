@@ -71,6 +71,16 @@ def create_dense_model(arch: str, method: str, out_channels: int, head: str = "d
                        classes=out_channels, **entry.arguments(output_stride, decoder_channels))
 
 
+def freeze_backbone(model: smp.SegmentationModel) -> smp.SegmentationModel:
+    """Freeze the encoder for good (the CMIM paper's protocol): no gradients, and every encoder module in
+    eval mode.  smp's ``freeze_encoder`` alone puts only the normalisation layers in eval mode, and its
+    ``train()``/``eval()`` then skip the encoder, so other modules would stay in training mode: RBNN's
+    rotations would be re-fitted on the first forward of a loaded model."""
+    model.freeze_encoder()
+    model.encoder.eval()
+    return model
+
+
 def head_parameters(model: smp.SegmentationModel) -> list[nn.Parameter]:
     """The parameters the optimizer trains: those still requiring gradients."""
     return [p for p in model.parameters() if p.requires_grad]

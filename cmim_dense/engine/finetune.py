@@ -128,6 +128,7 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     train = task_split(root, "train", task, config.classes, config.depth_gt)
     test = task_split(root, "test", task, config.classes, config.depth_gt, backbone_meta)
     task.initialise_head(model.segmentation_head[0].bias, train)
+    model.encoder.packed_inference = config.packed_backbone
     model.to(context.device)
     optimizer = torch.optim.SGD(head_parameters(model), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -284,9 +285,12 @@ def finetune_config_from_meta(meta: dict[str, Any], data: str | None, out: str) 
     return FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
 
 
-def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None = None) -> dict[str, Any]:
-    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it (``--evaluate``)."""
+def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None = None,
+                             packed_backbone: bool = True) -> dict[str, Any]:
+    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it (``--evaluate``; the
+    backbone on the packed kernel on a CPU unless ``packed_backbone`` is False)."""
     model, meta = dense_model_from_checkpoint(path)
+    model.encoder.packed_inference = packed_backbone
     config = finetune_config_from_meta(meta, data, out or str(Path(path).parent))
     task = get_task(config.task)
     device = setup_distributed().device

@@ -55,6 +55,9 @@ class FinetuneConfig:
     unfreeze: bool = False
     amp: bool = False
     compile: bool = volatile(False)  # torch.compile the training network
+    # a frozen binary backbone runs on the packed XNOR-popcount kernel on a CPU: the same features up
+    # to float rounding and sign ties (docs/export.md), so, like the thread count, not a result setting
+    packed_backbone: bool = volatile(True)
     seed: int = 0
     workers: int = volatile(0)
     save_every: int = volatile(1000)

@@ -12,6 +12,6 @@ __all__ = ["ExportReport", "PackedBinaryConv2d", "export_model", "fuse_epilogues
            "read_export", "set_packed", "xnor_conv2d"]
 
 __getattr__ = lazy_attributes(__name__, {
-    **dict.fromkeys(("ExportReport", "export_model", "load_exported", "pack_model", "read_export", "set_packed"),
-                    "export"),
-    "fuse_epilogues": "fuse", "PackedBinaryConv2d": "packed", "xnor_conv2d": "packed"})
+    **dict.fromkeys(("ExportReport", "export_model", "load_exported", "read_export"), "export"),
+    **dict.fromkeys(("PackedBinaryConv2d", "fuse_epilogues", "pack_model", "set_packed", "xnor_conv2d"),
+                    ".packed")})  # the sibling package cmim_dense.packed

@@ -21,56 +21,18 @@ import safetensors
 import safetensors.torch
 from torch import Tensor, nn
 
-from ..binary import BinaryConv2d
 from ..checkpoint_io import checkpoint_role, tensor_checksum, write_atomic
 from ..cli import first_line
 from ..dense.loading import dense_skeleton
 from ..models import create_model
 from ..models.loading import require_meta
-from .fuse import fuse_epilogues
-from .packed import PackedBinaryConv2d, packed_layer_info
+from ..packed import PackedBinaryConv2d, fuse_epilogues, pack_model, set_packed
+from ..packed.bits import packed_length
 
 FORMAT = "cmim-dense-1bit"
 FORMAT_VERSION = "1"
 BIT_CONVENTION = ("weight_bits: uint8 (C_out, kh, kw, ceil(C_in/8)), packed along C_in, LSB first, "
                   "bit 1 = +1, bit 0 = -1; weight = weight_scale[o] * (+-1)")
-
-
-def pack_model(model: nn.Module, pack: bool = True) -> list[str]:
-    """Replace, in place, every binary-weight ``BinaryConv2d`` of ``model`` by a :class:`PackedBinaryConv2d`.
-
-    Binary weights and scales are taken from each layer's eval-mode ``effective_weight()``
-    (``pack=False``: left zero, for a skeleton whose state is loaded next).  Returns the
-    names of the replaced layers.
-    """
-    targets = [
-        (name, module) for name, module in model.named_modules()
-        if isinstance(module, BinaryConv2d) and not isinstance(module, PackedBinaryConv2d)
-        and module.weight_binarizer is not None
-    ]
-    for name, conv in targets:
-        if not name:
-            raise ValueError("the model is itself a BinaryConv2d; wrap it (e.g. nn.Sequential(conv)) to pack it")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        packed = PackedBinaryConv2d(conv, pack)
-        packed.train(conv.training)
-        setattr(parent, child, packed)
-    return [name for name, _ in targets]
-
-
-def set_packed(model: nn.Module, enabled: bool = True) -> list[str]:
-    """Switch the XNOR-popcount forward on (or off) in every packed layer that supports it.
-
-    A layer supports it when its inputs are binary and it has one group; others keep the
-    float forward.  Returns the names of the layers switched.
-    """
-    switched = []
-    for name, module in model.named_modules():
-        if isinstance(module, PackedBinaryConv2d) and module.supports_packed:
-            module.packed = enabled
-            switched.append(name)
-    return switched
 
 
 @dataclass(frozen=True)
@@ -179,3 +141,20 @@ def _to_json(meta: dict[str, Any]) -> str:
 
 def _tensors(model: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+
+
+def packed_layer_info(name: str, conv: PackedBinaryConv2d) -> dict[str, Any]:
+    """The JSON description of one packed layer written into an export's metadata."""
+    return {
+        "name": name,
+        "shape": [conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size],
+        "bytes_per_row": packed_length(conv.in_channels // conv.groups),
+        "stride": list(conv.stride),
+        "padding": list(conv.padding),
+        "dilation": list(conv.dilation),
+        "groups": conv.groups,
+        "pad_value": conv.pad_value,
+        "input_scale": conv.input_scale,
+        "bias": conv.bias is not None,
+        "input_pre": type(conv.input_binarizer.pre).__name__ if conv.input_binarizer is not None else None,
+    }

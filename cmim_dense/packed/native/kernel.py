@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..pack import bytes_to_words
+from ..bits import bytes_to_words
 from .build import NativeLibrary
 
 ISAS = ("portable", "avx2", "avx512")

@@ -31,7 +31,7 @@ from ..binary import BinaryConv2d, LearnableBias, PerSampleCenter, binary_sign
 from ..binary.conv import tensor_versions, unchanged
 from .native import ConvGeometry, NativeLibrary, PackedBits, native_library, xnor_conv2d_native
 from .native.kernel import threshold_epilogue, weight_tiles
-from .pack import BYTE_COUNT_SUMS, byte_counts_, bytes_to_words, pack_bits, packed_length, signs_from_bits, sum_bytes_
+from .bits import BYTE_COUNT_SUMS, byte_counts_, bytes_to_words, pack_bits, packed_length, signs_from_bits, sum_bytes_
 
 # Block of the fallback's XNOR-popcount GEMM: 256K outputs (three int64 scratch buffers of 2 MiB),
 # above torch's grain size, so its elementwise ops are split across threads (docs/export.md).
@@ -209,7 +209,7 @@ class PackedBinaryConv2d(BinaryConv2d):
 
         On the kernel it becomes part of the per-channel epilogue ``alpha * dot + beta``; other
         forwards call it after the convolution.  The caller makes the BatchNorm itself an identity
-        (:class:`~cmim_dense.export.fuse.FoldedBatchNorm2d`).
+        (:class:`~cmim_dense.packed.fuse.FoldedBatchNorm2d`).
         """
         if self.input_scale:
             raise ValueError("a layer with XNOR-Net's K map cannot fold the following BatchNorm (K is per pixel)")
@@ -222,7 +222,7 @@ class PackedBinaryConv2d(BinaryConv2d):
 
         Valid when the folded BatchNorm's output reaches ``consumer`` only through sign-preserving
         steps and ``consumer``'s input binarizer is the plain sign: then sign(alpha dot + beta) is a
-        per-channel threshold on the integer dot (:func:`~cmim_dense.export.native.kernel.threshold_epilogue`).
+        per-channel threshold on the integer dot (:func:`~cmim_dense.packed.native.kernel.threshold_epilogue`).
         Used only when both layers run on the kernel; otherwise the float output is returned.
         """
         if self.folded_batchnorm is None:
@@ -376,20 +376,3 @@ def binary_weight_and_scale(conv: BinaryConv2d) -> tuple[Tensor, Tensor]:
     if not torch.equal(scale.view(-1, 1, 1, 1) * binary, weight):
         raise ValueError("effective weight is not scale * sign with one scale per output channel; cannot pack it")
     return binary, scale
-
-
-def packed_layer_info(name: str, conv: PackedBinaryConv2d) -> dict[str, Any]:
-    """The JSON description of one packed layer written into an export's metadata."""
-    return {
-        "name": name,
-        "shape": [conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size],
-        "bytes_per_row": packed_length(conv.in_channels // conv.groups),
-        "stride": list(conv.stride),
-        "padding": list(conv.padding),
-        "dilation": list(conv.dilation),
-        "groups": conv.groups,
-        "pad_value": conv.pad_value,
-        "input_scale": conv.input_scale,
-        "bias": conv.bias is not None,
-        "input_pre": type(conv.input_binarizer.pre).__name__ if conv.input_binarizer is not None else None,
-    }

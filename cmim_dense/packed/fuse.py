@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..models.blocks import BasicBlock, BiRealBlock
 from .native import PackedBits
-from .packed import PackedBinaryConv2d
+from .conv import PackedBinaryConv2d
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
