@@ -110,7 +110,7 @@ def chart_stage(root: Path, needs: list[str]) -> Stage:
             print(f"  {difference.twin} − {difference.base} (seeds {seed_names(difference.seeds)}): "
                   f"{headline_differences(difference)}")
         if result.no_chart:
-            print(f"  no seg-vs-depth chart: {result.no_chart}; tables in {root / 'seg_vs_depth.md'} (and .csv)")
+            print(f"  {result.no_chart_line()}")
         return result
 
     return Stage("chart", lambda: False, run, needs)

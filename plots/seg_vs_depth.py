@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in result.notes + result.left_out:
         print(f"note: {note}", file=sys.stderr)
     if result.no_chart:
-        print(f"no seg-vs-depth chart: {result.no_chart}; tables in {args.out}.md (and .csv)")
+        print(result.no_chart_line())
     count, runs = len(result.points), sum(point.n for point in result.points)
     charted = f", {len(result.charted)} in the chart" if result.charted and len(result.charted) < count else ""
     print(f"{count} backbone{'s' * (count != 1)} from {runs} seed run{'s' * (runs != 1)}{charted} "

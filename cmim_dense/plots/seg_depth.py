@@ -55,6 +55,13 @@ class SegDepthResult:
     left_out: list[str] = field(default_factory=list)  # backbones in the tables but not in the chart, and why
     no_chart: str | None = None  # why there is no chart at all (None when there is one)
 
+    def no_chart_line(self) -> str | None:
+        """The line the command lines print when there is no chart: why, and where the tables are."""
+        if self.no_chart is None:
+            return None
+        tables = next(path for path in self.files if path.suffix == ".md")
+        return f"no seg-vs-depth chart: {self.no_chart}; tables in {tables} (and .csv)"
+
 
 def position(point: BackbonePoint) -> tuple[float, float]:
     """A dot: (x, y) = (depth headline, segmentation headline in %) = (−ln RMSE, mIoU %), the means over its seeds."""
