@@ -8,7 +8,7 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 
-from ..checkpoint_io import load_checkpoint_as
+from ..checkpoint_io import checkpoint_as, load_checkpoint_as
 from ..cli import first_line
 from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
 from ..data.nyud import JointTransform, NYUDv2
@@ -48,9 +48,10 @@ def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
                               meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False))
 
 
-def dense_model_from_checkpoint(path: str | Path) -> tuple[smp.SegmentationModel, dict[str, Any]]:
-    """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), and its meta."""
-    checkpoint = load_checkpoint_as(path, "dense")
+def dense_model_from_checkpoint(path: str | Path, contents: Any = None) -> tuple[smp.SegmentationModel, dict[str, Any]]:
+    """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), and its meta
+    (``contents``: the file as :func:`~cmim_dense.checkpoint_io.read_weights` already read it)."""
+    checkpoint = load_checkpoint_as(path, "dense") if contents is None else checkpoint_as(contents, "dense", path)
     meta = checkpoint["meta"]
     model = dense_skeleton(meta)
     try:

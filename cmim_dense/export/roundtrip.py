@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import checkpoint_role, load_checkpoint, load_checkpoint_as
+from ..checkpoint_io import as_checkpoint, checkpoint_as, checkpoint_role, read_weights
 from ..dense import dense_model_from_checkpoint
 from ..models import model_from_checkpoint
 from .export import export_model, load_exported
@@ -37,14 +37,15 @@ def export_and_verify(path: str, out: str, output_stride: int | None = None) -> 
 def exported_network(path: str, output_stride: int | None = None) -> tuple[torch.nn.Module, dict, tuple[int, int]]:
     """The network of the checkpoint at ``path`` in eval mode, the meta the export records, and the input
     size of the round-trip check (the training crop of a dense model, the pretraining size of a backbone)."""
-    if checkpoint_role(load_checkpoint(path, mmap=True)["meta"]) == "dense":
+    contents = read_weights(path)  # read once: its meta says whether it is a dense model or a backbone
+    if checkpoint_role(as_checkpoint(contents, path)["meta"]) == "dense":
         if output_stride is not None:
             raise ValueError("--output-stride applies to a backbone; a fine-tuned model keeps the stride it was "
                              "trained at")
-        model, meta = dense_model_from_checkpoint(path)
+        model, meta = dense_model_from_checkpoint(path, contents)
         model.encoder.packed_inference = False  # the round trip compares float forwards, bit for bit
         return model, meta, tuple(meta["config"]["crop"])
-    checkpoint = load_checkpoint_as(path, "backbone")
+    checkpoint = checkpoint_as(contents, "backbone", path)
     model = model_from_checkpoint(checkpoint, str(path), output_stride=output_stride).eval()
     meta = dict(checkpoint["meta"])
     if output_stride is not None:
