@@ -124,6 +124,11 @@ def xnor_conv2d(x_positive: Tensor, weight_bits: Tensor, in_channels: int, strid
     return dot.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)
 
 
+def runs_packed(conv: BinaryConv2d) -> bool:
+    """Whether ``conv``, packed, can run the XNOR-popcount forward: binary weights, binary inputs, one group."""
+    return conv.binary_weights and conv.binary_inputs and conv.groups == 1
+
+
 class PackedBinaryConv2d(BinaryConv2d):
     """A :class:`BinaryConv2d` whose weight is 1 bit per element plus a per-channel scale.
 
@@ -164,8 +169,8 @@ class PackedBinaryConv2d(BinaryConv2d):
 
     @property
     def supports_packed(self) -> bool:
-        """The XNOR-popcount forward needs binary inputs and one group."""
-        return self.binary_inputs and self.groups == 1
+        """The XNOR-popcount forward needs binary inputs and one group (:func:`runs_packed`)."""
+        return runs_packed(self)
 
     @property
     def packed(self) -> bool:

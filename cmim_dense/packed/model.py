@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..binary import BinaryConv2d
 from ..binary.conv import tensor_versions, unchanged
-from .conv import PackedBinaryConv2d
+from .conv import PackedBinaryConv2d, runs_packed
 from .fuse import fuse_epilogues
 from .native import native_library
 
@@ -54,8 +54,7 @@ def set_packed(model: nn.Module, enabled: bool = True) -> list[str]:
 def runs_on_the_kernel(model: nn.Module) -> bool:
     """Whether packing ``model`` would put any convolution on the XNOR-popcount kernel (a binary-weight
     conv with binary inputs and one group), and the compiled kernel is available."""
-    return any(isinstance(m, BinaryConv2d) and m.binary_weights and m.binary_inputs and m.groups == 1
-               for m in model.modules()) and native_library() is not None
+    return any(isinstance(m, BinaryConv2d) and runs_packed(m) for m in model.modules()) and native_library() is not None
 
 
 def packed_inference_copy(model: nn.Module) -> nn.Module:
