@@ -21,11 +21,11 @@ from cmim_dense.export import (
     set_packed,
     xnor_conv2d,
 )
-from cmim_dense.packed import conv as packed_module
+from cmim_dense.packed import xnor as xnor_module
 from cmim_dense.export.__main__ import main
 from cmim_dense.export.agreement import agreement
 from cmim_dense.packed.bits import byte_counts_, pack_bits, sum_bytes_, unpack_bits
-from cmim_dense.packed.conv import pack_weight, unpack_weight
+from cmim_dense.packed.xnor import pack_weight, unpack_weight
 from cmim_dense.methods import get_recipe
 from cmim_dense.models.blocks import BLOCKS
 from cmim_dense.models.layers import LayerFactory
@@ -67,8 +67,8 @@ def test_xnor_conv_equals_float_conv_of_signs(cin: int, kernel: int, stride: int
 
 def test_xnor_conv_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Partial output blocks, and 36 words per output (more than the 31 byte-count sums of one chunk)."""
-    monkeypatch.setattr(packed_module, "_BLOCK", 96)
-    monkeypatch.setattr(packed_module, "_BLOCK_POSITIONS", 40)
+    monkeypatch.setattr(xnor_module, "_BLOCK", 96)
+    monkeypatch.setattr(xnor_module, "_BLOCK_POSITIONS", 40)
     x = torch.randn(2, 200, 7, 8)
     weight = binary_sign(torch.randn(7, 200, 3, 3))
     out = xnor_conv2d(x >= 0, pack_weight(weight), 200, (1, 1), (1, 1))

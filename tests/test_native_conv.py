@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cmim_dense import create_model
 from cmim_dense.binary import BinaryConv2d, Spec, binary_sign, set_progress
-from cmim_dense.export import PackedBinaryConv2d, export_model, load_exported
+from cmim_dense.export import PackedBinaryConv2d, export_model, load_exported, set_packed
 from cmim_dense.packed import conv as packed_module
 from cmim_dense.export.agreement import agreement
 from cmim_dense.packed.native import (
@@ -26,7 +26,7 @@ from cmim_dense.packed.native import (
 )
 from cmim_dense.packed.native.build import build_library, torch_openmp_runtime
 from cmim_dense.packed.native.kernel import ISAS, threshold_epilogue, weight_tiles
-from cmim_dense.packed.conv import pack_weight
+from cmim_dense.packed.xnor import pack_weight
 
 NATIVE = native_library()
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="no C++ compiler: the native kernel cannot be built")
@@ -246,3 +246,23 @@ def test_exported_backbone_runs_on_the_kernel(method: str, tmp_path: Path, monke
     assert len(inputs) == packed_convs >= 16
     assert inputs.count(PackedBits) == (8 if method == "bnn" else 0)  # conv2 of each basic block
     assert check.agreeing >= 6, check
+
+
+def test_a_fused_model_switched_off_runs_the_float_path_and_a_half_switched_one_says_so(tmp_path: Path) -> None:
+    """BNN's basic blocks pass packed bits from conv1 to conv2 on the kernel.  ``set_packed(model, False)``
+    switches both back to floats (same outputs as the float model); switching off only a consumer leaves it
+    receiving bits, which it refuses in one line naming the fix."""
+    x = torch.randn(2, 3, 32, 32)
+    model = randomize(create_model("resnet18", "bnn", num_classes=10))
+    path = tmp_path / "bnn.safetensors"
+    export_model(model, path, {"arch": "resnet18", "method": "bnn", "num_classes": 10})
+    packed, _ = load_exported(path, packed=True)
+    block = packed.layer1[0]
+    assert block.conv1.bn is not None and isinstance(block.bn1, torch.nn.Identity)
+    with torch.no_grad():
+        set_packed(packed, False)
+        torch.testing.assert_close(packed(x), model(x), rtol=1e-4, atol=1e-4)
+        set_packed(packed, True)
+        block.conv2.packed = False
+        with pytest.raises(ValueError, match=r"^packed bits reach a layer whose packed forward is off: .*set_packed"):
+            packed(x)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..registry import Registry
 from .estimators import Sign
 from ..spec import Spec
-from .standardize import EPSILON, standardize_rows, unbiased_std
+from .standardize import EPSILON, unbiased_std
 
 InputBinarizerBuilder = Callable[..., "InputBinarizer"]
 INPUT_BINARIZERS: Registry[InputBinarizerBuilder] = Registry("input binarizer")

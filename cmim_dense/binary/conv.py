@@ -7,26 +7,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activation import InputBinarizer, build_input_binarizer
+from .derived import Derived
 from ..spec import Spec
 from .weight import build_weight_binarizer
 
 PAD_VALUES = (0.0, 1.0, -1.0)
 
 
-def tensor_versions(tensors: list[Tensor]) -> list[tuple[Tensor, int, int, torch.dtype, torch.device]]:
-    """Each tensor with its in-place modification counter, storage address, dtype and device now,
-    for :func:`unchanged`."""
-    return [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
+def binary_conv2d(xb: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                  padding: tuple[int, int], dilation: tuple[int, int], groups: int, pad_value: float,
+                  binary_inputs: bool) -> Tensor:
+    """``F.conv2d`` of a (binarized) input padded with ``pad_value`` (see :class:`BinaryConv2d`).
+
+    Under autocast a convolution of binary inputs runs in float32: float16/bfloat16 cannot hold sums
+    of up to C*k*k products of +-1 exactly (the rest of the network stays in half precision)."""
+    if pad_value != 0.0 and any(padding):
+        ph, pw = padding
+        xb = F.pad(xb, (pw, pw, ph, ph), value=pad_value)
+        padding = (0, 0)
+    if binary_inputs and torch.is_autocast_enabled(xb.device.type):
+        with torch.autocast(xb.device.type, enabled=False):
+            return F.conv2d(xb.float(), weight.float(), None if bias is None else bias.float(),
+                            stride, padding, dilation, groups)
+    return F.conv2d(xb, weight, bias, stride, padding, dilation, groups)
 
 
-def unchanged(held: list[tuple[Tensor, int, int, torch.dtype, torch.device]], tensors: list[Tensor]) -> bool:
-    """Whether ``tensors`` are the very tensors recorded by :func:`tensor_versions` (by identity:
-    a replaced parameter or loaded state counts as a change), none was modified in place since,
-    and none had its data swapped: ``module.double()`` or ``.to(device)`` keep a parameter's
-    identity and version but give it new storage."""
-    return len(held) == len(tensors) and all(
-        h is t and (version, address, dtype, device) == (t._version, t.data_ptr(), t.dtype, t.device)
-        for (h, version, address, dtype, device), t in zip(held, tensors))
+def xnor_k_map(x: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int]) -> Tensor:
+    """XNOR-Net's K map (Rastegari et al. 2016, Sec. 3.2): ``K = A * k``, A the channel mean of ``|x|``,
+    k an averaging box of the kernel's size, with the convolution's stride, padding and dilation."""
+    magnitude = x.abs().mean(dim=1, keepdim=True)
+    kh, kw = kernel_size
+    box = magnitude.new_full((1, 1, kh, kw), 1.0 / (kh * kw))
+    return F.conv2d(magnitude, box, None, stride, padding, dilation)
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -74,7 +87,7 @@ class BinaryConv2d(nn.Conv2d):
         )
         self.pad_value = float(pad_value)
         self.input_scale = input_scale
-        self._weight_cache: tuple[list[tuple[Tensor, int, int, torch.dtype, torch.device]], Tensor] | None = None
+        self._weight_cache: Derived[Tensor] = Derived()
 
     @property
     def binary_weights(self) -> bool:
@@ -103,38 +116,17 @@ class BinaryConv2d(nn.Conv2d):
             return self.effective_weight()
         sources = [self.weight, *self.weight_binarizer.parameters(), *self.weight_binarizer.buffers()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-            self._weight_cache = None
+            self._weight_cache.clear()
             return self.effective_weight()
-        cache = self._weight_cache
-        if cache is None or not unchanged(cache[0], sources):
-            self._weight_cache = cache = (tensor_versions(sources), self.effective_weight().detach())
-        return cache[1]
+        return self._weight_cache.get(sources, lambda: self.effective_weight().detach())
 
     def forward(self, x: Tensor) -> Tensor:
         xb = self.input_binarizer(x) if self.input_binarizer is not None else x
-        weight = self.forward_weight()
-        padding = self.padding
-        if self.pad_value != 0.0 and any(padding):
-            ph, pw = padding
-            xb = F.pad(xb, (pw, pw, ph, ph), value=self.pad_value)
-            padding = (0, 0)
-        if self.input_binarizer is not None and torch.is_autocast_enabled(xb.device.type):
-            # float16/bfloat16 cannot hold sums of up to C*k*k products of +-1 exactly: binary
-            # convolutions run in float32 under autocast (the rest of the network stays in half)
-            with torch.autocast(xb.device.type, enabled=False):
-                out = F.conv2d(xb.float(), weight.float(), None if self.bias is None else self.bias.float(),
-                               self.stride, padding, self.dilation, self.groups)
-        else:
-            out = F.conv2d(xb, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        out = binary_conv2d(xb, self.forward_weight(), self.bias, self.stride, self.padding, self.dilation,
+                            self.groups, self.pad_value, self.binary_inputs)
         if self.input_scale:
-            out = out * self._xnor_k_map(x)
+            out = out * xnor_k_map(x, self.kernel_size, self.stride, self.padding, self.dilation)
         return out
-
-    def _xnor_k_map(self, x: Tensor) -> Tensor:
-        magnitude = x.abs().mean(dim=1, keepdim=True)
-        kh, kw = self.kernel_size
-        box = magnitude.new_full((1, 1, kh, kw), 1.0 / (kh * kw))
-        return F.conv2d(magnitude, box, None, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         extra = super().extra_repr()

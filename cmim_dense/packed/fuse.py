@@ -15,7 +15,8 @@ Two fusions, for inference (eval mode, BatchNorm running statistics):
   sign(hardtanh(v)) = sign(v).  Bi-Real-style blocks (Bi-Real, IR-Net, RBNN, ReActNet on ImageNet)
   add a real shortcut after every BatchNorm, so their convs keep the float epilogue.
 
-The state dict is unchanged: a folded BatchNorm keeps its tensors (:class:`FoldedBatchNorm2d`).
+A folded BatchNorm moves into its conv (``block.bn1`` becomes ``block.conv1.bn``, ``block.bn1`` an
+``nn.Identity``), so a fused model's state dict names it there; exports are written unfused.
 """
 
 from __future__ import annotations
@@ -27,21 +28,6 @@ from torch import Tensor, nn
 from ..models.blocks import BasicBlock, BiRealBlock
 from .native import PackedBits
 from .conv import PackedBinaryConv2d
-
-
-class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d applied by the packed conv before it (:meth:`PackedBinaryConv2d.fold`): its forward is the
-    identity; it shares the original's parameters and statistics, so the state dict keeps its keys."""
-
-    def __init__(self, bn: nn.BatchNorm2d) -> None:
-        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta")
-        self.weight, self.bias = bn.weight, bn.bias
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            setattr(self, name, getattr(bn, name))
-        self.train(bn.training)
-
-    def forward(self, x: Tensor | PackedBits) -> Tensor | PackedBits:  # type: ignore[override]
-        return x
 
 
 class SignPreserving(nn.Module):
@@ -87,13 +73,12 @@ def fuse_epilogues(model: nn.Module) -> dict[str, list[str]]:
     fused: dict[str, list[str]] = {"batchnorm": [], "bits": []}
     for parent, conv_name, bn_name in _conv_bn_pairs(model):
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        folded = FoldedBatchNorm2d(bn)
-        conv.fold(folded)
-        setattr(parent, bn_name, folded)
+        conv.fold(bn)
+        setattr(parent, bn_name, nn.Identity())
         fused["batchnorm"].append(names[conv])
     for block in model.modules():
         if (isinstance(block, BasicBlock) and isinstance(block.conv1, PackedBinaryConv2d)
-                and block.conv1.folded_batchnorm is not None and isinstance(block.conv2, PackedBinaryConv2d)
+                and block.conv1.bn is not None and isinstance(block.conv2, PackedBinaryConv2d)
                 and _preserves_sign(block.act1) and block.conv2.takes_bits):
             block.conv1.emit_bits_to(block.conv2)
             block.act1 = SignPreserving(block.act1)

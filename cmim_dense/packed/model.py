@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..binary import BinaryConv2d
-from ..binary.conv import tensor_versions, unchanged
+from ..binary.derived import Derived
 from .conv import PackedBinaryConv2d, runs_packed
 from .fuse import fuse_epilogues
 from .native import native_library
@@ -23,8 +23,7 @@ def pack_model(model: nn.Module, pack: bool = True) -> list[str]:
     """
     targets = [
         (name, module) for name, module in model.named_modules()
-        if isinstance(module, BinaryConv2d) and not isinstance(module, PackedBinaryConv2d)
-        and module.weight_binarizer is not None
+        if isinstance(module, BinaryConv2d) and module.binary_weights
     ]
     for name, conv in targets:
         if not name:
@@ -71,19 +70,11 @@ def packed_inference_copy(model: nn.Module) -> nn.Module:
 class PackedInference:
     """The :func:`packed_inference_copy` of a float module, built on first use and built again when any
     of the module's parameters or buffers is replaced, modified in place, or moved (a loaded state,
-    ``.to()``): a derived cache, like :meth:`BinaryConv2d.forward_weight`'s, so not part of the
-    module tree or its state dict, and not copied with the module that holds it."""
+    ``.to()``): a :class:`~cmim_dense.binary.derived.Derived` value, so not part of the module tree or
+    its state dict, and not copied with the module that holds it."""
 
     def __init__(self) -> None:
-        self._sources: list = []
-        self._copy: nn.Module | None = None
+        self._copy: Derived[nn.Module] = Derived()
 
     def of(self, module: nn.Module) -> nn.Module:
-        sources: list[Tensor] = [*module.parameters(), *module.buffers()]
-        if self._copy is None or not unchanged(self._sources, sources):
-            self._copy = None  # the old copy is freed before the new one is built
-            self._copy, self._sources = packed_inference_copy(module), tensor_versions(sources)
-        return self._copy
-
-    def __deepcopy__(self, memo: dict) -> PackedInference:
-        return PackedInference()
+        return self._copy.get([*module.parameters(), *module.buffers()], lambda: packed_inference_copy(module))
