@@ -12,6 +12,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check 
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from ..cli import first_line  # noqa: E402
@@ -186,7 +188,29 @@ class JointTransform:
         result = {"image": out["image"], "label": label, "depth": out["depth"].float() / scale,
                   "frame": sample.get("frame", -1)}
         if normals:
-            result["normals"] = out["normals"].float().permute(2, 0, 1).contiguous()
+            result["normals"] = normals_channels_first(out["normals"])
             if "HorizontalFlip" in applied:
                 result["normals"][0].neg_()
         return result
+
+
+def normals_channels_first(normals: Tensor | np.ndarray) -> Tensor:
+    """Normals as stored and transformed, ``(H, W, 3)``, as the head predicts them: float32 ``(3, H, W)``."""
+    return torch.as_tensor(normals).float().permute(2, 0, 1).contiguous()
+
+
+class SeededSamples(Dataset):
+    """A split's frames through a training ``transform``, addressed by (index, seed): each sample's
+    augmentation is seeded by the sampler, so it depends only on (run seed, epoch, position), not on
+    loader workers or restarts."""
+
+    def __init__(self, dataset: NYUDv2, transform: JointTransform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        index, seed = item
+        self.transform.seed(seed)
+        return self.transform(self.dataset[index])

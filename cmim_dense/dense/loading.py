@@ -3,6 +3,7 @@ a fine-tuned model from its own checkpoint alone (to evaluate or draw it)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import segmentation_models_pytorch as smp
 from ..checkpoint_io import checkpoint_as, load_checkpoint_as
 from ..cli import first_line
 from ..data.classification import IMAGENET_MEAN, IMAGENET_STD
-from ..data.nyud import JointTransform, NYUDv2
+from ..data.nyud import JointTransform, NYUDv2, SeededSamples
 from ..data.nyud_source import nyud_root
 from ..models import backbone_checkpoint
 from .encoder import BinaryResNetEncoder
@@ -25,7 +26,8 @@ def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "
                               decoder_channels: int = 256, freeze: bool = True
                               ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
     """The dense model over the backbone at ``path`` (a checkpoint of ``pretrain/run.py`` or of
-    ``python -m cmim_dense.convert``, or a torchvision/timm ResNet state dict), and that backbone's meta.
+    ``python -m cmim_dense.convert``, or a torchvision/timm ResNet state dict), and that backbone's
+    identity (:func:`backbone_identity`).
 
     ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
     statistics stay fixed, and it runs under ``no_grad``; only the head learns.
@@ -38,7 +40,16 @@ def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "
     encoder.load_backbone(checkpoint["model"], str(path))
     if freeze:
         freeze_backbone(model)
-    return model, meta
+    return model, backbone_identity(meta)
+
+
+BACKBONE_IDENTITY = ("method", "arch", "num_classes", "top1", "top5", "epoch", "data", "real_weights", "normalization")
+
+
+def backbone_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a dense model's checkpoint and metrics.json record of its backbone's meta: what rebuilds it,
+    its input normalisation, and the ImageNet accuracy the charts draw."""
+    return {key: meta[key] for key in BACKBONE_IDENTITY if key in meta}
 
 
 def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
@@ -61,24 +72,40 @@ def dense_model_from_checkpoint(path: str | Path, contents: Any = None) -> tuple
     return freeze_backbone(model).eval(), meta
 
 
-def input_normalization(backbone_meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def input_normalization(identity: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input normalisation the backbone was pretrained with (ImageNet's when not recorded)."""
-    norm = backbone_meta.get("normalization", IMAGENET_NORMALIZATION)
+    norm = identity.get("normalization", IMAGENET_NORMALIZATION)
     return tuple(norm["mean"]), tuple(norm["std"])
 
 
-def task_split(root: Path, split: str, task: DenseTask, classes: int, depth_gt: str,
-               backbone_meta: dict[str, Any] | None = None) -> NYUDv2:
-    """One split of the prepared layout at ``root`` with ``task``'s target loaded; with
-    ``backbone_meta``, transformed for evaluation (normalised as that backbone was pretrained)."""
-    transform = None if backbone_meta is None else JointTransform(*input_normalization(backbone_meta))
-    return NYUDv2(root, split, classes, transform, depth=depth_gt, **task.dataset_options())
+@dataclass(frozen=True)
+class TaskData:
+    """A task's two NYUD-v2 splits as a run reads them.
+
+    ``train``: the training frames as stored (the head's initial bias and the constant baseline read
+    them; :meth:`training_samples` augments them); ``test``: the test frames at full resolution,
+    normalised as the backbone was pretrained (``normalization``)."""
+
+    train: NYUDv2
+    test: NYUDv2
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]
+
+    def training_samples(self, crop: tuple[int, int], scale: tuple[float, float]) -> SeededSamples:
+        """The training frames randomly scaled, cropped to ``crop`` and flipped, seeded per sample."""
+        return SeededSamples(self.train, JointTransform(*self.normalization, crop=crop, scale=scale))
 
 
-def evaluation_split(meta: dict[str, Any], data: str | None = None) -> NYUDv2:
-    """The test split a fine-tuned model (its checkpoint's ``meta``) is evaluated on: its own
-    ``--data`` or ``data``, its classes, depth ground truth and task target, normalised as its
-    backbone was pretrained."""
+def open_task_data(root: Path, task: DenseTask, classes: int, depth_gt: str, identity: dict[str, Any]) -> TaskData:
+    """Both splits of the prepared layout at ``root`` with ``task``'s target, for a backbone of ``identity``."""
+    normalization = input_normalization(identity)
+    train, test = (NYUDv2(root, split, classes, transform, depth=depth_gt, **task.dataset_options())
+                   for split, transform in (("train", None), ("test", JointTransform(*normalization))))
+    return TaskData(train, test, normalization)
+
+
+def task_data_of(meta: dict[str, Any], data: str | None = None) -> TaskData:
+    """The splits a fine-tuned model (its checkpoint's ``meta``) is evaluated on: its own ``--data``
+    or ``data``, its classes, depth ground truth and task target, for its backbone."""
     settings = meta["config"]
-    return task_split(nyud_root(data or settings["data"]), "test", get_task(meta["task"]), settings["classes"],
-                      settings["depth_gt"], meta["backbone_meta"])
+    return open_task_data(nyud_root(data or settings["data"]), get_task(meta["task"]), settings["classes"],
+                          settings["depth_gt"], meta["backbone_meta"])

@@ -81,6 +81,12 @@ def freeze_backbone(model: smp.SegmentationModel) -> smp.SegmentationModel:
     return model
 
 
+def output_layer(model: smp.SegmentationModel) -> nn.Conv2d:
+    """The convolution that makes the model's outputs (smp's ``SegmentationHead`` is conv, upsampling,
+    activation): the one a task initialises (:meth:`~cmim_dense.dense.tasks.DenseTask.initialise_head`)."""
+    return model.segmentation_head[0]
+
+
 def head_parameters(model: smp.SegmentationModel) -> list[nn.Parameter]:
     """The parameters the optimizer trains: those still requiring gradients."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.nyud import NYUDv2
+from ..data.nyud import NYUDv2, normals_channels_first
 from ..metrics import DepthMeter, NormalsMeter, SegmentationMeter
 from ..registry import Registry
 from .losses import DEPTH_LOSSES, depth_loss, normals_loss
@@ -278,7 +278,7 @@ class SurfaceNormals(DenseTask):
         return {"normals": True}
 
     def stored_target(self, frame: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.array(frame, dtype=np.float32)).permute(2, 0, 1)[None]
+        return normals_channels_first(np.array(frame, dtype=np.float32))[None]
 
     def check_record(self, record: dict[str, Any]) -> None:
         super().check_record(record)

@@ -32,6 +32,13 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def main_first(self, make: Callable[[bool], T]) -> T:
+        """``make(True)`` on rank 0, then ``make(False)`` on the other ranks once it is done: rank 0
+        prepares what all read (the built-in data, with its progress shown), the others find it ready."""
+        value = make(True) if self.is_main else None
+        self.barrier()
+        return value if self.is_main else make(False)
+
 
 def setup_distributed() -> DistributedContext:
     """Join the process group torchrun describes (WORLD_SIZE > 1), or run alone."""

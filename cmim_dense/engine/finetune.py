@@ -15,39 +15,24 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
 from ..checkpoint_io import save_atomic, write_json
-from ..data.nyud import JointTransform, NYUDv2
+from ..data.nyud import NYUDv2
 from ..data.nyud_source import nyud_root
 from ..dense import (DenseTask, dense_model_from_backbone, dense_model_from_checkpoint, evaluate_constant, get_task,
                      head_parameters)
-from ..dense.loading import evaluation_split, input_normalization, task_split
+from ..dense.loading import TaskData, open_task_data, task_data_of
+from ..dense.model import output_layer
 from ..dense.tasks import TaskSettings
 from .distributed import DistributedContext, setup_distributed
-from .finetune_config import FinetuneConfig
+from .finetune_config import FinetuneConfig, resolve_finetune_config
 from .optim import backward_step
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_skeleton import (distribute, in_owned_folder, line_log, open_run, progress, read_resumed,
                            require_divisible_batch, require_finite_loss)
 from .run_state import all_finite, divergence, optimization_state, restore_optimization
-
-
-class SeededSamples(Dataset):
-    """Items are (index, seed): the joint transform of each sample is seeded by the sampler, so
-    augmentation depends only on (run seed, epoch, position), not on workers or restarts."""
-
-    def __init__(self, dataset: NYUDv2, transform: JointTransform) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
-        index, seed = item
-        self.transform.seed(seed)
-        return self.transform(self.dataset[index])
 
 
 def iteration_batches(size: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
@@ -73,9 +58,8 @@ class FinetuneRun:
     task: DenseTask
     model: nn.Module
     network: nn.Module
-    backbone_meta: dict[str, Any]
-    train: NYUDv2
-    test: NYUDv2
+    backbone: dict[str, Any]  # its identity (dense.loading.backbone_identity)
+    data: TaskData
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -93,7 +77,7 @@ class FinetuneRun:
                 "out_channels": self.task.out_channels(self.config),
                 "head": self.config.head, "output_stride": self.config.output_stride,
                 "decoder_channels": self.config.decoder_channels, "backbone": str(Path(self.config.backbone).resolve()),
-                "backbone_meta": _backbone_identity(self.backbone_meta), "iteration": self.iteration,
+                "backbone_meta": self.backbone, "iteration": self.iteration,
                 "config": self.config.settings()}
 
     def state(self) -> dict[str, Any]:
@@ -109,25 +93,17 @@ class FinetuneRun:
         set_rng_state(state["rng"])
 
 
-def _backbone_identity(meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("method", "arch", "num_classes", "top1", "top5", "epoch", "data", "real_weights", "normalization")
-    return {key: meta[key] for key in keys if key in meta}
-
-
 def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> FinetuneRun:
     seed_everything(config.seed)
     task = get_task(config.task)
     require_divisible_batch(config.batch_size, context)
-    model, backbone_meta = dense_model_from_backbone(config.backbone, task.out_channels(config), config.head,
-                                                     config.output_stride, config.decoder_channels,
-                                                     freeze=not config.unfreeze)
-    if context.is_main:  # one process renders/prepares the built-in data; the others wait for it
-        nyud_root(config.data, progress=config.progress_bar)
-    context.barrier()
-    root = nyud_root(config.data)
-    train = task_split(root, "train", task, config.classes, config.depth_gt)
-    test = task_split(root, "test", task, config.classes, config.depth_gt, backbone_meta)
-    task.initialise_head(model.segmentation_head[0].bias, train)
+    model, backbone = dense_model_from_backbone(config.backbone, task.out_channels(config), config.head,
+                                                config.output_stride, config.decoder_channels,
+                                                freeze=not config.unfreeze)
+    # rank 0 renders/prepares the built-in data (with its progress shown) while the others wait
+    root = context.main_first(lambda first: nyud_root(config.data, progress=first and config.progress_bar))
+    data = open_task_data(root, task, config.classes, config.depth_gt, backbone)
+    task.initialise_head(output_layer(model).bias, data.train)
     model.encoder.packed_inference = config.packed_backbone
     model.to(context.device)
     optimizer = torch.optim.SGD(head_parameters(model), lr=config.lr, momentum=config.momentum,
@@ -135,7 +111,7 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.1 ** (it // config.lr_step))
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
     network = distribute(model, context, compile=config.compile)
-    return FinetuneRun(config, task, model, network, backbone_meta, train, test, optimizer, scheduler, scaler, context)
+    return FinetuneRun(config, task, model, network, backbone, data, optimizer, scheduler, scaler, context)
 
 
 # a fine-tune is short: a diverged one starts again (its last.pt stays for --evaluate)
@@ -145,8 +121,7 @@ RESTART_HINT = "start again with a lower --lr in a new folder (--out NEW)"
 def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
     """Iterations ``run.iteration .. config.iters - 1``, with an atomic ``last.pt`` every ``save_every``."""
     config, device = run.config, run.dist.device
-    mean, std = input_normalization(run.backbone_meta)
-    samples = SeededSamples(run.train, JointTransform(mean, std, crop=config.crop, scale=config.scale))
+    samples = run.data.training_samples(config.crop, config.scale)
     batches = iteration_batches(len(samples), config.batch_size, config.seed, run.iteration, config.iters,
                                 run.dist.rank, run.dist.world_size)
     # a private generator: creating the loader must not draw from the global RNG (dropout's), or a
@@ -198,7 +173,7 @@ def evaluate_during_training(run: FinetuneRun, writer: SummaryWriter | None) -> 
     TensorBoard and one line (rank 0); the training that follows is the same as without it."""
     config = run.config
     share_rank0_buffers(run.model, run.dist)
-    results = evaluate_dense(run.model, run.test, run.task, config, run.dist.device, amp=config.amp,
+    results = evaluate_dense(run.model, run.data.test, run.task, config, run.dist.device, amp=config.amp,
                              context=run.dist)
     headline = {key: results[key] for key in run.task.printed}
     run.history[-1].update(headline)
@@ -237,15 +212,16 @@ def evaluate_dense(model: nn.Module, dataset: NYUDv2, task: DenseTask, settings:
     return meter.compute()
 
 
-def metrics_record(config: FinetuneConfig, meta: dict[str, Any], results: dict[str, Any], baseline: dict[str, Any],
-                   test: NYUDv2, seconds: float | None) -> dict[str, Any]:
-    """metrics.json: the task's metrics, the backbone's identity (for the charts) and the protocol used."""
+def metrics_record(config: FinetuneConfig, task: DenseTask, meta: dict[str, Any], results: dict[str, Any],
+                   data: TaskData, seconds: float | None) -> dict[str, Any]:
+    """metrics.json: the task's metrics and those of its constant baseline, the backbone's identity (for
+    the charts) and the protocol used."""
     identity = meta["backbone_meta"]
     record = {"task": config.task, "classes": config.classes, "backbone": meta["backbone"],
               "method": identity.get("method"), "arch": identity.get("arch"), "top1": identity.get("top1"),
-              **results, "baseline": baseline, "head": config.head, "output_stride": config.output_stride,
-              "iters": config.iters, "data": config.data, "eval_resolution": list(test.size),
-              **get_task(config.task).record_extras(config)}
+              **results, "baseline": evaluate_constant(task, config, data.train, data.test), "head": config.head,
+              "output_stride": config.output_stride, "iters": config.iters, "data": config.data,
+              "eval_resolution": list(data.test.size), **task.record_extras(config)}
     if seconds is not None:
         record["train_seconds"] = round(seconds, 1)
     return record
@@ -267,38 +243,30 @@ def _finetune_in_owned_folder(config: FinetuneConfig, context: DistributedContex
         train_iterations(run, writer)
     seconds = time.perf_counter() - start
     share_rank0_buffers(run.model, context)
-    results = evaluate_dense(run.model, run.test, run.task, config, context.device, amp=config.amp, context=context)
+    results = evaluate_dense(run.model, run.data.test, run.task, config, context.device, amp=config.amp,
+                             context=context)
     record = {}
     if context.is_main:
-        baseline = evaluate_constant(run.task, config, run.train, run.test)
-        record = metrics_record(config, run.meta(), results, baseline, run.test, seconds)
+        record = metrics_record(config, run.task, run.meta(), results, run.data, seconds)
         write_json(run.out / "metrics.json", record)
         writer.close()
     context.barrier()
     return record
 
 
-def finetune_config_from_meta(meta: dict[str, Any], data: str | None, out: str) -> FinetuneConfig:
-    """The configuration a fine-tuned checkpoint's ``meta`` records, evaluated on ``data`` (default:
-    its own) and writing to ``out``."""
-    settings = {**meta["config"], "out": out, "data": data or meta["config"]["data"], "progress_bar": False}
-    return FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-
-
 def evaluate_head_checkpoint(path: str, data: str | None = None, out: str | None = None,
                              packed_backbone: bool = True) -> dict[str, Any]:
-    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it (``--evaluate``; the
-    backbone on the packed kernel on a CPU unless ``packed_backbone`` is False)."""
+    """Rebuild a fine-tuned model from its ``last.pt`` alone and evaluate it on its own (or ``data``'s)
+    test split (``--evaluate``; the backbone on the packed kernel on a CPU unless ``packed_backbone`` is False)."""
     model, meta = dense_model_from_checkpoint(path)
     model.encoder.packed_inference = packed_backbone
-    config = finetune_config_from_meta(meta, data, out or str(Path(path).parent))
+    config = resolve_finetune_config({**meta["config"], "data": data or meta["config"]["data"],
+                                      "out": out or str(Path(path).parent), "progress_bar": False})
     task = get_task(config.task)
     device = setup_distributed().device
     model.to(device)
-    test = evaluation_split(meta, config.data)
-    results = evaluate_dense(model, test, task, config, device)
-    train = task_split(test.root, "train", task, config.classes, config.depth_gt)
-    baseline = evaluate_constant(task, config, train, test)
-    record = metrics_record(config, meta, results, baseline, test, None)
+    task_data = task_data_of(meta, config.data)
+    results = evaluate_dense(model, task_data.test, task, config, device)
+    record = metrics_record(config, task, meta, results, task_data, None)
     write_json(Path(config.out) / "metrics.json", record)  # creates the folder
     return record

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..dense import TASKS, dense_model_from_checkpoint, get_task
-from ..dense.loading import evaluation_split
+from ..dense.loading import task_data_of
 from .common import save_figure
 from .qualitative import QualitativeRow, QualitativeSample, TaskPanels, qualitative_grid
 
@@ -20,7 +20,7 @@ def predict(path: str | Path, indices: Sequence[int]) -> tuple[dict[str, Any], l
     sample) pairs, the prediction shaped like the raw sample's target (normals channels-last)."""
     model, meta = dense_model_from_checkpoint(path)
     task = get_task(meta["task"])
-    test = evaluation_split(meta)
+    test = task_data_of(meta).test
     transform, test.transform = test.transform, None
     outputs = []
     for index in indices:
