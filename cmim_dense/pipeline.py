@@ -24,13 +24,13 @@ from .dense import TASKS
 from .engine import resolve_config, run_pretraining
 from .engine.finetune import run_finetuning
 from .engine.finetune_config import resolve_finetune_config
-from .methods import base_method
+from .methods import CMIM_FLAGS, CMIM_SWEEPS, base_method
 from .plots.analysis import sweep_chart
 from .plots.cmim_study import cmim_study_report
 from .plots.predictions import qualitative_chart
 from .plots.result_tables import headline_differences
 from .plots.seg_depth import seg_depth_chart
-from .stages import Stage, run_stages
+from .stages import Stage
 from .stats import seed_names
 
 MAIN_METHODS = ("fp", "bnn", "irnet", "irnet+cmim", "rbnn", "rbnn+cmim")
@@ -43,25 +43,13 @@ MAIN_PRETRAIN: dict[str, Any] = {"epochs": 6, "synthetic_samples": 2000, "image_
 QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "synthetic_samples": 64, "image_size": 32, "batch_size": 32,
                                   "optimizer": "adam", "lr": 1e-3}
 QUICK_FINETUNE: dict[str, Any] = {"iters": 4, "batch_size": 4, "decoder_channels": 16}
-SWEEPS = {"lambda": ("lam", (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)), "n_nce": ("n_nce", (16, 64, 256, 1024))}
-# The CMIM evidence study: the paper claims CMIM mitigates over-fitting and helps most where data
-# is scarce, so its pretraining is a regime where the binary networks over-fit: few training
-# images of the built-in world (10 per class), many epochs, a validation split large enough to
-# measure the gap.  Measured for irnet (seed 0): with 390 images x 40 epochs training and
-# validation top-1 ended within 4 points (90.9 / 87.4 %); with 130 x 80 the gap was 8-12 points
-# from epoch 40 on (train 89-91 %, validation 79-83 %); the binary networks never fit even 130
-# images completely at these budgets.
+SWEEP_VALUES = {"lambda": (0.1, 0.2, 0.4, 0.8, 1.6, 3.2), "n_nce": (16, 64, 256, 1024)}  # of CMIM_SWEEPS
+# The CMIM evidence study (docs/methods.md, "What CMIM does on the built-in data"): pretraining in a
+# regime where the binary networks over-fit (the paper's claim is about scarce data), seeds enough
+# for a paired 95 % interval of validation top-1 about 2 points wide, transfer for the first seeds.
 STUDY_METHODS = ("irnet", "rbnn")
 STUDY_TASKS = ("seg", "depth")  # the transfer the study reports (plots/cmim_study.py)
 STUDY_LAMBDAS = (0.8, 3.2)  # with lambda 0 (the method itself): three points of Table 3's grid
-# Seeds and validation size: a paired 95 % interval of validation top-1 at most 2 points wide on
-# each side needs t(n-1) sd / sqrt(n) <= 2.  Most of the paired spread was the validation split's
-# own sampling noise at first: IR-Net's 8 seeds at lambda 0.8 - 0 had a paired sd of 3.6 points on
-# 390 validation images and 2.0 on 3,900 (the same checkpoints).  An 8-seed run measured paired
-# sds of 1.7-3.3, hence 12 seeds; the 12-seed run (2026-12-04) measured 1.2-3.7, half-widths
-# 0.8-2.3.  Validation every 10 epochs, last.pt every 10 (written every epoch it was a tenth of a
-# run's time); the transfer fine-tunes run for the first STUDY_TRANSFER_SEEDS.  Sized for about
-# 90 minutes on 2 cores with --jobs 2 (docs/methods.md has the stage times).
 STUDY_SEEDS = 12
 STUDY_TRANSFER_SEEDS = 3
 STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synthetic_val_samples": 3900,
@@ -186,7 +174,7 @@ def check_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
     return tasks
 
 
-def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, quick: bool = False,
+def main_job_stages(root: Path, methods: tuple[str, ...] = MAIN_METHODS, *, quick: bool = False,
                     progress: bool = True, teacher: str | None = None, seeds: int = 1,
                     tasks: tuple[str, ...] = MAIN_TASKS, packed_backbone: bool = True) -> list[Stage]:
     """The main job: every method pretrained, fine-tuned for every task of ``tasks`` (``seeds`` times,
@@ -212,15 +200,15 @@ def sweep_runs(kind: str, methods: tuple[str, ...], values: tuple[float, ...] | 
         if kind == "methods":
             runs[f"{base}+cmim"] = (f"{base}+cmim", {})
             continue
-        if kind not in SWEEPS:
-            raise ValueError(f"unknown sweep {kind!r}; valid: methods, {', '.join(SWEEPS)}")
-        key, defaults = SWEEPS[kind]
-        for value in values or defaults:
-            runs[f"{base}+cmim_{key}{value:g}"] = (f"{base}+cmim", {f"cmim_{'lambda' if key == 'lam' else 'nce_n'}": value})
+        if kind not in CMIM_SWEEPS:
+            raise ValueError(f"unknown sweep {kind!r}; valid: methods, {', '.join(CMIM_SWEEPS)}")
+        flag = CMIM_SWEEPS[kind]
+        for value in values or SWEEP_VALUES[kind]:  # folders named by the recorded field: irnet+cmim_lam0.8
+            runs[f"{base}+cmim_{CMIM_FLAGS[flag]}{value:g}"] = (f"{base}+cmim", {flag: value})
     return runs
 
 
-def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[float, ...] | None = None,
+def sweep_stages(root: Path, methods: tuple[str, ...], *, kind: str, values: tuple[float, ...] | None = None,
                  quick: bool = False, progress: bool = True, teacher: str | None = None,
                  seeds: int = 1, packed_backbone: bool = True) -> list[Stage]:
     """The paper's grids: ``methods`` (with and without CMIM), or a CMIM ``lambda`` / ``n_nce`` sweep
@@ -232,16 +220,17 @@ def sweep_stages(kind: str, methods: tuple[str, ...], root: Path, values: tuple[
     stages = method_stages(runs, root, pretrain, finetune_settings(quick, packed_backbone), progress, seeds)
     finetunes = [s.name for s in stages if not s.name.startswith("pretrain")]
     stages.append(chart_stage(root, finetunes))
-    if kind in SWEEPS:
+    if kind in CMIM_SWEEPS:
         pretrains = [s.name for s in stages if s.name.startswith("pretrain")]
         seed_zero = [root / "pretrain" / run_folder(folder, 0, seeds) for folder in runs] if seeds > 1 else None
         stages.append(sweep_chart_stage(kind, root, seed_zero, pretrains))
     return stages
 
 
-def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, values: tuple[float, ...] | None = None,
-                      quick: bool = False, progress: bool = True, seeds: int = STUDY_SEEDS,
-                      transfer_seeds: int = STUDY_TRANSFER_SEEDS, packed_backbone: bool = True) -> list[Stage]:
+def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, *,
+                      values: tuple[float, ...] | None = None, quick: bool = False, progress: bool = True,
+                      seeds: int = STUDY_SEEDS, transfer_seeds: int = STUDY_TRANSFER_SEEDS,
+                      packed_backbone: bool = True) -> list[Stage]:
     """The CMIM evidence study: each method without CMIM and with CMIM at each lambda (``values``,
     default Table 3's 0.8 and 3.2) pretrained ``seeds`` times in the over-fitting regime
     :data:`STUDY_PRETRAIN`, the backbones of the first ``transfer_seeds`` seeds fine-tuned on the

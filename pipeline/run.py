@@ -32,12 +32,14 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmim_dense.methods import CMIM_SWEEPS  # noqa: E402  (no torch: --help answers at once)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="output folder (default runs/main, or runs/sweep_KIND)")
     parser.add_argument("--methods", help="comma-separated methods (default: the main job's six)")
-    parser.add_argument("--sweep", choices=["methods", "lambda", "n_nce"], help="run a grid instead of the main job")
+    parser.add_argument("--sweep", choices=["methods", *CMIM_SWEEPS], help="run a grid instead of the main job")
     parser.add_argument("--study", choices=["cmim"],
                         help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
                              "regime, 12 seeds, the first 3 transferred to the built-in rooms (docs/methods.md)")
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cmim_dense.pipeline import (MAIN_METHODS, MAIN_TASKS, QUICK_STUDY_SEEDS, STUDY_METHODS, STUDY_SEEDS,
-                                     cmim_study_stages, main_job_stages, run_stages, sweep_stages)
+                                     cmim_study_stages, main_job_stages, sweep_stages)
+    from cmim_dense.stages import run_stages
     from cmim_dense.run_folder import FolderInUseError
 
     if args.study and args.sweep:
@@ -79,15 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         given = args.seeds if args.seeds is not None else str(study_seeds if args.study else 1)
         seeds = int(given) if given.strip().isdigit() else given  # check_seeds names a bad one
         if args.study:
-            stages = cmim_study_stages(root, methods, values, args.quick, progress, seeds,
+            stages = cmim_study_stages(root, methods, values=values, quick=args.quick, progress=progress, seeds=seeds,
                                        packed_backbone=args.packed_backbone)
         elif args.sweep is None:
             tasks = tuple(name.strip() for name in args.tasks.split(",")) if args.tasks is not None else MAIN_TASKS
-            stages = main_job_stages(root, methods, args.quick, progress, args.teacher, seeds, tasks,
-                                     args.packed_backbone)
+            stages = main_job_stages(root, methods, quick=args.quick, progress=progress, teacher=args.teacher,
+                                     seeds=seeds, tasks=tasks, packed_backbone=args.packed_backbone)
         else:
-            stages = sweep_stages(args.sweep, methods, root, values, args.quick, progress, args.teacher, seeds,
-                                  args.packed_backbone)
+            stages = sweep_stages(root, methods, kind=args.sweep, values=values, quick=args.quick, progress=progress,
+                                  teacher=args.teacher, seeds=seeds, packed_backbone=args.packed_backbone)
     except ValueError as error:  # unknown method, bad values or seeds
         print(f"error: {error}", file=sys.stderr)
         return 2

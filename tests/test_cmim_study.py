@@ -109,13 +109,13 @@ def test_study_stages_cover_every_method_lambda_and_seed(tmp_path: Path) -> None
     transfer run for the wrong seeds, or the main job's budget used."""
     from cmim_dense.pipeline import STUDY_PRETRAIN, STUDY_SEEDS, STUDY_TRANSFER_SEEDS, cmim_study_stages
 
-    stages = cmim_study_stages(tmp_path, ("irnet", "rbnn"), (0.8, 3.2), seeds=4, transfer_seeds=2)
+    stages = cmim_study_stages(tmp_path, ("irnet", "rbnn"), values=(0.8, 3.2), seeds=4, transfer_seeds=2)
     pretrains = [stage.name for stage in stages if stage.name.startswith("pretrain")]
     assert len(pretrains) == 2 * 3 * 4 and "pretrain rbnn+cmim_lam3.2 seed3" in pretrains
     finetunes = [stage.name for stage in stages if stage.name.startswith(("seg ", "depth "))]
     assert len(finetunes) == 2 * 2 * 3 * 2 and "depth rbnn+cmim_lam3.2 seed1" in finetunes
     assert not any(name.endswith(("seed2", "seed3")) for name in finetunes)
-    assert len(cmim_study_stages(tmp_path, ("irnet",), (0.8,), seeds=1)) == 2 + 2 * 2 + 2  # transfer seeds capped
+    assert len(cmim_study_stages(tmp_path, ("irnet",), values=(0.8,), seeds=1)) == 2 + 2 * 2 + 2  # transfer seeds capped
     assert STUDY_SEEDS >= 8 and 1 <= STUDY_TRANSFER_SEEDS <= STUDY_SEEDS
     assert [stage.name for stage in stages[-2:]] == ["CMIM study report", "chart"]
     assert STUDY_PRETRAIN["synthetic_val_samples"] > STUDY_PRETRAIN["synthetic_samples"]

@@ -93,3 +93,27 @@ def test_a_config_file_that_is_neither_kind_is_refused(entry_script, tmp_path, c
     assert entry_script("pretrain/run").main(["--config", str(mixed), "--out", str(tmp_path / "r")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "is neither a YAML of flags nor a run's config.json as written" in error
+
+
+def test_yaml_values_are_typed_as_the_dataclass_declares_and_defaults_come_from_it(tmp_path) -> None:
+    """YAML 1.1 reads 1e-3 as text and JSON has no tuples: build_config gives each field its declared type;
+    what neither the flags nor the recipe set is the dataclass's own default; unknown names fail in one line."""
+    from cmim_dense.engine.config import PretrainConfig
+    from cmim_dense.engine.finetune_config import FinetuneConfig, resolve_finetune_config
+    from cmim_dense.engine.run_state import build_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("method: irnet+cmim\nlr: 1e-3\nepochs: 2\ncmim_lambda: 1.6\ncmim_nce_n: 64\n")
+    values = read_config_file(path, FLAGS)
+    assert values["lr"] == "1e-3"  # what YAML 1.1 reads
+    config = resolve_config(values.pop("method"), values)
+    assert (config.lr, config.epochs, config.cmim.lam, config.cmim.n_nce) == (0.001, 2, 1.6, 64)
+    assert isinstance(config.lr, float) and isinstance(config.cmim.lam, float)
+    assert (config.arch, config.amp, config.eval_every, config.cmim.variant) == (
+        PretrainConfig.arch, PretrainConfig.amp, PretrainConfig.eval_every, "paper")
+    finetune = resolve_finetune_config({"task": "seg", "backbone": "b.pt", "crop": [32, 48], "lr": "0.5"})
+    assert finetune.crop == (32, 48) and finetune.lr == 0.5 and finetune.momentum == FinetuneConfig.momentum
+    with pytest.raises(ValueError, match=r"^unknown settings learning_rate; valid: "):
+        build_config(FinetuneConfig, {"task": "seg", "learning_rate": 1.0})
+    with pytest.raises(ValueError, match=r"^--lr must be a number, got 'fast'$"):
+        resolve_finetune_config({"task": "seg", "backbone": "b.pt", "lr": "fast"})

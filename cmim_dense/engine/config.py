@@ -16,11 +16,11 @@ import yaml
 
 from ..cli import first_line
 from ..data.cifar import find_cifar
-from ..methods import CMIM_CHOICES, CMIMConfig, Recipe, get_recipe, has_cmim
+from ..methods import CMIM_CHOICES, CMIM_FLAGS, CMIMConfig, Recipe, get_recipe, has_cmim
 from ..losses import OBJECTIVES
 from ..models.resnet import ARCHS
 from .optim import OPTIMIZERS, SCHEDULES
-from .run_state import result_fields, result_settings, volatile
+from .run_state import build_config, result_fields, result_settings, volatile
 
 SYNTHETIC_DEFAULTS = {"epochs": 8, "batch_size": 64, "image_size": 48, "cmim_nce_n": 256}
 
@@ -38,24 +38,24 @@ class CMIMSettings:
     tau: float
     n_nce: int
     layers: str
-    embed: str = "mlp"
-    variant: str = "paper"
-    bank_dtype: str = "float32"
-    normalizer: str = "running"
-    negatives: str = "other-class"
+    embed: str = CMIM_CHOICES["embed"][0]  # each option's default is its first choice
+    variant: str = CMIM_CHOICES["variant"][0]
+    bank_dtype: str = CMIM_CHOICES["bank_dtype"][0]
+    normalizer: str = CMIM_CHOICES["normalizer"][0]
+    negatives: str = CMIM_CHOICES["negatives"][0]
 
     @property
     def loss_config(self) -> CMIMConfig:
         return CMIMConfig(self.lam, self.beta, self.tau, self.n_nce, self.layers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     """A fully resolved pretraining run (every value explicit, stored in the checkpoints)."""
 
     method: str
-    arch: str
-    data: str
+    arch: str = "resnet18"
+    data: str = "synthetic"
     out: str = volatile()
     epochs: int
     batch_size: int
@@ -100,67 +100,54 @@ class PretrainConfig:
 
 
 def resolve_config(method: str, overrides: dict[str, Any]) -> PretrainConfig:
-    """Fill every unset value from the method's recipe (``overrides`` values of None are unset).
+    """Fill every unset value from the method's recipe (``overrides``: flag values, None for unset).
 
     The recipe's schedule shape is kept when the budget changes: warm-up and step
     milestones are scaled by epochs / recipe epochs, and the learning rate by
     batch size / recipe batch size (linear scaling rule) unless ``lr`` is given.
+    Everything the recipe does not decide takes :class:`PretrainConfig`'s defaults.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    stray = sorted(key for key in given if key.startswith("cmim_"))
+    stray = sorted(key for key in given if key in CMIM_FLAGS)
     if stray and not has_cmim(method):
         flags = ", ".join("--" + key.replace("_", "-") for key in stray)
         with_cmim = f"use --method {method}+cmim, or " if get_recipe(method).is_binary else ""
         raise ValueError(f"{flags} only apply to a method with CMIM: {with_cmim}drop them")
-    data = given.get("data", "synthetic")
-    samples = int(given.get("synthetic_samples", 2000))
+    values = {FLAG_FIELDS.get(key, key): value for key, value in given.items() if key not in CMIM_FLAGS}
+    data = values.setdefault("data", PretrainConfig.data)
+    samples = int(values.get("synthetic_samples", PretrainConfig.synthetic_samples))
     recipe = get_recipe(method, cmim_config(given, data, samples) if has_cmim(method) else None)
-    train = recipe.training
-    defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
-        "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 32 if find_cifar(data) else 224
-    }
-    epochs = int(given.get("epochs", defaults["epochs"]))
-    batch_size = int(given.get("batch_size", defaults["batch_size"]))
-    budget = epochs / train.epochs
-    config = PretrainConfig(
-        method=recipe.name,
-        arch=given.get("arch", "resnet18"),
-        data=data,
-        out=given.get("out", f"runs/pretrain/{recipe.name}"),
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=int(given.get("image_size", defaults["image_size"])),
-        lr=float(given.get("lr", train.lr * batch_size / train.batch_size)),
-        optimizer=given.get("optimizer", train.optimizer),
-        weight_decay=float(given.get("weight_decay", train.weight_decay)),
-        binary_weight_decay=train.binary_weight_decay if "weight_decay" not in given else None,
-        decay_scope=train.decay_scope if "weight_decay" not in given else "all",
-        second_stage_weight_decay=train.second_stage_weight_decay if "weight_decay" not in given else None,
-        schedule=given.get("schedule", train.schedule),
-        warmup_epochs=float(given.get("warmup", train.warmup_epochs * budget)),
-        milestones=tuple(m * budget for m in train.milestones),
-        label_smoothing=train.label_smoothing,
-        cmim=CMIMSettings(**dataclasses.asdict(recipe.cmim),
-                          **{option: given.get(f"cmim_{option}", valid[0]) for option, valid in CMIM_CHOICES.items()})
-        if recipe.cmim else None,
-        teacher=given.get("teacher"),
-        init_from=given.get("init_from"),
-        amp=bool(given.get("amp", False)),
-        channels_last=bool(given.get("channels_last", False)),
-        compile=bool(given.get("compile", False)),
-        synthetic_samples=samples,
-        synthetic_val_samples=None if given.get("synthetic_val_samples") is None else int(given["synthetic_val_samples"]),
-        seed=int(given.get("seed", 0)),
-        workers=int(given.get("workers", 0 if data == "synthetic" else min(4, os.cpu_count() or 1))),
-        max_steps=given.get("max_steps"),
-        eval_every=int(given.get("eval_every", 1)),
-        save_every=int(given.get("save_every", 1)),
-        progress_bar=bool(given.get("progress_bar", True)),
-        log_every=float(given.get("log_every", PretrainConfig.log_every)),
-        resume=bool(given.get("resume", False)),
-    )
+    config = build_config(PretrainConfig, {**recipe_schedule(recipe, values), **values, "method": recipe.name,
+                                           "cmim": cmim_settings(recipe, given)})
     validate(config)
     return config
+
+
+def recipe_schedule(recipe: Recipe, given: dict[str, Any]) -> dict[str, Any]:
+    """The values a run takes from its method's recipe, for its ``given`` data and budget."""
+    train, data = recipe.training, given["data"]
+    defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else {
+        "epochs": train.epochs, "batch_size": train.batch_size, "image_size": 32 if find_cifar(data) else 224}
+    epochs, batch_size = int(given.get("epochs", defaults["epochs"])), int(given.get("batch_size", defaults["batch_size"]))
+    budget = epochs / train.epochs
+    decay = "weight_decay" not in given  # the recipe's weight decay comes with its scope and per-stage values
+    return {"out": f"runs/pretrain/{recipe.name}", "epochs": epochs, "batch_size": batch_size,
+            "image_size": defaults["image_size"], "lr": train.lr * batch_size / train.batch_size,
+            "optimizer": train.optimizer, "weight_decay": train.weight_decay,
+            "binary_weight_decay": train.binary_weight_decay if decay else None,
+            "decay_scope": train.decay_scope if decay else "all",
+            "second_stage_weight_decay": train.second_stage_weight_decay if decay else None,
+            "schedule": train.schedule, "warmup_epochs": train.warmup_epochs * budget,
+            "milestones": tuple(m * budget for m in train.milestones), "label_smoothing": train.label_smoothing,
+            **({} if data == "synthetic" else {"workers": min(4, os.cpu_count() or 1)})}
+
+
+def cmim_settings(recipe: Recipe, given: dict[str, Any]) -> CMIMSettings | None:
+    """The run's CMIM settings: the recipe's hyper-parameters and the ``--cmim-*`` choices given."""
+    if recipe.cmim is None:
+        return None
+    choices = {CMIM_FLAGS[flag]: value for flag, value in given.items() if CMIM_FLAGS.get(flag) in CMIM_CHOICES}
+    return CMIMSettings(**dataclasses.asdict(recipe.cmim), **choices)
 
 
 def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
@@ -184,10 +171,8 @@ def read_config_file(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     return values
 
 
-# the flags whose PretrainConfig field has another name (the rest are spelled alike)
+# the flags whose PretrainConfig field has another name (the rest are spelled alike; CMIM's: CMIM_FLAGS)
 FLAG_FIELDS = {"warmup": "warmup_epochs"}
-CMIM_FLAG_FIELDS = {"cmim_lambda": "lam", "cmim_beta": "beta", "cmim_tau": "tau", "cmim_nce_n": "n_nce",
-                    "cmim_layers": "layers", **{f"cmim_{option}": option for option in CMIM_CHOICES}}
 
 
 def pretrain_config(flags: dict[str, Any], config_file: str | Path | None = None) -> PretrainConfig:
@@ -222,33 +207,29 @@ def config_from_run_settings(settings: dict[str, Any], flags: dict[str, Any], pa
             raise ValueError(f"{path} is the second stage of a two-stage run and {first} is missing; recreate the "
                              "run from the first stage's config.json")
         settings = read_config_file(first, set(settings))
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    values = dict(settings)
     cmim = values.pop("cmim")
-    cmim_changes = {CMIM_FLAG_FIELDS[key]: value for key, value in flags.items() if key in CMIM_FLAG_FIELDS}
+    cmim_changes = {CMIM_FLAGS[key]: value for key, value in flags.items() if key in CMIM_FLAGS}
     if cmim_changes and cmim is None:
         raise ValueError(f"--cmim flags only apply to a method with CMIM; {path} records {settings['method']}")
     replaced = {FLAG_FIELDS.get(key, key): value for key, value in flags.items()
-                if key not in CMIM_FLAG_FIELDS and key != "method"}
-    config = PretrainConfig(**{**values, "stage": 0, "out": f"runs/pretrain/{values['method']}", **replaced},
-                            cmim=CMIMSettings(**{**cmim, **cmim_changes}) if cmim is not None else None)
+                if key not in CMIM_FLAGS and key != "method"}
+    config = build_config(PretrainConfig, {**values, "stage": 0, "out": f"runs/pretrain/{values['method']}", **replaced,
+                                           "cmim": None if cmim is None else CMIMSettings(**{**cmim, **cmim_changes})})
     validate(config)
     return config
 
 
 def cmim_config(given: dict[str, Any], data: str, synthetic_samples: int) -> CMIMConfig:
-    """CMIM hyper-parameters from ``cmim_*`` overrides.  The built-in data defaults to 256
-    negatives or a quarter of its training samples, whichever is fewer (N well below M, as the
-    paper's 16,384 of ImageNet's 1.28M and the official code's 4,096 of CIFAR's 50,000)."""
-    defaults = CMIMConfig()
-    synthetic = min(SYNTHETIC_DEFAULTS["cmim_nce_n"], synthetic_samples // 4)
-    n_nce = given.get("cmim_nce_n", synthetic if data == "synthetic" else defaults.n_nce)
-    return CMIMConfig(
-        lam=float(given.get("cmim_lambda", defaults.lam)),
-        beta=float(given.get("cmim_beta", defaults.beta)),
-        tau=float(given.get("cmim_tau", defaults.tau)),
-        n_nce=int(n_nce),
-        layers=given.get("cmim_layers", defaults.layers),
-    )
+    """CMIM hyper-parameters from the ``cmim_*`` flags given, :class:`CMIMConfig`'s defaults (the paper's)
+    for the rest.  The built-in data defaults to 256 negatives or a quarter of its training samples,
+    whichever is fewer (N well below M, as the paper's 16,384 of ImageNet's 1.28M and the official
+    code's 4,096 of CIFAR's 50,000)."""
+    fields = {field.name for field in dataclasses.fields(CMIMConfig)}
+    values = {CMIM_FLAGS[flag]: value for flag, value in given.items() if CMIM_FLAGS.get(flag) in fields}
+    if data == "synthetic":
+        values.setdefault("n_nce", min(SYNTHETIC_DEFAULTS["cmim_nce_n"], synthetic_samples // 4))
+    return build_config(CMIMConfig, values)
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)

@@ -11,7 +11,7 @@ from typing import Any
 from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
 from .config import read_config_file, require_finite, require_seed
-from .run_state import result_settings, volatile
+from .run_state import build_config, result_settings, volatile
 
 # CMIM Sec. 4.5: lr 0.001, divided by 10 every 10K iterations (optimizer, length, batch and crop
 # unstated: SGD momentum 0.9, 30K iterations = three lr levels, batch 8, full 480x640 crops).
@@ -103,11 +103,9 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     head = HEADS.get(given.get("head", defaults.get("head", FinetuneConfig.head)))
     if defaults.get("output_stride", FinetuneConfig.output_stride) not in head.output_strides:
         defaults["output_stride"] = head.output_strides[0]  # e.g. FPN and U-Net: 32
-    values = {**defaults, **given}
-    values.setdefault("out", f"runs/finetune/{backbone_folder_name(values['backbone'])}/{task.name}")
-    values["crop"] = tuple(values["crop"])
-    values["scale"] = tuple(values.get("scale", task.scale))
-    config = FinetuneConfig(**values)
+    values = {"out": f"runs/finetune/{backbone_folder_name(given['backbone'])}/{task.name}", "scale": task.scale,
+              **defaults, **given}
+    config = build_config(FinetuneConfig, values)
     validate_finetune(config)
     return config
 

@@ -4,8 +4,10 @@ resumable state, the settings ``--resume`` must match, optimizer state, divergen
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,6 +41,43 @@ def volatile(default: Any = dataclasses.MISSING) -> Any:
 def result_fields(config_class: type) -> set[str]:
     """The names of a configuration dataclass's fields that define the run's result."""
     return {f.name for f in dataclasses.fields(config_class) if not f.metadata.get("volatile")}
+
+
+C = TypeVar("C")
+
+
+def build_config(config_class: type[C], values: dict[str, Any]) -> C:
+    """``config_class`` (a configuration dataclass) from flag, YAML or JSON values: lists become the
+    tuples a field declares, numbers the field's int or float (YAML 1.1 reads 1e-3 as text); fields
+    not given take the dataclass's defaults, the only defaults there are.  Unknown names: one line."""
+    hints = typing.get_type_hints(config_class)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(unknown)}; valid: {', '.join(sorted(hints))}")
+    converted = {}
+    for key, value in values.items():
+        try:
+            converted[key] = _as_declared(hints[key], value)
+        except ValueError:
+            raise ValueError(f"--{key.replace('_', '-')} must be a number, got {value!r}") from None
+    return config_class(**converted)
+
+
+def _as_declared(hint: Any, value: Any) -> Any:
+    """``value`` as the type ``hint`` declares, where a JSON or YAML value may differ from it."""
+    if value is None or isinstance(value, bool):
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+        if len(kinds) != 1:
+            return value
+        hint = kinds[0]
+    kind = typing.get_origin(hint) or hint
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
+    if kind in (int, float) and isinstance(value, (int, float, str)):
+        return kind(value)
+    return value
 
 
 def result_settings(config: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..binary import binary_sign
-from ..methods.recipe import CMIMConfig
+from ..methods.recipe import CMIM_CHOICES, CMIMConfig
 from ..models.taps import Tap
 from .memory import MemoryBank, all_reduce_mean
 
@@ -184,10 +184,9 @@ class CMIMLoss(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if embed not in ("mlp", "none"):
-            raise ValueError(f"CMIM embed must be 'mlp' or 'none', got {embed!r}")
-        if normalizer not in ("running", "crd", "none"):
-            raise ValueError(f"CMIM normalizer must be 'running', 'crd' or 'none', got {normalizer!r}")
+        for option, value in (("embed", embed), ("normalizer", normalizer)):
+            if value not in CMIM_CHOICES[option]:
+                raise ValueError(f"CMIM {option} must be one of {', '.join(CMIM_CHOICES[option])}, got {value!r}")
         if not 0.0 <= z_momentum < 1.0:
             raise ValueError(f"CMIM z_momentum must be in [0, 1), got {z_momentum}")
         if embed == "none" and site_dims is None:

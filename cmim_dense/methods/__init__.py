@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 
 from ..registry import Registry, UnknownNameError
-from .recipe import CMIM_CHOICES, CMIMConfig, Recipe, TrainingDefaults
+from .recipe import CMIM_CHOICES, CMIM_FLAGS, CMIM_SWEEPS, CMIMConfig, Recipe, TrainingDefaults
 
 RECIPES: Registry[Recipe] = Registry("method")
 SUFFIXES = ("cmim",)
@@ -77,5 +77,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["CMIM_CHOICES", "CMIMConfig", "RECIPES", "Recipe", "TrainingDefaults", "base_method", "get_recipe",
+__all__ = ["CMIM_CHOICES", "CMIM_FLAGS", "CMIM_SWEEPS", "CMIMConfig", "RECIPES", "Recipe", "TrainingDefaults", "base_method", "get_recipe",
            "has_cmim", "list_recipes", "register", "split_method"]

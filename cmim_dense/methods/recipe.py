@@ -60,6 +60,12 @@ class TrainingDefaults:
 # takes, the default first (here, without torch, for the command line's choices)
 CMIM_CHOICES = {"embed": ("mlp", "none"), "variant": ("paper", "code"), "bank_dtype": ("float32", "float16"),
                 "normalizer": ("running", "crd", "none"), "negatives": ("other-class", "any")}
+# Each CMIM setting's flag (--cmim-lambda; cmim_lambda in a YAML file or a job's settings) -> its field
+# in CMIMConfig / CMIMSettings, which checkpoints and config.json record: the one place the two meet.
+CMIM_FLAGS = {"cmim_lambda": "lam", "cmim_beta": "beta", "cmim_tau": "tau", "cmim_nce_n": "n_nce",
+              "cmim_layers": "layers", **{f"cmim_{option}": option for option in CMIM_CHOICES}}
+# the CMIM sweeps of Table 3 and Fig. 4 (pipeline/run.py --sweep NAME) -> the flag each sweeps
+CMIM_SWEEPS = {"lambda": "cmim_lambda", "n_nce": "cmim_nce_n"}
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..checkpoint_io import load_checkpoint_as
+from ..methods import CMIM_FLAGS, CMIM_SWEEPS
 from ..models.loading import require_meta
 from .common import Skipped, discover_files
 
 CHECKPOINT_FILE = "best.pt"
-SWEEP_PARAMS = {"lambda": "lam", "n_nce": "n_nce"}  # command-line name -> key in config["cmim"]
+SWEEP_PARAMS = {name: CMIM_FLAGS[flag] for name, flag in CMIM_SWEEPS.items()}  # sweep -> key in config["cmim"]
 
 
 @dataclass(frozen=True)
