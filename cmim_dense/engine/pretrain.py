@@ -368,8 +368,8 @@ def _train_in_owned_folder(config: PretrainConfig, context: DistributedContext) 
     while run.epoch < config.epochs and run.step < run.total_steps:
         record = {"epoch": run.epoch + 1, **train_one_epoch(run, log)}
         last = run.epoch + 1 == config.epochs or run.step >= run.total_steps
-        # 4x the training batch: validation keeps no activations for a backward pass (on 2 cores, 3,900
-        # images of 32 px took 2.0 s in batches of 128, 2.9 s in batches of 32)
+        # 4x the training batch: validation keeps no activations for a backward pass (timed in
+        # docs/methods.md, the CMIM study)
         metrics = evaluate(run.model, run.data.val, 4 * config.batch_size, run.device, config.workers) \
             if last or (run.epoch + 1) % config.eval_every == 0 else None
         run.epoch += 1
