@@ -96,9 +96,10 @@ DENSE_PARTS = {"backbone": ["encoder."], "head": ["decoder.", "segmentation_head
 
 
 def dense_parts(method: str, arch: str, head: str, output_stride: int, image_size: tuple[int, int],
-                classes: int = 40, decoder_channels: int = 256) -> dict[str, Totals]:
-    """Backbone and head totals of the dense model (``head`` of dense.HEADS) over (arch, method) for one image."""
-    model = create_dense_model(arch, method, classes, head, output_stride, decoder_channels)
+                classes: int = 40, decoder_channels: int = 256, binary_head: str | None = None) -> dict[str, Totals]:
+    """Backbone and head totals of the dense model (``head`` of dense.HEADS, binarized by the ``binary_head``
+    method's recipe if given) over (arch, method) for one image."""
+    model = create_dense_model(arch, method, classes, head, output_stride, decoder_channels, binary_head=binary_head)
     return count_model(model.eval(), (3, *image_size)).parts(DENSE_PARTS)
 
 

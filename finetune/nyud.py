@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eigen-crop", action="store_true", default=None, help="evaluate depth inside the Eigen crop")
     parser.add_argument("--depth-cap", type=float, help="evaluate depth only where ground truth <= this (metres)")
     parser.add_argument("--unfreeze", action="store_true", default=None, help="train the backbone too")
+    parser.add_argument("--binary-head", metavar="METHOD",
+                        help="binarize the head's 3x3 convolutions with a binary method's recipe (e.g. irnet; "
+                             "real shortcuts, 1x1 and output convs full precision: docs/binary_heads.md)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the dense network for the training iterations (TorchInductor; the "

@@ -73,10 +73,14 @@ def test_packed_conv_bench_times_every_resnet18_shape_on_the_kernel(tmp_path: Pa
 
 def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> None:
     """Catches: a packed dense model that computes another function than the float one, a head
-    configuration left out, times or ratios that do not add up."""
+    configuration left out (with a full-precision and with a binary head), times or ratios that do not
+    add up, a binary head that is not counted in binary operations."""
     record = run_bench("dense_latency.py", "--size", "64x64", "--repeats", "2", out=tmp_path / "dense.json")
-    assert [(r["head"], r["output_stride"], r["width"]) for r in record["rows"]] == [
-        ("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64)]
+    configs = [("deeplabv3", 8, 256), ("deeplabv3plus", 16, 256), ("deeplabv3plus", 16, 64), ("fpn", 32, 64)]
+    assert [(r["head"], r["output_stride"], r["width"], r["binary_head"]) for r in record["rows"]] == [
+        (*config, binary) for binary in (False, True) for config in configs]
+    for fp_head, binary_head in zip(record["rows"][:4], record["rows"][4:]):
+        assert binary_head["head_gops"] < fp_head["head_gops"] / 2  # 3x3 convs at 1/64 of an OP per BOP
     for row in record["rows"]:
         assert_packed_agrees(row)
         rounds = row["round_ms"]
@@ -85,7 +89,7 @@ def test_dense_latency_bench_times_each_head_packed_and_fp32(tmp_path: Path) -> 
         ratios = sorted(fp32 / packed for fp32, packed in zip(rounds["fp32"], rounds["packed"]))
         assert row["speedup"] == pytest.approx(sum(ratios) / 2) and row["speedup_range"] == pytest.approx(ratios)
         assert row["packed_head_ms"] == row["packed_ms"] - row["packed_backbone_ms"]
-    heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3"}
+    heads = {r["output_stride"]: r["head_gops"] for r in record["rows"] if r["head"] == "deeplabv3" and not r["binary_head"]}
     assert heads[8] > 10 * record["rows"][2]["head_gops"]  # the slim head is far cheaper than the paper's
 
 

@@ -15,7 +15,7 @@ from cmim_dense.plots.analysis import correlation_chart, plot_correlation, plot_
 from cmim_dense.plots.common import distinct_tails
 from cmim_dense.plots.palette import colorize, nyud_palette
 from cmim_dense.plots.qualitative import QualitativeRow, QualitativeSample, TaskPanels, qualitative_grid
-from cmim_dense.plots.finetune_results import load_points, seed_folder
+from cmim_dense.plots.finetune_results import cmim_partners, load_points, seed_folder
 from cmim_dense.plots.seg_depth import MIN_DOT_AREA, dot_areas, plot_seg_depth, scaled_areas, seg_depth_chart
 from cmim_dense.plots.sweep import load_sweep, varying_settings
 from cmim_dense.plots.tsne import conditional_probabilities, squared_distances, tsne
@@ -27,9 +27,10 @@ BACKBONES = {"irnet": (0.580, 0.25, 0.78), "irnet+cmim": (0.612, 0.27, 0.74), "r
 
 
 def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: float, backbone: str | None = None,
-              drop: str | None = None, seed: int | None = None) -> Path:
+              drop: str | None = None, seed: int | None = None, binary_head: str | None = None) -> Path:
     metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
-               "method": method, "top1": top1, **({} if seed is None else {"seed": seed})}
+               "method": method, "top1": top1, **({} if seed is None else {"seed": seed}),
+               **({} if binary_head is None else {"binary_head": binary_head})}
     if task == "seg":
         metrics.update(miou=miou, pixel_acc=min(miou + 0.3, 1.0), mean_acc=min(miou + 0.1, 1.0),
                        per_class_iou={"wall": 0.6})
@@ -112,6 +113,27 @@ def test_seg_depth_labels_tell_backbones_of_one_method_apart(tmp_path: Path) -> 
     assert not skipped
     assert [p.label for p in points] == ["rbnn (rbnn_seed0)", "rbnn (rbnn_seed1)"]
     assert distinct_tails(["/a/x/best.pt", "/a/x/last.pt"]) == ["best.pt", "last.pt"]
+
+
+def test_binary_head_runs_of_a_backbone_are_a_point_of_their_own_drawn_as_squares(tmp_path: Path) -> None:
+    """The same backbone fine-tuned with a full-precision and with a binary head (metrics.json's
+    "binary_head"): two points, labelled apart, each +cmim paired with its base of the same head kind,
+    binary heads drawn as squares."""
+    for method in ("irnet", "irnet+cmim"):
+        for head in (None, "irnet"):
+            for task in ("seg", "depth"):
+                write_run(tmp_path / f"{method}_{head}_{task}", task, method, 0.6, 0.3 if head else 0.4, 0.8,
+                          binary_head=head)
+    points, skipped = load_points([tmp_path])
+    assert not skipped
+    index = {p.label: i for i, p in enumerate(points)}
+    assert {p.label: p.binary_head for p in points} == {
+        "irnet": None, "irnet, binary head": "irnet", "irnet+cmim": None, "irnet+cmim, binary head": "irnet"}
+    assert cmim_partners(points) == {index["irnet+cmim"]: index["irnet"],
+                                     index["irnet+cmim, binary head"]: index["irnet, binary head"]}
+    figure = plot_seg_depth(points)
+    gids = {c.get_gid(): len(c.get_offsets()) for c in figure.axes[0].collections if c.get_gid()}
+    assert gids["backbones"] == 2 and gids["backbones-binary-head"] == 2
 
 
 def test_seg_depth_two_seg_runs_of_one_backbone_are_reported(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)
 
 
 def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
-                              decoder_channels: int = 256, freeze: bool = True
+                              decoder_channels: int = 256, freeze: bool = True, binary_head: str | None = None
                               ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
     """The dense model over the backbone at ``path`` (a checkpoint of ``pretrain/run.py`` or of
     ``python -m cmim_dense.convert``, or a torchvision/timm ResNet state dict), and that backbone's
@@ -35,7 +35,7 @@ def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "
     checkpoint = backbone_checkpoint(path)
     meta = checkpoint["meta"]
     model = create_dense_model(meta["arch"], meta["method"], out_channels, head, output_stride, decoder_channels,
-                               meta.get("real_weights", False))
+                               meta.get("real_weights", False), binary_head)
     encoder: BinaryResNetEncoder = model.encoder
     encoder.load_backbone(checkpoint["model"], str(path))
     if freeze:
@@ -56,7 +56,8 @@ def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
     """The untrained dense model a fine-tuned checkpoint's (or its export's) ``meta`` describes."""
     identity = meta["backbone_meta"]
     return create_dense_model(identity["arch"], identity["method"], meta["out_channels"], meta["head"],
-                              meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False))
+                              meta["output_stride"], meta["decoder_channels"], identity.get("real_weights", False),
+                              meta.get("binary_head"))
 
 
 def dense_model_from_checkpoint(path: str | Path, contents: Any = None) -> tuple[smp.SegmentationModel, dict[str, Any]]:

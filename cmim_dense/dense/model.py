@@ -13,7 +13,9 @@ from typing import Any, Callable
 import segmentation_models_pytorch as smp
 from torch import nn
 
+from ..methods import get_recipe
 from ..registry import Registry
+from .binary_head import binarize_decoder
 from .encoder import register_encoder
 
 # The DeepLab papers' ASPP rates: (6, 12, 18) at output stride 16, doubled at 8
@@ -61,14 +63,20 @@ register_head(DenseHead("unet", smp.Unet, (32,),
 
 
 def create_dense_model(arch: str, method: str, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
-                       decoder_channels: int = 256, real_weights: bool = False) -> smp.SegmentationModel:
-    """The registered ``head`` with ``out_channels`` outputs over the (arch, method) backbone."""
+                       decoder_channels: int = 256, real_weights: bool = False,
+                       binary_head: str | None = None) -> smp.SegmentationModel:
+    """The registered ``head`` with ``out_channels`` outputs over the (arch, method) backbone; with
+    ``binary_head`` (a binary method's name) its 3x3 convolutions binarized by that method's recipe
+    (:func:`~cmim_dense.dense.binary_head.binarize_decoder`)."""
     entry = HEADS.get(head)
     if output_stride not in entry.output_strides:
         strides = " or ".join(map(str, entry.output_strides))
         raise ValueError(f"the {head} head works at output stride {strides}, got {output_stride}")
-    return entry.build(encoder_name=register_encoder(arch, method, real_weights), encoder_weights=None,
-                       classes=out_channels, **entry.arguments(output_stride, decoder_channels))
+    model = entry.build(encoder_name=register_encoder(arch, method, real_weights), encoder_weights=None,
+                        classes=out_channels, **entry.arguments(output_stride, decoder_channels))
+    if binary_head is not None:
+        binarize_decoder(model.decoder, get_recipe(binary_head))
+    return model
 
 
 def freeze_backbone(model: smp.SegmentationModel) -> smp.SegmentationModel:

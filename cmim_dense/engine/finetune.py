@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
+from ..binary import set_progress
 from ..checkpoint_io import save_atomic, write_json
 from ..data.nyud import NYUDv2
 from ..data.nyud_source import nyud_root
@@ -76,7 +77,8 @@ class FinetuneRun:
         return {"task": self.config.task, "classes": self.config.classes,
                 "out_channels": self.task.out_channels(self.config),
                 "head": self.config.head, "output_stride": self.config.output_stride,
-                "decoder_channels": self.config.decoder_channels, "backbone": str(Path(self.config.backbone).resolve()),
+                "decoder_channels": self.config.decoder_channels, "binary_head": self.config.binary_head,
+                "backbone": str(Path(self.config.backbone).resolve()),
                 "backbone_meta": self.backbone, "iteration": self.iteration,
                 "config": self.config.settings()}
 
@@ -99,7 +101,7 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     require_divisible_batch(config.batch_size, context)
     model, backbone = dense_model_from_backbone(config.backbone, task.out_channels(config), config.head,
                                                 config.output_stride, config.decoder_channels,
-                                                freeze=not config.unfreeze)
+                                                freeze=not config.unfreeze, binary_head=config.binary_head)
     # rank 0 renders/prepares the built-in data (with its progress shown) while the others wait
     root = context.main_first(lambda first: nyud_root(config.data, progress=first and config.progress_bar))
     data = open_task_data(root, task, config.classes, config.depth_gt, backbone)
@@ -134,6 +136,7 @@ def train_iterations(run: FinetuneRun, writer: SummaryWriter | None) -> None:
     start, seen = time.perf_counter(), 0
     for batch in bar:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        set_progress(run.model.decoder, run.iteration / config.iters)  # a binary head's estimator schedules
         with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
             loss = run.task.loss(run.network(batch["image"]), batch[run.task.target], config)
         value = loss.item()
@@ -221,7 +224,8 @@ def metrics_record(config: FinetuneConfig, task: DenseTask, meta: dict[str, Any]
               "method": identity.get("method"), "arch": identity.get("arch"), "top1": identity.get("top1"),
               **results, "baseline": evaluate_constant(task, config, data.train, data.test), "head": config.head,
               "output_stride": config.output_stride, "iters": config.iters, "data": config.data,
-              "eval_resolution": list(data.test.size), **task.record_extras(config)}
+              "eval_resolution": list(data.test.size), **task.record_extras(config),
+              **({"binary_head": config.binary_head} if config.binary_head else {})}
     if seconds is not None:
         record["train_seconds"] = round(seconds, 1)
     return record

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
+from ..methods import get_recipe
 from .config import read_config_file, require_finite, require_seed
 from .run_state import build_config, result_settings, volatile
 
@@ -53,6 +54,7 @@ class FinetuneConfig:
     eigen_crop: bool = False
     depth_cap: float | None = None
     unfreeze: bool = False
+    binary_head: str | None = None  # a binary method whose recipe binarizes the head's 3x3 convs (dense/binary_head.py)
     amp: bool = False
     compile: bool = volatile(False)  # torch.compile the training network
     # a frozen binary backbone runs on the packed XNOR-popcount kernel on a CPU: the same features up
@@ -103,7 +105,8 @@ def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
     head = HEADS.get(given.get("head", defaults.get("head", FinetuneConfig.head)))
     if defaults.get("output_stride", FinetuneConfig.output_stride) not in head.output_strides:
         defaults["output_stride"] = head.output_strides[0]  # e.g. FPN and U-Net: 32
-    values = {"out": f"runs/finetune/{backbone_folder_name(given['backbone'])}/{task.name}", "scale": task.scale,
+    folder = task.name if given.get("binary_head") is None else f"{task.name}-binary_head_{given['binary_head']}"
+    values = {"out": f"runs/finetune/{backbone_folder_name(given['backbone'])}/{folder}", "scale": task.scale,
               **defaults, **given}
     config = build_config(FinetuneConfig, values)
     validate_finetune(config)
@@ -138,3 +141,6 @@ def validate_finetune(config: FinetuneConfig) -> None:
     if config.depth_gt not in DEPTH_KINDS:
         raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_KINDS)}, got {config.depth_gt!r}")
     DEPTH_LOSSES.get(config.depth_loss)  # the registry's one-line error for an unknown name
+    if config.binary_head is not None and not get_recipe(config.binary_head).is_binary:
+        raise ValueError(f"--binary-head needs a binary method (its recipe binarizes the head), got "
+                         f"{config.binary_head!r}")

@@ -14,6 +14,8 @@ class _TwoConvBlock(nn.Module):
     its first block keeps the previous dilation on conv1, as torchvision does.
     """
 
+    FOLDABLE = (("conv1", "bn1"), ("conv2", "bn2"))  # (conv, the BatchNorm on its output): packed.fuse folds them
+
     def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, dilation: tuple[int, int]) -> None:
         super().__init__()
         self.conv1 = layers.conv(cin, cout, 3, stride, dilation[0])

@@ -25,7 +25,7 @@ import itertools
 
 from torch import Tensor, nn
 
-from ..models.blocks import BasicBlock, BiRealBlock
+from ..models.blocks import BasicBlock
 from .native import PackedBits
 from .conv import PackedBinaryConv2d
 
@@ -48,12 +48,13 @@ def _preserves_sign(act: nn.Module) -> bool:
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(parent, conv attribute, BN attribute) wherever a BatchNorm directly follows a packed conv's output."""
+    """(parent, conv attribute, BN attribute) wherever a BatchNorm directly follows a packed conv's output:
+    the pairs a module declares in ``FOLDABLE`` (the residual blocks, a binary head's units) and
+    consecutive children of an ``nn.Sequential`` (BNN's binary 1x1 shortcut)."""
     pairs = []
     for module in model.modules():
-        if isinstance(module, (BasicBlock, BiRealBlock)):
-            pairs += [(module, "conv1", "bn1"), (module, "conv2", "bn2")]
-        elif isinstance(module, nn.Sequential):
+        pairs += [(module, conv, bn) for conv, bn in getattr(module, "FOLDABLE", ())]
+        if isinstance(module, nn.Sequential):
             pairs += [(module, a, b) for a, b in itertools.pairwise(module._modules)]
     return [(parent, c, b) for parent, c, b in pairs
             if isinstance(getattr(parent, c), PackedBinaryConv2d) and not getattr(parent, c).input_scale

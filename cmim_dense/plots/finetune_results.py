@@ -42,6 +42,11 @@ class MetricsRecord:
     metrics: dict[str, Any]
     seed: int | None = None  # the fine-tuning seed: metrics.json's "seed", else that of config.json beside it
 
+    @property
+    def binary_head(self) -> str | None:
+        """The method whose recipe binarized the head (None: a full-precision head)."""
+        return self.metrics.get("binary_head")
+
 
 @dataclass(frozen=True)
 class SeedRun:
@@ -97,6 +102,7 @@ class BackbonePoint:
     backbone: str  # the backbone's path, its seed<k> folder (if any) written seed*
     runs: tuple[SeedRun, ...]  # one per seed, in seed order
     intervals: dict[str, Interval]  # per reported metric; none for a metric no seed has (top1, other tasks)
+    binary_head: str | None = None  # the method that binarized the head; None: full precision
 
     @property
     def n(self) -> int:
@@ -189,16 +195,17 @@ def seed_folder(backbone: str) -> tuple[int | None, str]:
 
 def load_points(inputs: Sequence[str | Path], classes: int | None = None
                 ) -> tuple[list[BackbonePoint], list[Skipped]]:
-    """Read every run that ``inputs`` name, join each backbone's runs (at most one per task; a
-    backbone fine-tuned on depth alone is a point too), and gather the seeds of a method's
-    backbone (paths that differ only in a ``seed<k>`` folder) into one point.
+    """Read every run that ``inputs`` name, join each backbone's runs (at most one per task and head
+    kind: a binary head's runs are a point of their own; a backbone fine-tuned on depth alone is a
+    point too), and gather the seeds of a method's backbone (paths that differ only in a ``seed<k>``
+    folder) into one point.
 
     ``classes`` keeps only the runs of class-dependent tasks (segmentation) with that many
     classes.  Runs that cannot be read or joined are returned as :class:`Skipped` entries naming
     the file and the reason.
     """
     files, skipped = discover_files(inputs, METRICS_FILE)
-    runs: dict[str, dict[str, list[MetricsRecord]]] = {}
+    runs: dict[tuple[str, str | None], dict[str, list[MetricsRecord]]] = {}
     for path in files:
         try:
             run = read_run(path)
@@ -209,9 +216,9 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
                 and run.metrics.get("classes") != classes):
             skipped.append(Skipped(str(path), f"{run.metrics.get('classes')} classes, not the {classes} asked for"))
             continue
-        runs.setdefault(run.backbone, {name: [] for name in TASKS.registered()})[run.task].append(run)
-    groups: dict[tuple[str, str], list[SeedRun]] = {}
-    for backbone, tasks in sorted(runs.items()):
+        runs.setdefault((run.backbone, run.binary_head), {name: [] for name in TASKS.registered()})[run.task].append(run)
+    groups: dict[tuple[str, str, str | None], list[SeedRun]] = {}
+    for (backbone, binary_head), tasks in sorted(runs.items(), key=lambda item: (item[0][0], item[0][1] or "")):
         folder_seed, group = seed_folder(backbone)
         problem = _joining_problem(tasks)
         seed = None
@@ -222,7 +229,7 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
             skipped.extend(Skipped(str(run.path), problem) for found in tasks.values() for run in found)
         else:
             method = next(iter(joined.values())).method  # the runs agree on it
-            groups.setdefault((method, group), []).append(SeedRun(seed, joined))
+            groups.setdefault((method, group, binary_head), []).append(SeedRun(seed, joined))
     return _points(groups), skipped
 
 
@@ -251,16 +258,17 @@ def _pair_seed(runs: Sequence[MetricsRecord], folder_seed: int | None) -> tuple[
     return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
 
 
-def _points(groups: dict[tuple[str, str], list[SeedRun]]) -> list[BackbonePoint]:
-    """Points labelled by method, with the backbone's distinct path tail where methods repeat."""
+def _points(groups: dict[tuple[str, str, str | None], list[SeedRun]]) -> list[BackbonePoint]:
+    """Points labelled by method (and ``, binary head`` or ``, METHOD head`` for a binary head), with the
+    backbone's distinct path tail where labels repeat."""
     keys = list(groups)
-    labels = [method for method, _ in keys]
-    for method in set(labels):
-        indices = [i for i, label in enumerate(labels) if label == method]
+    labels = [method + head_suffix(method, binary_head) for method, _, binary_head in keys]
+    for repeated in set(labels):
+        indices = [i for i, label in enumerate(labels) if label == repeated]
         if len(indices) > 1:
             tails = distinct_tails([keys[i][1] for i in indices])
             for i, tail in zip(indices, tails):
-                labels[i] = f"{method} ({tail.removesuffix('/' + ANY_SEED)})"
+                labels[i] = f"{repeated} ({tail.removesuffix('/' + ANY_SEED)})"
     points = []
     for label, key in zip(labels, keys):
         by_seed = {run.seed: run for run in groups[key]}  # seeds are distinct: the paths differ in them only
@@ -270,20 +278,28 @@ def _points(groups: dict[tuple[str, str], list[SeedRun]]) -> list[BackbonePoint]
             values = [value for run in runs if (value := run.value(metric)) is not None]
             if values:
                 intervals[metric] = mean_interval(values)
-        points.append(BackbonePoint(label, key[0], key[1], runs, intervals))
+        points.append(BackbonePoint(label, key[0], key[1], runs, intervals, key[2]))
     return sorted(points, key=lambda p: p.label)
+
+
+def head_suffix(method: str, binary_head: str | None) -> str:
+    """What a point's label adds for its head: nothing for a full-precision head."""
+    if binary_head is None:
+        return ""
+    return ", binary head" if binary_head == base_method(method) else f", {binary_head} head"
 
 
 def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
     """The pairing of the paired differences and the chart's arrows: for each ``+cmim`` point (by
-    index), the index of its base method's point when that method has exactly one, else why not."""
-    by_method: dict[str, list[int]] = {}
+    index), the index of its base method's point with the same kind of head when there is exactly
+    one, else why not."""
+    by_method: dict[tuple[str, str | None], list[int]] = {}
     for index, point in enumerate(points):
-        by_method.setdefault(point.method.lower(), []).append(index)
+        by_method.setdefault((point.method.lower(), point.binary_head), []).append(index)
     partners: dict[int, int | str] = {}
     for index, point in enumerate(points):
         if has_cmim(point.method):
             name = base_method(point.method)
-            bases = by_method.get(name, [])
+            bases = by_method.get((name, point.binary_head), [])
             partners[index] = bases[0] if len(bases) == 1 else f"{len(bases)} {name} backbones to pair it with"
     return partners

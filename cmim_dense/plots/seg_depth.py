@@ -117,8 +117,9 @@ def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
 
 
 def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) -> Figure:
-    """The chart: dots at the means over seeds (collection gid ``backbones``; ``backbones-no-top1``
-    for dots without a top-1, drawn as fixed-size crosses), their 95 % intervals as error bars
+    """The chart: dots at the means over seeds (collection gid ``backbones``, ``backbones-binary-head`` for
+    points with a binary head, drawn as squares; ``backbones-no-top1`` for dots without a top-1, drawn as
+    fixed-size crosses), their 95 % intervals as error bars
     (gids ``seed-ci-x``, ``seed-ci-y``), base -> +cmim arrows, labels, a legend, and a title line
     saying what the error bars are (``1 seed: no error bars``)."""
     if not points:
@@ -137,8 +138,12 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     edge = np.array([to_rgba(colours[base_method(p.method)]) for p in points])
     face = np.array([to_rgba(colours[base_method(p.method)], 0.6) if has_cmim(p.method) else (1, 1, 1, 0.6)
                      for p in points])
-    ax.scatter(x[sized], y[sized], s=areas[sized], facecolors=face[sized], edgecolors=edge[sized], linewidths=1.8,
-               zorder=3, gid="backbones")
+    binary_head = np.array([p.binary_head is not None for p in points])
+    for chosen, marker, gid in ((sized & ~binary_head, "o", "backbones"),
+                                (sized & binary_head, "s", "backbones-binary-head")):
+        if chosen.any():
+            ax.scatter(x[chosen], y[chosen], s=areas[chosen], marker=marker, facecolors=face[chosen],
+                       edgecolors=edge[chosen], linewidths=1.8, zorder=3, gid=gid)
     if not sized.all():
         ax.scatter(x[~sized], y[~sized], s=NO_TOP1_AREA, marker="X", facecolors=edge[~sized],
                    edgecolors=edge[~sized], zorder=3, gid="backbones-no-top1")
@@ -247,6 +252,11 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
     if arrows:
         handles.append(Line2D([], [], marker=r"$\rightarrow$", linestyle="none", color="0.3", markersize=14,
                               label="method → method+CMIM"))
+    if any(p.binary_head is not None for p in points):
+        handles.append(header("shape: head"))
+        handles += [Line2D([], [], marker=marker, linestyle="none", markerfacecolor="white", markeredgecolor="0.3",
+                           markeredgewidth=1.5, markersize=9, label=label)
+                    for marker, label in (("o", "full-precision head"), ("s", "binary head (docs/binary_heads.md)"))]
     if not np.isfinite(areas).all():
         handles.append(Line2D([], [], marker="X", linestyle="none", color="0.3", markersize=8,
                               label="no top-1 (fixed size)"))
