@@ -28,7 +28,6 @@ rounds and, in ``*_range``, the lowest and highest round.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 from pathlib import Path
