@@ -38,7 +38,7 @@ from common import interleaved_calls, median_seconds, seconds_of_one_call, write
 
 from cmim_dense import create_model  # noqa: E402
 from cmim_dense.engine.optim import backward_step  # noqa: E402
-from cmim_dense.engine.pretrain import build_cmim_loss  # noqa: E402
+from cmim_dense.engine.pretrain_run import build_cmim_loss  # noqa: E402
 from cmim_dense.losses.cmim import SIDES  # noqa: E402
 from cmim_dense.engine.config import resolve_config  # noqa: E402
 from cmim_dense.methods import base_method, has_cmim  # noqa: E402

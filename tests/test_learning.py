@@ -32,7 +32,9 @@ from torch import nn
 from cmim_dense import create_model
 from cmim_dense.engine import resolve_config, run_pretraining
 from cmim_dense.engine.distributed import DistributedContext
-from cmim_dense.engine.pretrain import build_run, stage_configs, train_one_epoch
+from cmim_dense.engine.pretrain import stage_configs
+from cmim_dense.engine.pretrain_run import build_run
+from cmim_dense.engine.pretrain_step import train_one_epoch
 from cmim_dense.methods import list_recipes
 
 CHANCE = 1 / 13
