@@ -84,11 +84,11 @@ def test_a_binary_head_learns_rebuilds_from_its_checkpoint_and_runs_on_the_kerne
 
 
 def test_the_channel_bypass_averages_channel_groups_or_repeats_channels() -> None:
-    """Hand-computed: 6 -> 3 channels are the means of pairs, 6 -> 12 each channel twice, 7 -> 4 the means
-    of adaptive pooling's bins {0,1}, {1,2,3}, {3,4,5}, {5,6} (start floor(i C/4), end ceil((i+1) C/4))."""
+    """Hand-computed: 6 -> 3 channels are the means of pairs, 6 -> 12 each channel twice, 7 -> 4 the mean
+    of the windows of channels 0-3 and 3-6, 3 -> 4 the channels 0, 1, 2, 0."""
     x = torch.randn(2, 6, 3, 4)
     torch.testing.assert_close(ChannelBypass(3)(x), x.view(2, 3, 2, 3, 4).mean(2))
     assert torch.equal(ChannelBypass(12)(x), x.repeat_interleave(2, dim=1))
     seven = torch.randn(1, 7, 2, 2)
-    bins = [(0, 2), (1, 4), (3, 6), (5, 7)]
-    torch.testing.assert_close(ChannelBypass(4)(seven), torch.stack([seven[:, a:b].mean(1) for a, b in bins], 1))
+    torch.testing.assert_close(ChannelBypass(4)(seven), (seven[:, 0:4] + seven[:, 3:7]) / 2)
+    assert torch.equal(ChannelBypass(4)(x[:, :3]), x[:, [0, 1, 2, 0]])

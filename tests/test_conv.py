@@ -116,3 +116,30 @@ def test_weight_cache_follows_dtype_and_storage_changes(method: str) -> None:
         conv(torch.randn(1, 64, 4, 4))
         conv.weight.data = -conv.weight.data  # a swapped .data keeps the version counter as well
         assert torch.equal(conv.forward_weight(), conv.effective_weight())
+
+
+def test_a_derived_value_is_built_once_and_again_only_when_a_source_changes() -> None:
+    """The cache behind the frozen weight, the packed operands and a frozen backbone's packed copy: it must
+    hit (a cache that never hits computes the same values, so only this shows it: the first version
+    rebuilt on every call and made frozen fine-tuning slower than before it) and miss on each kind of
+    change (in place, replaced, moved to another dtype)."""
+    from cmim_dense.binary.derived import Derived
+
+    weight, builds = torch.ones(3), []
+    derived: Derived[torch.Tensor] = Derived()
+
+    def build() -> torch.Tensor:
+        builds.append(1)
+        return weight.sum()
+
+    first = derived.get([weight], build)
+    assert derived.get([weight], build) is first and len(builds) == 1
+    weight.add_(1.0)
+    assert derived.get([weight], build).item() == 6.0 and len(builds) == 2
+    weight = weight.clone()
+    derived.get([weight], build)
+    weight.data = weight.data.double()
+    derived.get([weight], build)
+    assert len(builds) == 4
+    conv = BinaryConv2d(4, 4, 3, input_binarizer=SIGN, weight_binarizer=WSIGN).requires_grad_(False)
+    assert conv.forward_weight() is conv.forward_weight()

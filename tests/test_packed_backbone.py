@@ -69,6 +69,9 @@ def test_a_frozen_encoder_runs_on_the_kernel_with_the_float_features(method: str
     assert len(kernel_calls) >= 15  # ResNet-18's 16 binary 3x3 convs (minus a BNN shortcut), each on the kernel
     for a, b in zip(float_features, packed_features):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    copy = encoder._packed.of(encoder.backbone)
+    features(True)
+    assert encoder._packed.of(encoder.backbone) is copy  # built once, not per forward
 
     encoder.load_state_dict(other.encoder.state_dict())  # the packed copy must follow the loaded weights
     kernel_calls.clear()

@@ -11,11 +11,12 @@ from torch import Tensor
 
 T = TypeVar("T")
 
-_Stamp = tuple[Tensor, int, int, torch.dtype, torch.device]
+_State = tuple[int, int, torch.dtype, torch.device]
 
 
-def _stamp(tensor: Tensor) -> _Stamp:
-    return tensor, tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device
+def _state(tensor: Tensor) -> _State:
+    """What changes when a tensor is modified in place (its version) or its data moves."""
+    return tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device
 
 
 class Derived(Generic[T]):
@@ -29,13 +30,13 @@ class Derived(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._stamps: list[_Stamp] = []
+        self._stamps: list[tuple[Tensor, _State]] = []
         self._value: T | None = None
 
     def get(self, sources: Sequence[Tensor], build: Callable[[], T]) -> T:
         if self._value is None or not self._current(sources):
             self._value = None  # the old value is freed before the new one is built
-            self._value, self._stamps = build(), [_stamp(t) for t in sources]
+            self._value, self._stamps = build(), [(t, _state(t)) for t in sources]
         return self._value
 
     def clear(self) -> None:
@@ -43,7 +44,7 @@ class Derived(Generic[T]):
 
     def _current(self, sources: Sequence[Tensor]) -> bool:
         return len(self._stamps) == len(sources) and all(
-            held is t and stamp == _stamp(t)[1:] for (held, *stamp), t in zip(self._stamps, sources))
+            held is t and state == _state(t) for (held, state), t in zip(self._stamps, sources))
 
     def __deepcopy__(self, memo: dict) -> Derived[T]:
         return Derived()
