@@ -47,8 +47,8 @@ class ChannelBypass(nn.Module):
     multiply-add per channel pair: channel groups averaged (C_in a multiple of C_out), each channel
     repeated (C_out a multiple of C_in), otherwise the mean of ceil(C_in / C_out) windows of C_out
     consecutive channels at offsets spread evenly from 0 to C_in - C_out (every input channel in at
-    least one), or the channels tiled and cut to C_out.  (Adaptive average pooling over the channel
-    axis took a third of a slim binary head's time.)"""
+    least one), or the channels tiled and cut to C_out (views and adds: docs/binary_heads.md says why
+    not a 1x1 conv or pooling over channels)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
