@@ -15,9 +15,9 @@ measured, and what this takes from BiDense and Bi-MTDP and what it does not.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..methods import get_recipe
 from ..methods.recipe import Recipe
 from ..models.layers import LayerFactory
 
@@ -94,8 +94,6 @@ def binarize_decoder(decoder: nn.Module, recipe: Recipe) -> int:
     modules by a :class:`BinaryHeadUnit` of ``recipe`` (in the conv's place; the norm's and the ReLU's
     places become identities, so a forward that calls them in turn, as smp's decoders and sequences do,
     runs the unit); returns how many were replaced."""
-    if not recipe.is_binary:
-        raise ValueError(f"--binary-head needs a binary method, got {recipe.name!r}")
     layers = LayerFactory(recipe)
     replaced = 0
     for module in list(decoder.modules()):
@@ -112,3 +110,12 @@ def binarize_decoder(decoder: nn.Module, recipe: Recipe) -> int:
     if replaced == 0:
         raise ValueError("this head has no 3x3 conv -> norm -> ReLU to binarize")
     return replaced
+
+
+def binary_head_recipe(name: str) -> Recipe:
+    """The recipe that ``--binary-head NAME`` binarizes a head with; a one-line error for a method without
+    binary convolutions (an unknown name: the recipes registry's)."""
+    recipe = get_recipe(name)
+    if not recipe.is_binary:
+        raise ValueError(f"--binary-head needs a binary method (its recipe binarizes the head), got {name!r}")
+    return recipe

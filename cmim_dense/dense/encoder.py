@@ -50,7 +50,6 @@ class BinaryResNetEncoder(nn.Module, EncoderMixin):
         self._out_channels = [3] + [info["num_chs"] for info in self.backbone.feature_info]
         self.packed_inference = True
         self._packed = PackedInference()
-        self._packable: bool | None = None  # runs_on_the_kernel(backbone), asked on the first frozen forward
 
     @property
     def frozen(self) -> bool:
@@ -68,12 +67,9 @@ class BinaryResNetEncoder(nn.Module, EncoderMixin):
 
     def _on_the_kernel(self, x: Tensor) -> bool:
         """Whether this frozen forward of ``x`` runs on the packed kernel (see the class docstring)."""
-        if (not self.packed_inference or x.device.type != "cpu" or x.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
-            return False
-        if self._packable is None:
-            self._packable = runs_on_the_kernel(self.backbone)
-        return self._packable
+        return (self.packed_inference and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+                and runs_on_the_kernel(self.backbone))
 
     def make_dilated(self, output_stride: int) -> None:
         if output_stride != self._output_stride:

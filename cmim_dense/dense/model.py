@@ -13,9 +13,8 @@ from typing import Any, Callable
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from ..methods import get_recipe
 from ..registry import Registry
-from .binary_head import binarize_decoder
+from .binary_head import binarize_decoder, binary_head_recipe
 from .encoder import register_encoder
 
 # The DeepLab papers' ASPP rates: (6, 12, 18) at output stride 16, doubled at 8
@@ -75,7 +74,7 @@ def create_dense_model(arch: str, method: str, out_channels: int, head: str = "d
     model = entry.build(encoder_name=register_encoder(arch, method, real_weights), encoder_weights=None,
                         classes=out_channels, **entry.arguments(output_stride, decoder_channels))
     if binary_head is not None:
-        binarize_decoder(model.decoder, get_recipe(binary_head))
+        binarize_decoder(model.decoder, binary_head_recipe(binary_head))
     return model
 
 

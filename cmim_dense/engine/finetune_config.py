@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
-from ..methods import get_recipe
+from ..dense.binary_head import binary_head_recipe
 from .config import read_config_file, require_finite, require_seed
 from .run_state import build_config, result_settings, volatile
 
@@ -141,6 +141,5 @@ def validate_finetune(config: FinetuneConfig) -> None:
     if config.depth_gt not in DEPTH_KINDS:
         raise ValueError(f"--depth-gt must be {' or '.join(DEPTH_KINDS)}, got {config.depth_gt!r}")
     DEPTH_LOSSES.get(config.depth_loss)  # the registry's one-line error for an unknown name
-    if config.binary_head is not None and not get_recipe(config.binary_head).is_binary:
-        raise ValueError(f"--binary-head needs a binary method (its recipe binarizes the head), got "
-                         f"{config.binary_head!r}")
+    if config.binary_head is not None:
+        binary_head_recipe(config.binary_head)
