@@ -27,3 +27,14 @@ def scale_range(text: str) -> tuple[float, float]:
     if not 0 < low <= high:
         raise argparse.ArgumentTypeError(f"a scale range needs 0 < MIN <= MAX, got {text!r}")
     return low, high
+
+
+def weights(text: str) -> tuple[float, ...]:
+    """``"1,0.1,10"`` -> (1.0, 0.1, 10.0), positive numbers."""
+    try:
+        values = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weights are comma-separated numbers, e.g. 1,0.1,10, got {text!r}") from None
+    if not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"weights must be positive, got {text!r}")
+    return values

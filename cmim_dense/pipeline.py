@@ -57,6 +57,14 @@ STUDY_PRETRAIN: dict[str, Any] = {"epochs": 60, "synthetic_samples": 130, "synth
                                   "optimizer": "adam", "lr": 1e-3, "schedule": "cos"}
 QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "synthetic_val_samples": 32}
 QUICK_STUDY_SEEDS = 3
+# The binary-head study (docs/binary_heads.md): the main job's backbones of three kinds (full
+# precision, RBNN, IR-Net) under the main job's full-precision head and under the same head with its
+# 3x3 convolutions binarized by IR-Net's recipe, every task by a model of its own and all three by one
+# multi-task model, seeds for paired 95 % intervals.
+HEAD_STUDY_METHODS = ("fp", "rbnn", "irnet")
+HEAD_STUDY_TASKS = (*MAIN_TASKS, ",".join(MAIN_TASKS))
+HEAD_STUDY_BINARY_HEAD = "irnet"
+HEAD_STUDY_SEEDS = 3
 
 
 def pretraining_finished(out: Path, epochs: int) -> bool:
@@ -73,9 +81,13 @@ def pretrain_stage(name: str, method: str, out: Path, settings: dict[str, Any], 
 
 def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: dict[str, Any], progress: bool,
                    needs: list[str]) -> Stage:
+    """A fine-tune of ``task`` (several, comma-separated: one multi-task model, its metrics in ``out/TASK``)."""
     settings = {**settings, "task": task, "backbone": str(backbone), "out": str(out), "resume": True,
                 "progress_bar": progress}
-    return Stage(name, lambda: (out / "metrics.json").is_file(), partial(finetune, settings), needs, in_worker=True)
+    tasks = task.split(",")
+    metrics = [out / name / "metrics.json" for name in tasks] if len(tasks) > 1 else [out / "metrics.json"]
+    return Stage(name, lambda: all(path.is_file() for path in metrics), partial(finetune, settings), needs,
+                 in_worker=True)
 
 
 def finetune(settings: dict[str, Any]) -> dict[str, Any]:
@@ -128,10 +140,13 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
 
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool, seeds: int = 1,
-                  tasks: tuple[str, ...] = MAIN_TASKS, finetune_seeds: int | None = None) -> list[Stage]:
+                  tasks: tuple[str, ...] = MAIN_TASKS, finetune_seeds: int | None = None,
+                  binary_heads: tuple[str | None, ...] = (None,)) -> list[Stage]:
     """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
     pretrain with seed k, then, for k < ``finetune_seeds`` (default every seed), a fine-tune (seed k)
-    of that backbone per task of ``tasks`` (see :func:`run_folder`)."""
+    of that backbone per task of ``tasks`` (``"seg,depth,normals"``: one multi-task model, in
+    ``seg+depth+normals``) and head of ``binary_heads`` (None: the full-precision head, in ``TASK``; a
+    method: the head binarized by its recipe, in ``TASK-binary_head_METHOD``; see :func:`run_folder`)."""
     stages = []
     for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
         for folder, (method, extra) in runs.items():
@@ -143,8 +158,13 @@ def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretr
             if finetune_seeds is not None and seed >= finetune_seeds:
                 continue
             for task in tasks:
-                stages.append(finetune_stage(f"{task} {name}", task, out / "best.pt", root / "finetune" / run / task,
-                                             {**finetune, "seed": seed}, progress, [f"pretrain {name}"]))
+                for head in binary_heads:
+                    folder_name = task.replace(",", "+")
+                    task_folder, stage = (folder_name, f"{task} {name}") if head is None else (
+                        f"{folder_name}-binary_head_{head}", f"{task} {name} {head} head")
+                    settings = {**finetune, "seed": seed, **({} if head is None else {"binary_head": head})}
+                    stages.append(finetune_stage(stage, task, out / "best.pt", root / "finetune" / run / task_folder,
+                                                 settings, progress, [f"pretrain {name}"]))
     return stages
 
 
@@ -245,6 +265,20 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, *,
     everything = [stage.name for stage in stages]
     report = Stage("CMIM study report", lambda: False, lambda: cmim_study_report(root, root / "cmim_study"), everything)
     return stages + [report, chart_stage(root, [s for s in everything if not s.startswith("pretrain")])]
+
+
+def binary_head_study_stages(root: Path, methods: tuple[str, ...] = HEAD_STUDY_METHODS, *, quick: bool = False,
+                             progress: bool = True, seeds: int = HEAD_STUDY_SEEDS,
+                             binary_head: str = HEAD_STUDY_BINARY_HEAD, packed_backbone: bool = True) -> list[Stage]:
+    """The binary-head study: each method pretrained as in the main job ``seeds`` times, each backbone
+    fine-tuned for every task by single-task models and by one multi-task model, each under the main
+    job's full-precision head and under the same head binarized by ``binary_head``'s recipe (same seed,
+    so they are paired); then the tables (with the paired binary-head and multi-task differences) and
+    the seg-vs-depth chart (binary heads as squares)."""
+    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain_settings(quick, None),
+                           finetune_settings(quick, packed_backbone), progress, seeds, HEAD_STUDY_TASKS,
+                           binary_heads=(None, binary_head))
+    return stages + [chart_stage(root, [s.name for s in stages if not s.name.startswith("pretrain")])]
 
 
 def sweep_chart_stage(kind: str, root: Path, seed_zero: list[Path] | None, needs: list[str]) -> Stage:

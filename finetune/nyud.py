@@ -1,5 +1,6 @@
 """Fine-tune a dense head over a frozen (binary) backbone on NYUD-v2:
-``python finetune/nyud.py --task depth --backbone runs/pretrain/rbnn/best.pt``.
+``python finetune/nyud.py --task depth --backbone runs/pretrain/rbnn/best.pt``;
+``--task seg,depth,normals``: one multi-task model, a head per task over one backbone forward.
 
 Thin entry point: parses flags and calls :func:`cmim_dense.engine.finetune.run_finetuning`.
 Unset flags take the CMIM paper's schedule (SGD, lr 1e-3 divided by 10 every 10K iterations)
@@ -17,14 +18,21 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmim_dense.arguments import image_size, scale_range  # noqa: E402  (no torch: --help answers at once)
+from cmim_dense.arguments import image_size, scale_range, weights  # noqa: E402  (no torch: --help answers at once)
 from cmim_dense.data.nyud_meta import CLASS_COUNTS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", help="seg (semantic segmentation), depth or normals (surface normals), or a "
-                        "plug-in's registered task (required)")
+                        "plug-in's registered task (required); several, comma-separated (seg,depth,normals): one "
+                        "multi-task model, a head per task over one backbone forward, each task's metrics in "
+                        "OUT/TASK/metrics.json")
+    parser.add_argument("--task-weighting", help="how a multi-task run combines its losses: fixed (default) or "
+                        "uncertainty (Kendall et al. 2018, learned; docs/binary_heads.md)")
+    parser.add_argument("--task-weights", type=weights, help="a multi-task run's loss weights, one per task (default "
+                        "on synthetic: each task's lr over the first task's, e.g. 1,0.1,10; else 1 each); the "
+                        "starting weights of --task-weighting uncertainty")
     parser.add_argument("--backbone", help="a checkpoint of pretrain/run.py (best.pt or last.pt) or of python -m "
                         "cmim_dense.convert, or a torchvision/timm ResNet-18/34 state dict (required)")
     parser.add_argument("--evaluate", metavar="HEAD_CKPT", help="only evaluate a fine-tuned last.pt (writes metrics.json)")
@@ -53,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--binary-head", metavar="METHOD",
                         help="binarize the head's 3x3 convolutions with a binary method's recipe (e.g. irnet; "
                              "real shortcuts, 1x1 and output convs full precision: docs/binary_heads.md)")
+    parser.add_argument("--head-teacher", metavar="LAST_PT",
+                        help="also distil from this fine-tuned model (same task(s), same backbone; e.g. the "
+                             "full-precision head of a binary one): each task's loss plus the weighted distance to "
+                             "its outputs on every pixel (KL for seg, L1 for depth, 1 - cos for normals)")
+    parser.add_argument("--head-teacher-weight", type=float, help="the distillation loss's weight (default 1)")
     parser.add_argument("--amp", action="store_true", default=None, help="float16 autocast + GradScaler (CUDA)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the dense network for the training iterations (TorchInductor; the "
@@ -90,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         flags = {k: v for k, v in vars(args).items() if k not in ("evaluate", "config")}
         return run_finetuning(finetune_config(flags, args.config))
 
-    status, record = run_command(finetune)
-    if record is None:
+    status, result = run_command(finetune)
+    if result is None:
         return status
-    keys = get_task(record["task"]).printed
-    print(json.dumps({"task": record["task"], "method": record["method"], **{k: round(record[k], 4) for k in keys},
-                      "baseline": record["baseline"]}))
+    for record in result["records"].values() if "records" in result else [result]:  # a multi-task run: each task
+        keys = get_task(record["task"]).printed
+        print(json.dumps({"task": record["task"], "method": record["method"],
+                          **{k: round(record[k], 4) for k in keys}, "baseline": record["baseline"]}))
     return 0
 
 

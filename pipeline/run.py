@@ -8,6 +8,7 @@
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
     python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
     python pipeline/run.py --study cmim --jobs 2                  # the CMIM evidence study, two runs at a time
+    python pipeline/run.py --study binary-heads --jobs 2          # binary vs full-precision heads, 3 seeds
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
@@ -40,14 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="output folder (default runs/main, or runs/sweep_KIND)")
     parser.add_argument("--methods", help="comma-separated methods (default: the main job's six)")
     parser.add_argument("--sweep", choices=["methods", *CMIM_SWEEPS], help="run a grid instead of the main job")
-    parser.add_argument("--study", choices=["cmim"],
-                        help="the CMIM evidence study: irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
-                             "regime, 12 seeds, the first 3 transferred to the built-in rooms (docs/methods.md)")
+    parser.add_argument("--study", choices=["cmim", "binary-heads"],
+                        help="cmim: the CMIM evidence study, irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
+                             "regime, 12 seeds, the first 3 transferred to the built-in rooms (docs/methods.md); "
+                             "binary-heads: fp, rbnn and irnet backbones (3 seeds), every task under the "
+                             "full-precision head and under its IR-Net binary version (docs/binary_heads.md)")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
-                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study: 12, "
-                        "its transfer fine-tunes for the first 3; --study --quick: 3)")
+                        help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study cmim: "
+                        "12, its transfer fine-tunes for the first 3, with --quick 3; --study binary-heads: 3)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
                         "the tables take any, the seg-vs-depth chart needs seg and depth)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    from cmim_dense.pipeline import (MAIN_METHODS, MAIN_TASKS, QUICK_STUDY_SEEDS, STUDY_METHODS, STUDY_SEEDS,
+    from cmim_dense.pipeline import (HEAD_STUDY_METHODS, HEAD_STUDY_SEEDS, MAIN_METHODS, MAIN_TASKS,
+                                     QUICK_STUDY_SEEDS, STUDY_METHODS, STUDY_SEEDS, binary_head_study_stages,
                                      cmim_study_stages, main_job_stages, sweep_stages)
     from cmim_dense.stages import run_stages
     from cmim_dense.run_folder import FolderInUseError
@@ -72,16 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks and (args.study or args.sweep):
         print("error: --tasks chooses the main job's fine-tunes; drop it with --study or --sweep", file=sys.stderr)
         return 2
-    methods = tuple(args.methods.split(",")) if args.methods else (STUDY_METHODS if args.study else MAIN_METHODS)
-    kind = f"study_{args.study}" if args.study else f"sweep_{args.sweep}" if args.sweep else None
+    study_methods = {"cmim": STUDY_METHODS, "binary-heads": HEAD_STUDY_METHODS}
+    methods = tuple(args.methods.split(",")) if args.methods else study_methods.get(args.study, MAIN_METHODS)
+    kind = f"study_{args.study.replace('-', '_')}" if args.study else f"sweep_{args.sweep}" if args.sweep else None
     root = Path(args.root or (f"runs/{kind}" if kind else "runs/main"))
     progress = args.progress  # in a worker, whose output goes to its log, progress lines replace the bar
     try:
         values = tuple(float(v) for v in args.values.split(",")) if args.values else None
-        study_seeds = QUICK_STUDY_SEEDS if args.quick else STUDY_SEEDS
-        given = args.seeds if args.seeds is not None else str(study_seeds if args.study else 1)
+        study_seeds = {"cmim": QUICK_STUDY_SEEDS if args.quick else STUDY_SEEDS, "binary-heads": HEAD_STUDY_SEEDS}
+        given = args.seeds if args.seeds is not None else str(study_seeds.get(args.study, 1))
         seeds = int(given) if given.strip().isdigit() else given  # check_seeds names a bad one
-        if args.study:
+        if args.study == "binary-heads":
+            stages = binary_head_study_stages(root, methods, quick=args.quick, progress=progress, seeds=seeds,
+                                              packed_backbone=args.packed_backbone)
+        elif args.study:
             stages = cmim_study_stages(root, methods, values=values, quick=args.quick, progress=progress, seeds=seeds,
                                        packed_backbone=args.packed_backbone)
         elif args.sweep is None:
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failed)} stage(s) failed or were skipped: {', '.join(failed)}; fix the cause and rerun the "
               "same command to continue", file=sys.stderr)
         return 1
-    if args.study:
+    if args.study == "cmim":
         print(f"study: {root / 'cmim_study.md'} (tables) and {root / 'cmim_study.png'} (curves)")
     chart = root / "seg_vs_depth.png"  # absent when the runs lack seg or depth (the chart stage said why)
     print((f"chart: {chart} (and .svg); " if chart.is_file() else "")

@@ -10,8 +10,9 @@ depth-only job) get the tables and one line saying why there is no chart.
 Seeds: the backbones of one method whose paths differ only in a ``seed<k>`` folder (as
 ``pipeline/run.py --seeds N`` lays them out) make one dot at their means, with the 95 %
 confidence intervals (Student t over the seeds) as error bars; the table gives mean ± half-width,
-and a second table (and OUT_cmim_differences.csv) the paired difference of each method+cmim and
-its method, seed by seed.  A chart of single runs says "1 seed: no error bars".
+and further tables the paired differences, seed by seed, of each method+cmim and its method
+(OUT_cmim_differences.csv) and of each binary head and the full-precision head over the same
+backbones (OUT_binary_head_differences.csv).  A chart of single runs says "1 seed: no error bars".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import segmentation_models_pytorch as smp
 
@@ -17,17 +17,19 @@ from ..data.nyud_source import nyud_root
 from ..models import backbone_checkpoint
 from .encoder import BinaryResNetEncoder
 from .model import create_dense_model, freeze_backbone
+from .multitask import MultiTaskDenseModel
 from .tasks import DenseTask, get_task
 
 IMAGENET_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
-def dense_model_from_backbone(path: str | Path, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
-                              decoder_channels: int = 256, freeze: bool = True, binary_head: str | None = None
-                              ) -> tuple[smp.SegmentationModel, dict[str, Any]]:
+def dense_model_from_backbone(path: str | Path, out_channels: int | dict[str, int], head: str = "deeplabv3",
+                              output_stride: int = 8, decoder_channels: int = 256, freeze: bool = True,
+                              binary_head: str | None = None
+                              ) -> tuple[smp.SegmentationModel | MultiTaskDenseModel, dict[str, Any]]:
     """The dense model over the backbone at ``path`` (a checkpoint of ``pretrain/run.py`` or of
     ``python -m cmim_dense.convert``, or a torchvision/timm ResNet state dict), and that backbone's
-    identity (:func:`backbone_identity`).
+    identity (:func:`backbone_identity`); ``out_channels`` a dict: the multi-task model of those tasks.
 
     ``freeze`` (the CMIM paper's protocol): no backbone parameter is trained, its BatchNorm
     statistics stay fixed, and it runs under ``no_grad``; only the head learns.
@@ -52,7 +54,7 @@ def backbone_identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {key: meta[key] for key in BACKBONE_IDENTITY if key in meta}
 
 
-def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
+def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel | MultiTaskDenseModel:
     """The untrained dense model a fine-tuned checkpoint's (or its export's) ``meta`` describes."""
     identity = meta["backbone_meta"]
     return create_dense_model(identity["arch"], identity["method"], meta["out_channels"], meta["head"],
@@ -60,7 +62,8 @@ def dense_skeleton(meta: dict[str, Any]) -> smp.SegmentationModel:
                               meta.get("binary_head"))
 
 
-def dense_model_from_checkpoint(path: str | Path, contents: Any = None) -> tuple[smp.SegmentationModel, dict[str, Any]]:
+def dense_model_from_checkpoint(path: str | Path, contents: Any = None
+                                ) -> tuple[smp.SegmentationModel | MultiTaskDenseModel, dict[str, Any]]:
     """A fine-tuned dense model rebuilt from its ``last.pt`` alone (frozen, eval mode), and its meta
     (``contents``: the file as :func:`~cmim_dense.checkpoint_io.read_weights` already read it)."""
     checkpoint = load_checkpoint_as(path, "dense") if contents is None else checkpoint_as(contents, "dense", path)
@@ -71,6 +74,27 @@ def dense_model_from_checkpoint(path: str | Path, contents: Any = None) -> tuple
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit its own description ({first_line(error)})") from None
     return freeze_backbone(model).eval(), meta
+
+
+def head_teacher(path: str | Path, task: str, out_channels: int | dict[str, int], backbone: str | Path
+                 ) -> smp.SegmentationModel | MultiTaskDenseModel:
+    """The fine-tuned model at ``path`` (frozen, eval mode) as the teacher of a head fine-tuned for
+    ``task`` with ``out_channels`` over ``backbone`` (``--head-teacher``): one line when it was
+    fine-tuned for other tasks or outputs or over another backbone (its outputs would not be targets
+    for this head)."""
+    model, meta = dense_model_from_checkpoint(path)
+    if meta["task"] != task:
+        raise ValueError(f"--head-teacher {path} was fine-tuned for {meta['task']}, not {task}; give a teacher of "
+                         "the same task(s)")
+    if meta["out_channels"] != out_channels:
+        raise ValueError(f"--head-teacher {path} has {meta['out_channels']} outputs, this head {out_channels} "
+                         "(another --classes?); give a teacher with the same outputs")
+    if Path(meta["backbone"]).resolve() != Path(backbone).resolve():
+        raise ValueError(f"--head-teacher {path} was fine-tuned over {meta['backbone']}, not {backbone}; give a "
+                         "teacher over the same backbone")
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    return model
 
 
 def input_normalization(identity: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -96,17 +120,20 @@ class TaskData:
         return SeededSamples(self.train, JointTransform(*self.normalization, crop=crop, scale=scale))
 
 
-def open_task_data(root: Path, task: DenseTask, classes: int, depth_gt: str, identity: dict[str, Any]) -> TaskData:
-    """Both splits of the prepared layout at ``root`` with ``task``'s target, for a backbone of ``identity``."""
+def open_task_data(root: Path, tasks: Sequence[DenseTask], classes: int, depth_gt: str, identity: dict[str, Any]
+                   ) -> TaskData:
+    """Both splits of the prepared layout at ``root`` with the targets of ``tasks``, for a backbone of ``identity``."""
     normalization = input_normalization(identity)
-    train, test = (NYUDv2(root, split, classes, transform, depth=depth_gt, **task.dataset_options())
+    options = {key: value for task in tasks for key, value in task.dataset_options().items()}
+    train, test = (NYUDv2(root, split, classes, transform, depth=depth_gt, **options)
                    for split, transform in (("train", None), ("test", JointTransform(*normalization))))
     return TaskData(train, test, normalization)
 
 
 def task_data_of(meta: dict[str, Any], data: str | None = None) -> TaskData:
     """The splits a fine-tuned model (its checkpoint's ``meta``) is evaluated on: its own ``--data``
-    or ``data``, its classes, depth ground truth and task target, for its backbone."""
+    or ``data``, its classes, depth ground truth and task targets, for its backbone."""
     settings = meta["config"]
-    return open_task_data(nyud_root(data or settings["data"]), get_task(meta["task"]), settings["classes"],
+    tasks = [get_task(name) for name in meta["task"].split(",")]
+    return open_task_data(nyud_root(data or settings["data"]), tasks, settings["classes"],
                           settings["depth_gt"], meta["backbone_meta"])

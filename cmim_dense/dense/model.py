@@ -16,6 +16,7 @@ from torch import nn
 from ..registry import Registry
 from .binary_head import binarize_decoder, binary_head_recipe
 from .encoder import register_encoder
+from .multitask import MultiTaskDenseModel, multitask_from_models
 
 # The DeepLab papers' ASPP rates: (6, 12, 18) at output stride 16, doubled at 8
 # (smp uses (12, 24, 36) for both).
@@ -61,12 +62,18 @@ register_head(DenseHead("unet", smp.Unet, (32,),
                         "U-Net: five upsampling stages with skip connections, widths width, width/2, ..."))
 
 
-def create_dense_model(arch: str, method: str, out_channels: int, head: str = "deeplabv3", output_stride: int = 8,
-                       decoder_channels: int = 256, real_weights: bool = False,
-                       binary_head: str | None = None) -> smp.SegmentationModel:
+def create_dense_model(arch: str, method: str, out_channels: int | dict[str, int], head: str = "deeplabv3",
+                       output_stride: int = 8, decoder_channels: int = 256, real_weights: bool = False,
+                       binary_head: str | None = None) -> smp.SegmentationModel | MultiTaskDenseModel:
     """The registered ``head`` with ``out_channels`` outputs over the (arch, method) backbone; with
     ``binary_head`` (a binary method's name) its 3x3 convolutions binarized by that method's recipe
-    (:func:`~cmim_dense.dense.binary_head.binarize_decoder`)."""
+    (:func:`~cmim_dense.dense.binary_head.binarize_decoder`).  ``out_channels`` a dict (task name ->
+    outputs): one :class:`~cmim_dense.dense.multitask.MultiTaskDenseModel`, that head once per task
+    over one backbone."""
+    if isinstance(out_channels, dict):
+        return multitask_from_models({name: create_dense_model(arch, method, channels, head, output_stride,
+                                                               decoder_channels, real_weights, binary_head)
+                                      for name, channels in out_channels.items()})
     entry = HEADS.get(head)
     if output_stride not in entry.output_strides:
         strides = " or ".join(map(str, entry.output_strides))
@@ -78,7 +85,7 @@ def create_dense_model(arch: str, method: str, out_channels: int, head: str = "d
     return model
 
 
-def freeze_backbone(model: smp.SegmentationModel) -> smp.SegmentationModel:
+def freeze_backbone(model: smp.SegmentationModel | MultiTaskDenseModel) -> smp.SegmentationModel | MultiTaskDenseModel:
     """Freeze the encoder for good (the CMIM paper's protocol): no gradients, and every encoder module in
     eval mode.  smp's ``freeze_encoder`` alone puts only the normalisation layers in eval mode, and its
     ``train()``/``eval()`` then skip the encoder, so other modules would stay in training mode: RBNN's
@@ -88,12 +95,6 @@ def freeze_backbone(model: smp.SegmentationModel) -> smp.SegmentationModel:
     return model
 
 
-def output_layer(model: smp.SegmentationModel) -> nn.Conv2d:
-    """The convolution that makes the model's outputs (smp's ``SegmentationHead`` is conv, upsampling,
-    activation): the one a task initialises (:meth:`~cmim_dense.dense.tasks.DenseTask.initialise_head`)."""
-    return model.segmentation_head[0]
-
-
-def head_parameters(model: smp.SegmentationModel) -> list[nn.Parameter]:
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters the optimizer trains: those still requiring gradients."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -67,8 +67,9 @@ class DenseTask(ABC):
     ``table`` (the keys of the results table's columns, unique across tasks), ``printed`` (the
     keys the command line prints), ``scale`` (the random-scale range of the training
     augmentation), ``synthetic_schedule`` (overrides of the built-in data's fine-tuning schedule),
-    ``display`` (how predictions are drawn) and ``protocol_keys`` (metrics.json keys that must
-    agree across runs compared in one chart).  Geometric target transforms (crops, flips, and the
+    ``display`` (how predictions are drawn), ``protocol_keys`` (metrics.json keys that must
+    agree across runs compared in one chart) and ``classification`` (a per-pixel classifier, not a
+    regression: how the uncertainty weighting of a multi-task run scales its loss).  Geometric target transforms (crops, flips, and the
     x component of a normal negated by a flip) belong to the data's joint transform, which knows
     each array's kind (:class:`~cmim_dense.data.nyud.JointTransform`).
     """
@@ -83,6 +84,7 @@ class DenseTask(ABC):
     synthetic_schedule: ClassVar[dict[str, Any]] = {}
     display: Display
     protocol_keys: tuple[str, ...] = ()
+    classification: ClassVar[bool] = False  # a softmax likelihood (uncertainty weighting, dense/multitask.py)
 
     @property
     def headline(self) -> Metric:
@@ -98,6 +100,12 @@ class DenseTask(ABC):
     @abstractmethod
     def loss(self, output: Tensor, target: Tensor, settings: TaskSettings) -> Tensor:
         """The training loss of the head's ``output`` (N, C, H, W) against the batch's target."""
+
+    def distillation(self, output: Tensor, teacher: Tensor) -> Tensor:
+        """The distillation loss of the head's ``output`` towards a teacher head's output (both N, C, H,
+        W) over every pixel, ground truth or not (``--head-teacher``); default: the mean squared
+        difference of the outputs (Ba & Caruana 2014)."""
+        return F.mse_loss(output.float(), teacher.float())
 
     @abstractmethod
     def meter(self, settings: TaskSettings, dataset: NYUDv2) -> Meter:
@@ -174,12 +182,19 @@ class Segmentation(DenseTask):
     printed = ("miou", "pixel_acc", "mean_acc")
     scale = (0.5, 2.0)
     protocol_keys = ("classes",)
+    classification = True
 
     def out_channels(self, settings: TaskSettings) -> int:
         return settings.classes
 
     def loss(self, output: Tensor, target: Tensor, settings: TaskSettings) -> Tensor:
         return F.cross_entropy(output.float(), target, ignore_index=255)
+
+    def distillation(self, output: Tensor, teacher: Tensor) -> Tensor:
+        """Hinton et al. (2015) at temperature 1, per pixel: KL(p_teacher || p_student) over the
+        classes, averaged over pixels."""
+        student, target = F.log_softmax(output.float(), dim=1), F.log_softmax(teacher.float(), dim=1)
+        return (target.exp() * (target - student)).sum(dim=1).mean()
 
     def meter(self, settings: TaskSettings, dataset: NYUDv2) -> Meter:
         return SegmentationMeter(dataset.classes, class_names=dataset.class_names)
@@ -210,6 +225,10 @@ class Depth(DenseTask):
 
     def loss(self, output: Tensor, target: Tensor, settings: TaskSettings) -> Tensor:
         return depth_loss(settings.depth_loss, output.float(), target)
+
+    def distillation(self, output: Tensor, teacher: Tensor) -> Tensor:
+        """Mean |d - d_teacher| in metres over every pixel."""
+        return (output.float() - teacher.float()).abs().mean()
 
     def meter(self, settings: TaskSettings, dataset: NYUDv2) -> Meter:
         return DepthMeter(cap=settings.depth_cap, eigen_crop=settings.eigen_crop)
@@ -259,6 +278,10 @@ class SurfaceNormals(DenseTask):
 
     def loss(self, output: Tensor, target: Tensor, settings: TaskSettings) -> Tensor:
         return normals_loss(output.float(), target)
+
+    def distillation(self, output: Tensor, teacher: Tensor) -> Tensor:
+        """Mean 1 − cos between the student's and the teacher's normalised normals over every pixel."""
+        return (1.0 - F.cosine_similarity(output.float(), teacher.float(), dim=1)).mean()
 
     def meter(self, settings: TaskSettings, dataset: NYUDv2) -> Meter:
         return NormalsMeter()

@@ -11,6 +11,7 @@ from typing import Any
 from ..data.nyud_meta import DEPTH_KINDS, require_class_count
 from ..dense import DEPTH_LOSSES, HEADS, get_task
 from ..dense.binary_head import binary_head_recipe
+from ..dense.multitask import TASK_WEIGHTINGS
 from .config import read_config_file, require_finite, require_seed
 from .run_state import build_config, result_settings, volatile
 
@@ -31,7 +32,11 @@ MAX_DECODER_CHANNELS = 4096  # 16x the paper's 256; beyond, a head's weights alo
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A fully resolved fine-tuning run (stored in its checkpoints and metrics.json)."""
+    """A fully resolved fine-tuning run (stored in its checkpoints and metrics.json).
+
+    ``task``: one task's name, or several joined by commas for one multi-task model (one backbone
+    forward, a head per task: dense/multitask.py), whose losses combine by ``task_weighting``
+    ("fixed" or "uncertainty", from ``task_weights``, one per task); both are None for one task."""
 
     task: str
     backbone: str
@@ -55,6 +60,10 @@ class FinetuneConfig:
     depth_cap: float | None = None
     unfreeze: bool = False
     binary_head: str | None = None  # a binary method whose recipe binarizes the head's 3x3 convs (dense/binary_head.py)
+    task_weighting: str | None = None
+    task_weights: tuple[float, ...] | None = None
+    head_teacher: str | None = None  # a fine-tuned last.pt of the same task(s) over the same backbone to distil from
+    head_teacher_weight: float = 1.0  # the distillation loss's weight beside each task loss
     amp: bool = False
     compile: bool = volatile(False)  # torch.compile the training network
     # a frozen binary backbone runs on the packed XNOR-popcount kernel on a CPU: the same features up
@@ -71,6 +80,15 @@ class FinetuneConfig:
     def settings(self) -> dict[str, Any]:
         """The values that define the run's result (what ``--resume`` must match)."""
         return result_settings(self)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The task(s) trained: one, or the heads of a multi-task model in ``--task``'s order."""
+        return tuple(self.task.split(","))
+
+    @property
+    def multi_task(self) -> bool:
+        return len(self.task_names) > 1
 
 
 def backbone_folder_name(backbone: str) -> str:
@@ -92,21 +110,35 @@ def finetune_config(flags: dict[str, Any], config_file: str | Path | None = None
 
 
 def resolve_finetune_config(overrides: dict[str, Any]) -> FinetuneConfig:
-    """Fill unset values (None) from the paper's schedule, or the synthetic one for ``data == "synthetic"``."""
+    """Fill unset values (None) from the paper's schedule, or the synthetic one for ``data == "synthetic"``.
+
+    Several tasks (``seg,depth,normals``) train on one schedule: the longest of their synthetic
+    schedules (iterations and lr step) at the first task's lr, the others' lrs reached through their
+    default fixed weights (lr_t / lr_first: with a frozen backbone a task's weight only scales its
+    own head's gradient; ``--lr`` scales them all), and the random-scale range all the tasks allow (none when depth is one)."""
     given = {key: value for key, value in overrides.items() if value is not None}
     for key in ("task", "backbone"):
         if key not in given:
             raise ValueError(f"--{key} is required")
-    task = get_task(given["task"])
+    tasks = [get_task(name.strip()) for name in str(given["task"]).split(",")]
+    given["task"] = ",".join(task.name for task in tasks)
     data = given.setdefault("data", "synthetic")
-    defaults = dict(SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS)
-    if data == "synthetic":
-        defaults.update(task.synthetic_schedule)
+    schedules = [{**(SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS),
+                  **(task.synthetic_schedule if data == "synthetic" else {})} for task in tasks]
+    defaults = dict(max(schedules, key=lambda schedule: schedule["iters"]), lr=schedules[0]["lr"])
     head = HEADS.get(given.get("head", defaults.get("head", FinetuneConfig.head)))
     if defaults.get("output_stride", FinetuneConfig.output_stride) not in head.output_strides:
         defaults["output_stride"] = head.output_strides[0]  # e.g. FPN and U-Net: 32
-    folder = task.name if given.get("binary_head") is None else f"{task.name}-binary_head_{given['binary_head']}"
-    values = {"out": f"runs/finetune/{backbone_folder_name(given['backbone'])}/{folder}", "scale": task.scale,
+    if len(tasks) > 1:
+        defaults["task_weighting"] = "fixed"
+        defaults["task_weights"] = tuple(schedule["lr"] / defaults["lr"] for schedule in schedules)
+    scale = (max(task.scale[0] for task in tasks), min(task.scale[1] for task in tasks))
+    folder = "+".join(task.name for task in tasks)
+    if given.get("binary_head") is not None:
+        folder += f"-binary_head_{given['binary_head']}"
+    if given.get("head_teacher") is not None:
+        folder += "-distilled"
+    values = {"out": f"runs/finetune/{backbone_folder_name(given['backbone'])}/{folder}", "scale": scale,
               **defaults, **given}
     config = build_config(FinetuneConfig, values)
     validate_finetune(config)
@@ -143,3 +175,24 @@ def validate_finetune(config: FinetuneConfig) -> None:
     DEPTH_LOSSES.get(config.depth_loss)  # the registry's one-line error for an unknown name
     if config.binary_head is not None:
         binary_head_recipe(config.binary_head)
+    if config.head_teacher_weight <= 0:
+        raise ValueError(f"--head-teacher-weight must be > 0, got {config.head_teacher_weight}")
+    validate_tasks(config)
+
+
+def validate_tasks(config: FinetuneConfig) -> None:
+    """One line for a repeated task, weights that do not fit the tasks, or a weighting of one task."""
+    names = config.task_names
+    if len(set(names)) < len(names):
+        raise ValueError(f"--task names a task more than once: {config.task}")
+    if not config.multi_task:
+        if config.task_weighting is not None or config.task_weights is not None:
+            raise ValueError("--task-weighting and --task-weights combine several tasks; give --task a comma list "
+                             "(seg,depth,normals) or drop them")
+        return
+    TASK_WEIGHTINGS.get(config.task_weighting)  # the registry's one-line error for an unknown name
+    if config.task_weights is None or len(config.task_weights) != len(names):
+        raise ValueError(f"--task-weights needs one weight per task ({len(names)}: {config.task}), "
+                         f"got {config.task_weights}")
+    if not all(weight > 0 for weight in config.task_weights):
+        raise ValueError(f"--task-weights must be positive, got {config.task_weights}")

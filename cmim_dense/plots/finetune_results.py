@@ -47,6 +47,16 @@ class MetricsRecord:
         """The method whose recipe binarized the head (None: a full-precision head)."""
         return self.metrics.get("binary_head")
 
+    @property
+    def multi_task(self) -> str | None:
+        """The tasks of the multi-task model whose head this run is (None: a single-task model)."""
+        return self.metrics.get("multi_task")
+
+    @property
+    def head(self) -> tuple[str | None, str | None]:
+        """The kind of head: (binary head, multi-task); each kind's runs of a backbone are a point of their own."""
+        return self.binary_head, self.multi_task
+
 
 @dataclass(frozen=True)
 class SeedRun:
@@ -103,6 +113,11 @@ class BackbonePoint:
     runs: tuple[SeedRun, ...]  # one per seed, in seed order
     intervals: dict[str, Interval]  # per reported metric; none for a metric no seed has (top1, other tasks)
     binary_head: str | None = None  # the method that binarized the head; None: full precision
+    multi_task: str | None = None  # the tasks of the multi-task model the heads belong to; None: single-task models
+
+    @property
+    def head(self) -> tuple[str | None, str | None]:
+        return self.binary_head, self.multi_task
 
     @property
     def n(self) -> int:
@@ -205,7 +220,7 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
     the file and the reason.
     """
     files, skipped = discover_files(inputs, METRICS_FILE)
-    runs: dict[tuple[str, str | None], dict[str, list[MetricsRecord]]] = {}
+    runs: dict[tuple[str, tuple[str | None, str | None]], dict[str, list[MetricsRecord]]] = {}
     for path in files:
         try:
             run = read_run(path)
@@ -216,9 +231,9 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
                 and run.metrics.get("classes") != classes):
             skipped.append(Skipped(str(path), f"{run.metrics.get('classes')} classes, not the {classes} asked for"))
             continue
-        runs.setdefault((run.backbone, run.binary_head), {name: [] for name in TASKS.registered()})[run.task].append(run)
-    groups: dict[tuple[str, str, str | None], list[SeedRun]] = {}
-    for (backbone, binary_head), tasks in sorted(runs.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        runs.setdefault((run.backbone, run.head), {name: [] for name in TASKS.registered()})[run.task].append(run)
+    groups: dict[tuple[str, str, tuple[str | None, str | None]], list[SeedRun]] = {}
+    for (backbone, head), tasks in sorted(runs.items(), key=lambda item: (item[0][0], *(k or "" for k in item[0][1]))):
         folder_seed, group = seed_folder(backbone)
         problem = _joining_problem(tasks)
         seed = None
@@ -229,7 +244,7 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
             skipped.extend(Skipped(str(run.path), problem) for found in tasks.values() for run in found)
         else:
             method = next(iter(joined.values())).method  # the runs agree on it
-            groups.setdefault((method, group, binary_head), []).append(SeedRun(seed, joined))
+            groups.setdefault((method, group, head), []).append(SeedRun(seed, joined))
     return _points(groups), skipped
 
 
@@ -258,11 +273,12 @@ def _pair_seed(runs: Sequence[MetricsRecord], folder_seed: int | None) -> tuple[
     return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
 
 
-def _points(groups: dict[tuple[str, str, str | None], list[SeedRun]]) -> list[BackbonePoint]:
-    """Points labelled by method (and ``, binary head`` or ``, METHOD head`` for a binary head), with the
-    backbone's distinct path tail where labels repeat."""
+def _points(groups: dict[tuple[str, str, tuple[str | None, str | None]], list[SeedRun]]) -> list[BackbonePoint]:
+    """Points labelled by method (and ``, binary head`` or ``, METHOD head`` for a binary head,
+    ``, multi-task`` for the heads of a multi-task model), with the backbone's distinct path tail where
+    labels repeat."""
     keys = list(groups)
-    labels = [method + head_suffix(method, binary_head) for method, _, binary_head in keys]
+    labels = [method + head_suffix(method, *head) for method, _, head in keys]
     for repeated in set(labels):
         indices = [i for i, label in enumerate(labels) if label == repeated]
         if len(indices) > 1:
@@ -278,15 +294,16 @@ def _points(groups: dict[tuple[str, str, str | None], list[SeedRun]]) -> list[Ba
             values = [value for run in runs if (value := run.value(metric)) is not None]
             if values:
                 intervals[metric] = mean_interval(values)
-        points.append(BackbonePoint(label, key[0], key[1], runs, intervals, key[2]))
+        points.append(BackbonePoint(label, key[0], key[1], runs, intervals, *key[2]))
     return sorted(points, key=lambda p: p.label)
 
 
-def head_suffix(method: str, binary_head: str | None) -> str:
-    """What a point's label adds for its head: nothing for a full-precision head."""
+def head_suffix(method: str, binary_head: str | None, multi_task: str | None = None) -> str:
+    """What a point's label adds for its head: nothing for a full-precision single-task head."""
+    suffix = "" if multi_task is None else ", multi-task"
     if binary_head is None:
-        return ""
-    return ", binary head" if binary_head == base_method(method) else f", {binary_head} head"
+        return suffix
+    return suffix + (", binary head" if binary_head == base_method(method) else f", {binary_head} head")
 
 
 def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
@@ -295,11 +312,32 @@ def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
     one, else why not."""
     by_method: dict[tuple[str, str | None], list[int]] = {}
     for index, point in enumerate(points):
-        by_method.setdefault((point.method.lower(), point.binary_head), []).append(index)
+        by_method.setdefault((point.method.lower(), point.head), []).append(index)
     partners: dict[int, int | str] = {}
     for index, point in enumerate(points):
         if has_cmim(point.method):
             name = base_method(point.method)
-            bases = by_method.get((name, point.binary_head), [])
+            bases = by_method.get((name, point.head), [])
             partners[index] = bases[0] if len(bases) == 1 else f"{len(bases)} {name} backbones to pair it with"
     return partners
+
+
+def head_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
+    """The pairing of the binary-head differences: for each binary-head point (by index), the index of
+    the full-precision-head point over the same backbone when there is one, else why not."""
+    full_precision = {(point.method, point.backbone, point.multi_task): index for index, point in enumerate(points)
+                      if point.binary_head is None}
+    return {index: full_precision.get((point.method, point.backbone, point.multi_task),
+                                      "no full-precision head over its backbone")
+            for index, point in enumerate(points) if point.binary_head is not None}
+
+
+def multi_task_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
+    """The pairing of the multi-task differences: for each multi-task point (by index), the index of the
+    single-task point of the same backbone and binary head when there is one, else why not."""
+    single = {(point.method, point.backbone, point.binary_head): index for index, point in enumerate(points)
+              if point.multi_task is None}
+    return {index: single.get((point.method, point.backbone, point.binary_head),
+                              "no single-task models of its backbone and head")
+            for index, point in enumerate(points) if point.multi_task is not None}
+

@@ -31,7 +31,7 @@ from ..stats import LEVEL, seed_names
 from .common import FIGURE_FORMATS, Skipped, method_colours, new_figure, save_figure
 from .finetune_results import BackbonePoint, cmim_partners, load_points, shown_tasks
 from .labels import place_labels
-from .result_tables import CmimDifference, cmim_differences, write_tables
+from .result_tables import PointDifference, paired_differences, write_tables
 
 Y_TASK, X_TASK = "seg", "depth"  # the chart's axes: each task's headline metric
 Y_KEY, X_KEY = get_task(Y_TASK).headline.key, get_task(X_TASK).headline.key  # miou, neg_log_rmse
@@ -44,12 +44,12 @@ NO_TOP1_AREA = 100.0
 
 @dataclass
 class SegDepthResult:
-    """What :func:`seg_depth_chart` tabulated, drew, skipped and wrote, and the paired CMIM differences."""
+    """What :func:`seg_depth_chart` tabulated, drew, skipped and wrote, and the paired differences."""
 
     points: list[BackbonePoint]  # the tables' rows: every backbone
     skipped: list[Skipped]
     files: list[Path] = field(default_factory=list)
-    differences: list[CmimDifference] = field(default_factory=list)
+    differences: list[PointDifference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # the tables' notes (on the differences)
     charted: list[BackbonePoint] = field(default_factory=list)  # the chart's dots
     left_out: list[str] = field(default_factory=list)  # backbones in the tables but not in the chart, and why
@@ -273,7 +273,8 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
 def seg_depth_chart(inputs: Sequence[str | Path], out: str | Path, classes: int | None = None,
                     title: str | None = None) -> SegDepthResult:
     """Read, join, gather seeds and tabulate every backbone: ``out.csv``, ``out.md`` and, when a
-    ``+cmim`` backbone has its base method, ``out_cmim_differences.csv``; then chart the backbones
+    ``+cmim`` backbone has its base method, ``out_cmim_differences.csv`` (a binary head its
+    full-precision head: ``out_binary_head_differences.csv``); then chart the backbones
     with segmentation and depth runs: ``out.png``, ``out.svg``.  Without such a backbone there is
     no chart: ``no_chart`` says why, and a chart left at ``out`` by an earlier call is removed (it
     would show other runs than the tables).
@@ -284,7 +285,7 @@ def seg_depth_chart(inputs: Sequence[str | Path], out: str | Path, classes: int 
     if not points:
         reasons = "; ".join(str(s) for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         raise ValueError(f"no usable fine-tuning run ({reasons or 'no inputs'})")
-    differences, notes = cmim_differences(points)
+    differences, notes = paired_differences(points)
     files = write_tables(points, out, differences, notes)
     charted, left_out = chart_points(points)
     if not charted:
