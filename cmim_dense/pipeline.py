@@ -59,8 +59,9 @@ QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "syntheti
 QUICK_STUDY_SEEDS = 3
 # The binary-head study (docs/binary_heads.md): the main job's backbones of three kinds (full
 # precision, RBNN, IR-Net) under the main job's full-precision head and under the same head with its
-# 3x3 convolutions binarized by IR-Net's recipe, every task by a model of its own and all three by one
-# multi-task model, seeds for paired 95 % intervals.
+# 3x3 convolutions binarized by IR-Net's recipe (trained alone, and distilled from the full-precision
+# head), every task by a model of its own and all three by one multi-task model, seeds for paired 95 %
+# intervals.
 HEAD_STUDY_METHODS = ("fp", "rbnn", "irnet")
 HEAD_STUDY_TASKS = (*MAIN_TASKS, ",".join(MAIN_TASKS))
 HEAD_STUDY_BINARY_HEAD = "irnet"
@@ -141,12 +142,10 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool, seeds: int = 1,
                   tasks: tuple[str, ...] = MAIN_TASKS, finetune_seeds: int | None = None,
-                  binary_heads: tuple[str | None, ...] = (None,)) -> list[Stage]:
+                  binary_heads: tuple[str | None, ...] = (None,), distil: bool = False) -> list[Stage]:
     """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
-    pretrain with seed k, then, for k < ``finetune_seeds`` (default every seed), a fine-tune (seed k)
-    of that backbone per task of ``tasks`` (``"seg,depth,normals"``: one multi-task model, in
-    ``seg+depth+normals``) and head of ``binary_heads`` (None: the full-precision head, in ``TASK``; a
-    method: the head binarized by its recipe, in ``TASK-binary_head_METHOD``; see :func:`run_folder`)."""
+    pretrain with seed k, then, for k < ``finetune_seeds`` (default every seed), the fine-tunes (seed
+    k) of that backbone for each task of ``tasks`` (:func:`head_stages`; see :func:`run_folder`)."""
     stages = []
     for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
         for folder, (method, extra) in runs.items():
@@ -158,13 +157,30 @@ def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretr
             if finetune_seeds is not None and seed >= finetune_seeds:
                 continue
             for task in tasks:
-                for head in binary_heads:
-                    folder_name = task.replace(",", "+")
-                    task_folder, stage = (folder_name, f"{task} {name}") if head is None else (
-                        f"{folder_name}-binary_head_{head}", f"{task} {name} {head} head")
-                    settings = {**finetune, "seed": seed, **({} if head is None else {"binary_head": head})}
-                    stages.append(finetune_stage(stage, task, out / "best.pt", root / "finetune" / run / task_folder,
-                                                 settings, progress, [f"pretrain {name}"]))
+                stages += head_stages(task, name, out / "best.pt", root / "finetune" / run,
+                                      {**finetune, "seed": seed}, progress, binary_heads, distil)
+    return stages
+
+
+def head_stages(task: str, name: str, backbone: Path, folder: Path, settings: dict[str, Any], progress: bool,
+                binary_heads: tuple[str | None, ...] = (None,), distil: bool = False) -> list[Stage]:
+    """The fine-tunes of the backbone of run ``name`` for ``task`` (``"seg,depth,normals"``: one
+    multi-task model, in ``seg+depth+normals``), one per head of ``binary_heads``: None, the
+    full-precision head, in ``folder/TASK``; a method, the head binarized by its recipe, in
+    ``TASK-binary_head_METHOD``, and with ``distil`` again distilled from the full-precision head's
+    run (``--head-teacher``; ``binary_heads`` holds None), in ``TASK-binary_head_METHOD-distilled``."""
+    base, full_precision = task.replace(",", "+"), f"{task} {name}"
+    stages = []
+    for head in binary_heads:
+        for distilled in (False, True) if distil and head is not None else (False,):
+            suffix, label, extra = "", full_precision, {}
+            if head is not None:
+                suffix, label, extra = f"-binary_head_{head}", f"{full_precision} {head} head", {"binary_head": head}
+            if distilled:
+                suffix, label = f"{suffix}-distilled", f"{label} distilled"
+                extra["head_teacher"] = str(folder / base / "last.pt")
+            stages.append(finetune_stage(label, task, backbone, folder / f"{base}{suffix}", {**settings, **extra},
+                                         progress, [f"pretrain {name}"] + ([full_precision] if distilled else [])))
     return stages
 
 
@@ -272,12 +288,13 @@ def binary_head_study_stages(root: Path, methods: tuple[str, ...] = HEAD_STUDY_M
                              binary_head: str = HEAD_STUDY_BINARY_HEAD, packed_backbone: bool = True) -> list[Stage]:
     """The binary-head study: each method pretrained as in the main job ``seeds`` times, each backbone
     fine-tuned for every task by single-task models and by one multi-task model, each under the main
-    job's full-precision head and under the same head binarized by ``binary_head``'s recipe (same seed,
-    so they are paired); then the tables (with the paired binary-head and multi-task differences) and
-    the seg-vs-depth chart (binary heads as squares)."""
+    job's full-precision head and under the same head binarized by ``binary_head``'s recipe, trained
+    alone and distilled from the full-precision head (same seed, so they are paired); then the tables
+    (with the paired binary-head, distillation and multi-task differences) and the seg-vs-depth chart
+    (binary heads as squares)."""
     stages = method_stages({m: (m, {}) for m in methods}, root, pretrain_settings(quick, None),
                            finetune_settings(quick, packed_backbone), progress, seeds, HEAD_STUDY_TASKS,
-                           binary_heads=(None, binary_head))
+                           binary_heads=(None, binary_head), distil=True)
     return stages + [chart_stage(root, [s.name for s in stages if not s.name.startswith("pretrain")])]
 
 

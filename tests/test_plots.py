@@ -27,10 +27,11 @@ BACKBONES = {"irnet": (0.580, 0.25, 0.78), "irnet+cmim": (0.612, 0.27, 0.74), "r
 
 
 def write_run(folder: Path, task: str, method: str, top1, miou: float, rmse: float, backbone: str | None = None,
-              drop: str | None = None, seed: int | None = None, binary_head: str | None = None) -> Path:
+              drop: str | None = None, seed: int | None = None, binary_head: str | None = None,
+              **head: str) -> Path:
     metrics = {"task": task, "classes": 40, "backbone": backbone or f"/runs/pretrain/{method}/best.pt",
                "method": method, "top1": top1, **({} if seed is None else {"seed": seed}),
-               **({} if binary_head is None else {"binary_head": binary_head})}
+               **({} if binary_head is None else {"binary_head": binary_head}), **head}
     if task == "seg":
         metrics.update(miou=miou, pixel_acc=min(miou + 0.3, 1.0), mean_acc=min(miou + 0.1, 1.0),
                        per_class_iou={"wall": 0.6})
@@ -241,6 +242,40 @@ def test_paired_cmim_differences_pair_by_seed(tmp_path: Path) -> None:
         rows = {row["metric"]: row for row in csv.DictReader(handle)}
     assert rows["miou"]["seeds"] == "1;2;3" and rows["miou"]["n_seeds"] == "3"
     assert float(rows["miou"]["ci95"]) == pytest.approx(0.02484137711750331, rel=1e-7)
+
+
+def test_binary_distilled_and_multi_task_heads_pair_with_their_own_kind(tmp_path: Path) -> None:
+    """Over one irnet backbone (seeds 0, 1): the full-precision head, the binary head, the binary head
+    distilled, and a multi-task model's full-precision heads are four points; binary − FP and distilled −
+    FP pair with the single-task FP head, distilled with the binary head trained alone, multi-task with the
+    single-task FP head; no top-1 difference (one backbone).  mIoU binary − FP: seed 0 −4 pp, seed 1 −6 pp.
+
+    Catches: head kinds merged into one point (or skipped as duplicate runs), a distilled head paired with
+    the distilled one's own kind, a top-1 "difference" of a backbone with itself."""
+    root = tmp_path / "finetune"
+    heads = {"": {}, "-binary_head_irnet": {"binary_head": "irnet"},
+             "-binary_head_irnet-distilled": {"binary_head": "irnet", "head_teacher": "t/last.pt"},
+             "+multi": {"multi_task": "seg,depth"}}
+    for seed in (0, 1):
+        for offset, (suffix, head) in enumerate(heads.items()):
+            for task in ("seg", "depth"):
+                miou = 0.40 - (0.04 + 0.02 * seed) * (offset == 1) - 0.01 * (offset == 2) + 0.001 * (offset == 3)
+                write_run(root / f"seed{seed}" / f"{task}{suffix}", task, "irnet", 0.5, miou, 0.8,
+                          backbone=f"/runs/pretrain/irnet/seed{seed}/best.pt", seed=seed, **head)
+    result = seg_depth_chart([root], tmp_path / "chart")
+    assert not result.skipped and sorted(p.label for p in result.points) == [
+        "irnet", "irnet, binary head", "irnet, binary head, distilled", "irnet, multi-task"]
+    pairs = {(d.pairing, d.twin, d.base): d for d in result.differences}
+    assert set(pairs) == {("binary_head", "irnet, binary head", "irnet"),
+                          ("binary_head", "irnet, binary head, distilled", "irnet"),
+                          ("distillation", "irnet, binary head, distilled", "irnet, binary head"),
+                          ("multi_task", "irnet, multi-task", "irnet")}
+    binary = pairs[("binary_head", "irnet, binary head", "irnet")]
+    assert binary.metrics["miou"].differences == pytest.approx([-0.04, -0.06]) and "top1" not in binary.metrics
+    distilled = pairs[("distillation", "irnet, binary head, distilled", "irnet, binary head")]
+    assert distilled.metrics["miou"].differences == pytest.approx([0.03, 0.05])
+    assert [path.name for path in result.files if "differences" in path.name] == [
+        "chart_binary_head_differences.csv", "chart_distillation_differences.csv", "chart_multi_task_differences.csv"]
 
 
 def test_a_single_seed_chart_says_it_has_no_error_bars(finetune_runs: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..dense import TASKS, Metric, get_task
 from ..methods import base_method, has_cmim
@@ -28,6 +28,15 @@ CONFIG_FILE = "config.json"  # written next to metrics.json by the fine-tuning; 
 COMMON_KEYS = ("task", "backbone", "method", "top1")
 SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed01 is no seed folder (it would repeat seed1)
 ANY_SEED = "seed*"
+
+
+class HeadKind(NamedTuple):
+    """What a run's head is: binarized by a method's recipe (None: full precision), one of a multi-task
+    model's heads (its tasks; None: a single-task model), distilled from a teacher head."""
+
+    binary_head: str | None = None
+    multi_task: str | None = None
+    distilled: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,9 +62,9 @@ class MetricsRecord:
         return self.metrics.get("multi_task")
 
     @property
-    def head(self) -> tuple[str | None, str | None]:
-        """The kind of head: (binary head, multi-task); each kind's runs of a backbone are a point of their own."""
-        return self.binary_head, self.multi_task
+    def head(self) -> HeadKind:
+        """The kind of head; each kind's runs of a backbone are a point of their own."""
+        return HeadKind(self.binary_head, self.multi_task, "head_teacher" in self.metrics)
 
 
 @dataclass(frozen=True)
@@ -112,12 +121,17 @@ class BackbonePoint:
     backbone: str  # the backbone's path, its seed<k> folder (if any) written seed*
     runs: tuple[SeedRun, ...]  # one per seed, in seed order
     intervals: dict[str, Interval]  # per reported metric; none for a metric no seed has (top1, other tasks)
-    binary_head: str | None = None  # the method that binarized the head; None: full precision
-    multi_task: str | None = None  # the tasks of the multi-task model the heads belong to; None: single-task models
+    head: HeadKind = HeadKind()
 
     @property
-    def head(self) -> tuple[str | None, str | None]:
-        return self.binary_head, self.multi_task
+    def binary_head(self) -> str | None:
+        """The method that binarized the head; None: full precision."""
+        return self.head.binary_head
+
+    @property
+    def multi_task(self) -> str | None:
+        """The tasks of the multi-task model the heads belong to; None: single-task models."""
+        return self.head.multi_task
 
     @property
     def n(self) -> int:
@@ -220,7 +234,7 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
     the file and the reason.
     """
     files, skipped = discover_files(inputs, METRICS_FILE)
-    runs: dict[tuple[str, tuple[str | None, str | None]], dict[str, list[MetricsRecord]]] = {}
+    runs: dict[tuple[str, HeadKind], dict[str, list[MetricsRecord]]] = {}
     for path in files:
         try:
             run = read_run(path)
@@ -232,8 +246,8 @@ def load_points(inputs: Sequence[str | Path], classes: int | None = None
             skipped.append(Skipped(str(path), f"{run.metrics.get('classes')} classes, not the {classes} asked for"))
             continue
         runs.setdefault((run.backbone, run.head), {name: [] for name in TASKS.registered()})[run.task].append(run)
-    groups: dict[tuple[str, str, tuple[str | None, str | None]], list[SeedRun]] = {}
-    for (backbone, head), tasks in sorted(runs.items(), key=lambda item: (item[0][0], *(k or "" for k in item[0][1]))):
+    groups: dict[tuple[str, str, HeadKind], list[SeedRun]] = {}
+    for (backbone, head), tasks in sorted(runs.items(), key=lambda item: (item[0][0], *map(str, item[0][1]))):
         folder_seed, group = seed_folder(backbone)
         problem = _joining_problem(tasks)
         seed = None
@@ -273,12 +287,11 @@ def _pair_seed(runs: Sequence[MetricsRecord], folder_seed: int | None) -> tuple[
     return (folder_seed if folder_seed is not None else next(iter(recorded), None)), None
 
 
-def _points(groups: dict[tuple[str, str, tuple[str | None, str | None]], list[SeedRun]]) -> list[BackbonePoint]:
-    """Points labelled by method (and ``, binary head`` or ``, METHOD head`` for a binary head,
-    ``, multi-task`` for the heads of a multi-task model), with the backbone's distinct path tail where
-    labels repeat."""
+def _points(groups: dict[tuple[str, str, HeadKind], list[SeedRun]]) -> list[BackbonePoint]:
+    """Points labelled by method and head (:func:`head_suffix`), with the backbone's distinct path tail
+    where labels repeat."""
     keys = list(groups)
-    labels = [method + head_suffix(method, *head) for method, _, head in keys]
+    labels = [method + head_suffix(method, head) for method, _, head in keys]
     for repeated in set(labels):
         indices = [i for i, label in enumerate(labels) if label == repeated]
         if len(indices) > 1:
@@ -294,16 +307,18 @@ def _points(groups: dict[tuple[str, str, tuple[str | None, str | None]], list[Se
             values = [value for run in runs if (value := run.value(metric)) is not None]
             if values:
                 intervals[metric] = mean_interval(values)
-        points.append(BackbonePoint(label, key[0], key[1], runs, intervals, *key[2]))
+        points.append(BackbonePoint(label, key[0], key[1], runs, intervals, key[2]))
     return sorted(points, key=lambda p: p.label)
 
 
-def head_suffix(method: str, binary_head: str | None, multi_task: str | None = None) -> str:
-    """What a point's label adds for its head: nothing for a full-precision single-task head."""
-    suffix = "" if multi_task is None else ", multi-task"
-    if binary_head is None:
-        return suffix
-    return suffix + (", binary head" if binary_head == base_method(method) else f", {binary_head} head")
+def head_suffix(method: str, head: HeadKind) -> str:
+    """What a point's label adds for its head: ``, multi-task`` for a multi-task model's heads, ``, binary
+    head`` (``, METHOD head`` when another method than the backbone's binarized it), ``, distilled``;
+    nothing for a full-precision single-task head."""
+    suffix = "" if head.multi_task is None else ", multi-task"
+    if head.binary_head is not None:
+        suffix += ", binary head" if head.binary_head == base_method(method) else f", {head.binary_head} head"
+    return suffix + (", distilled" if head.distilled else "")
 
 
 def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
@@ -322,22 +337,31 @@ def cmim_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
     return partners
 
 
+def _partners(points: Sequence[BackbonePoint], is_twin: Callable[[HeadKind], bool],
+              base_head: Callable[[HeadKind], HeadKind], missing: str) -> dict[int, int | str]:
+    """For each point whose head ``is_twin`` (by index), the index of the point of the same method and
+    backbone whose head is ``base_head`` of the twin's, else ``missing``."""
+    index_of = {(point.method, point.backbone, point.head): index for index, point in enumerate(points)}
+    return {index: index_of.get((point.method, point.backbone, base_head(point.head)), missing)
+            for index, point in enumerate(points) if is_twin(point.head)}
+
+
 def head_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
-    """The pairing of the binary-head differences: for each binary-head point (by index), the index of
-    the full-precision-head point over the same backbone when there is one, else why not."""
-    full_precision = {(point.method, point.backbone, point.multi_task): index for index, point in enumerate(points)
-                      if point.binary_head is None}
-    return {index: full_precision.get((point.method, point.backbone, point.multi_task),
-                                      "no full-precision head over its backbone")
-            for index, point in enumerate(points) if point.binary_head is not None}
+    """The pairing of the binary-head differences: each binary head (trained alone or distilled) and the
+    full-precision head of the same model kind over the same backbone."""
+    return _partners(points, lambda head: head.binary_head is not None,
+                     lambda head: head._replace(binary_head=None, distilled=False),
+                     "no full-precision head over its backbone")
+
+
+def distillation_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
+    """The pairing of the distillation differences: each distilled head and the same head trained alone."""
+    return _partners(points, lambda head: head.distilled, lambda head: head._replace(distilled=False),
+                     "no undistilled head of its kind over its backbone")
 
 
 def multi_task_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
-    """The pairing of the multi-task differences: for each multi-task point (by index), the index of the
-    single-task point of the same backbone and binary head when there is one, else why not."""
-    single = {(point.method, point.backbone, point.binary_head): index for index, point in enumerate(points)
-              if point.multi_task is None}
-    return {index: single.get((point.method, point.backbone, point.binary_head),
-                              "no single-task models of its backbone and head")
-            for index, point in enumerate(points) if point.multi_task is not None}
-
+    """The pairing of the multi-task differences: each multi-task model's heads and the single-task models
+    of the same head kind over the same backbone."""
+    return _partners(points, lambda head: head.multi_task is not None, lambda head: head._replace(multi_task=None),
+                     "no single-task models of its backbone and head")

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 from ..dense import TASKS, get_task
 from ..stats import LEVEL, Interval, PairedDifference, paired_difference, seed_names, sorted_seeds
-from .finetune_results import (BackbonePoint, cmim_partners, head_partners, multi_task_partners, reported_metrics,
-                               shown_tasks, table_metric)
+from .finetune_results import (BackbonePoint, cmim_partners, distillation_partners, head_partners, multi_task_partners,
+                               reported_metrics, shown_tasks, table_metric)
 
 DIFFERENCE_COLUMNS = ("twin", "base", "metric", "n_seeds", "mean", "ci95", "seeds", "differences")
 
@@ -42,6 +42,9 @@ PAIRINGS = (
             cmim_partners),
     Pairing("binary_head", "Paired binary-head differences", "binary head − FP head",
             "Each binary head minus the full-precision head over the same backbones, seed by seed", head_partners),
+    Pairing("distillation", "Paired distillation differences", "distilled − trained alone",
+            "Each head distilled from the full-precision head (--head-teacher) minus the same head trained "
+            "alone over the same backbones, seed by seed", distillation_partners),
     Pairing("multi_task", "Paired multi-task differences", "multi-task − single-task",
             "Each multi-task model's heads minus the single-task models' over the same backbones, seed by seed",
             multi_task_partners),
@@ -135,7 +138,7 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences:
     each mean's 95 % half-width), ``stem.md`` (rounded, in %: ``mean ± half-width`` with several
     seeds; then a section per kind of paired difference and ``notes``) and, per kind of paired
     difference present, ``stem_KIND_differences.csv`` (one row per twin and metric, exact; KIND
-    ``cmim`` or ``binary_head``)."""
+    ``cmim``, ``binary_head``, ``distillation`` or ``multi_task``)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}.md"
