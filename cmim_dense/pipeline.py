@@ -59,13 +59,13 @@ QUICK_STUDY_PRETRAIN: dict[str, Any] = {**QUICK_PRETRAIN, "epochs": 2, "syntheti
 QUICK_STUDY_SEEDS = 3
 # The binary-head study (docs/binary_heads.md): the main job's backbones of three kinds (full
 # precision, RBNN, IR-Net) under the main job's full-precision head and under the same head with its
-# 3x3 convolutions binarized by IR-Net's recipe (trained alone, and distilled from the full-precision
-# head), every task by a model of its own and all three by one multi-task model, seeds for paired 95 %
-# intervals.
+# 3x3 convolutions binarized by IR-Net's recipe, every task, 6 seeds for paired 95 % intervals (3 left
+# the binary heads' cost inside the noise); for the first 3 seeds also the binary heads distilled
+# from the full-precision ones and one multi-task model of each head kind.
 HEAD_STUDY_METHODS = ("fp", "rbnn", "irnet")
-HEAD_STUDY_TASKS = (*MAIN_TASKS, ",".join(MAIN_TASKS))
 HEAD_STUDY_BINARY_HEAD = "irnet"
-HEAD_STUDY_SEEDS = 3
+HEAD_STUDY_SEEDS = 6
+HEAD_STUDY_EXTRA_SEEDS = 3
 
 
 def pretraining_finished(out: Path, epochs: int) -> bool:
@@ -139,18 +139,27 @@ def run_folder(folder: str, seed: int, seeds: int) -> str:
     return folder if seeds == 1 else f"{folder}/seed{seed}"
 
 
+HeadPlan = tuple[str | None, bool]  # (the method binarizing the head, None: full precision; distilled)
+FULL_PRECISION_HEAD: HeadPlan = (None, False)
+
+
+def seed_run(folder: str, seed: int, seeds: int) -> tuple[str, str]:
+    """Seed ``seed`` of run ``folder``: its folder under ``pretrain/`` and ``finetune/`` (:func:`run_folder`)
+    and its name in stage names (``irnet seed2``; the folder's name when the job has one seed)."""
+    return run_folder(folder, seed, seeds), folder if seeds == 1 else f"{folder} seed{seed}"
+
+
 def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretrain: dict[str, Any],
                   finetune: dict[str, Any], progress: bool, seeds: int = 1,
                   tasks: tuple[str, ...] = MAIN_TASKS, finetune_seeds: int | None = None,
-                  binary_heads: tuple[str | None, ...] = (None,), distil: bool = False) -> list[Stage]:
+                  heads: tuple[HeadPlan, ...] = (FULL_PRECISION_HEAD,)) -> list[Stage]:
     """For each seed k < ``seeds`` and each run folder name -> (method, extra pretraining settings):
     pretrain with seed k, then, for k < ``finetune_seeds`` (default every seed), the fine-tunes (seed
-    k) of that backbone for each task of ``tasks`` (:func:`head_stages`; see :func:`run_folder`)."""
+    k) of that backbone for each task of ``tasks`` and head of ``heads`` (:func:`head_stages`)."""
     stages = []
     for seed in range(check_seeds(seeds)):  # seed-major: an interrupted job leaves whole seeds of every run
         for folder, (method, extra) in runs.items():
-            run = run_folder(folder, seed, seeds)
-            name = folder if seeds == 1 else f"{folder} seed{seed}"
+            run, name = seed_run(folder, seed, seeds)
             out = root / "pretrain" / run
             stages.append(pretrain_stage(f"pretrain {name}", method, out, {**pretrain, **extra, "seed": seed},
                                          progress))
@@ -158,29 +167,27 @@ def method_stages(runs: dict[str, tuple[str, dict[str, Any]]], root: Path, pretr
                 continue
             for task in tasks:
                 stages += head_stages(task, name, out / "best.pt", root / "finetune" / run,
-                                      {**finetune, "seed": seed}, progress, binary_heads, distil)
+                                      {**finetune, "seed": seed}, progress, heads)
     return stages
 
 
 def head_stages(task: str, name: str, backbone: Path, folder: Path, settings: dict[str, Any], progress: bool,
-                binary_heads: tuple[str | None, ...] = (None,), distil: bool = False) -> list[Stage]:
+                heads: tuple[HeadPlan, ...] = (FULL_PRECISION_HEAD,)) -> list[Stage]:
     """The fine-tunes of the backbone of run ``name`` for ``task`` (``"seg,depth,normals"``: one
-    multi-task model, in ``seg+depth+normals``), one per head of ``binary_heads``: None, the
-    full-precision head, in ``folder/TASK``; a method, the head binarized by its recipe, in
-    ``TASK-binary_head_METHOD``, and with ``distil`` again distilled from the full-precision head's
-    run (``--head-teacher``; ``binary_heads`` holds None), in ``TASK-binary_head_METHOD-distilled``."""
+    multi-task model, in ``seg+depth+normals``), one per head of ``heads``: the full-precision head in
+    ``folder/TASK``; a head binarized by METHOD's recipe in ``TASK-binary_head_METHOD``, distilled from
+    the full-precision head's run (``--head-teacher``, a stage it needs) in ``...-distilled``."""
     base, full_precision = task.replace(",", "+"), f"{task} {name}"
     stages = []
-    for head in binary_heads:
-        for distilled in (False, True) if distil and head is not None else (False,):
-            suffix, label, extra = "", full_precision, {}
-            if head is not None:
-                suffix, label, extra = f"-binary_head_{head}", f"{full_precision} {head} head", {"binary_head": head}
-            if distilled:
-                suffix, label = f"{suffix}-distilled", f"{label} distilled"
-                extra["head_teacher"] = str(folder / base / "last.pt")
-            stages.append(finetune_stage(label, task, backbone, folder / f"{base}{suffix}", {**settings, **extra},
-                                         progress, [f"pretrain {name}"] + ([full_precision] if distilled else [])))
+    for head, distilled in heads:
+        suffix, label, extra = "", full_precision, {}
+        if head is not None:
+            suffix, label, extra = f"-binary_head_{head}", f"{full_precision} {head} head", {"binary_head": head}
+        if distilled:
+            suffix, label = f"{suffix}-distilled", f"{label} distilled"
+            extra["head_teacher"] = str(folder / base / "last.pt")
+        stages.append(finetune_stage(label, task, backbone, folder / f"{base}{suffix}", {**settings, **extra},
+                                     progress, [f"pretrain {name}"] + ([full_precision] if distilled else [])))
     return stages
 
 
@@ -285,16 +292,27 @@ def cmim_study_stages(root: Path, methods: tuple[str, ...] = STUDY_METHODS, *,
 
 def binary_head_study_stages(root: Path, methods: tuple[str, ...] = HEAD_STUDY_METHODS, *, quick: bool = False,
                              progress: bool = True, seeds: int = HEAD_STUDY_SEEDS,
-                             binary_head: str = HEAD_STUDY_BINARY_HEAD, packed_backbone: bool = True) -> list[Stage]:
+                             extra_seeds: int = HEAD_STUDY_EXTRA_SEEDS, binary_head: str = HEAD_STUDY_BINARY_HEAD,
+                             packed_backbone: bool = True) -> list[Stage]:
     """The binary-head study: each method pretrained as in the main job ``seeds`` times, each backbone
-    fine-tuned for every task by single-task models and by one multi-task model, each under the main
-    job's full-precision head and under the same head binarized by ``binary_head``'s recipe, trained
-    alone and distilled from the full-precision head (same seed, so they are paired); then the tables
-    (with the paired binary-head, distillation and multi-task differences) and the seg-vs-depth chart
-    (binary heads as squares)."""
-    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain_settings(quick, None),
-                           finetune_settings(quick, packed_backbone), progress, seeds, HEAD_STUDY_TASKS,
-                           binary_heads=(None, binary_head), distil=True)
+    fine-tuned for every task under the main job's full-precision head and under the same head binarized
+    by ``binary_head``'s recipe (same seed, so they are paired); then, for the first ``extra_seeds``
+    seeds, the binary heads distilled from the full-precision ones and one multi-task model of each
+    head kind; then the tables (with the paired binary-head, distillation and multi-task differences)
+    and the seg-vs-depth chart (binary heads as squares)."""
+    finetune = finetune_settings(quick, packed_backbone)
+    binary, distilled = (binary_head, False), (binary_head, True)
+    stages = method_stages({m: (m, {}) for m in methods}, root, pretrain_settings(quick, None), finetune,
+                           progress, seeds, MAIN_TASKS, heads=(FULL_PRECISION_HEAD, binary))
+    for seed in range(min(seeds, check_seeds(extra_seeds))):
+        for method in methods:
+            run, name = seed_run(method, seed, seeds)
+            backbone, folder = root / "pretrain" / run / "best.pt", root / "finetune" / run
+            settings = {**finetune, "seed": seed}
+            for task in MAIN_TASKS:
+                stages += head_stages(task, name, backbone, folder, settings, progress, (distilled,))
+            stages += head_stages(",".join(MAIN_TASKS), name, backbone, folder, settings, progress,
+                                  (FULL_PRECISION_HEAD, binary, distilled))
     return stages + [chart_stage(root, [s.name for s in stages if not s.name.startswith("pretrain")])]
 
 

@@ -8,7 +8,7 @@
     python pipeline/run.py --sweep methods --methods bnn,irnet,rbnn,reactnet --teacher T  # with/without CMIM
     python pipeline/run.py --seeds 3                              # every run 3 times: mean ± 95 % CI
     python pipeline/run.py --study cmim --jobs 2                  # the CMIM evidence study, two runs at a time
-    python pipeline/run.py --study binary-heads --jobs 2          # binary vs full-precision heads, 3 seeds
+    python pipeline/run.py --study binary-heads --jobs 2          # binary vs full-precision heads, 6 seeds
 
 --seeds N runs every pretraining and fine-tuning N times, seeds 0..N-1 (the fine-tunes of seed k
 use the backbone pretrained with seed k), in ROOT/pretrain/RUN/seed<k> and
@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", choices=["cmim", "binary-heads"],
                         help="cmim: the CMIM evidence study, irnet and rbnn at lambda 0, 0.8, 3.2 in an over-fitting "
                              "regime, 12 seeds, the first 3 transferred to the built-in rooms (docs/methods.md); "
-                             "binary-heads: fp, rbnn and irnet backbones (3 seeds), every task under the "
-                             "full-precision head and under its IR-Net binary version (docs/binary_heads.md)")
+                             "binary-heads: fp, rbnn and irnet backbones (6 seeds), every task under the "
+                             "full-precision head and under its IR-Net binary version, for 3 seeds also distilled "
+                             "and as one multi-task model (docs/binary_heads.md)")
     parser.add_argument("--values", help="comma-separated values of the swept CMIM setting (--study: lambdas)")
     parser.add_argument("--teacher", help="full-precision teacher for methods that need one (reactnet, s2bnn, dirnet)")
     parser.add_argument("--seeds", metavar="N",
                         help="run every pretraining and fine-tuning N times, seeds 0..N-1 (default 1; --study cmim: "
-                        "12, its transfer fine-tunes for the first 3, with --quick 3; --study binary-heads: 3)")
+                        "12, its transfer fine-tunes for the first 3, with --quick 3; --study binary-heads: 6)")
     parser.add_argument("--tasks", help="comma-separated dense tasks of the main job (default seg,depth,normals; "
                         "the tables take any, the seg-vs-depth chart needs seg and depth)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
