@@ -255,7 +255,7 @@ def test_binary_distilled_and_multi_task_heads_pair_with_their_own_kind(tmp_path
     root = tmp_path / "finetune"
     heads = {"": {}, "-binary_head_irnet": {"binary_head": "irnet"},
              "-binary_head_irnet-distilled": {"binary_head": "irnet", "head_teacher": "t/last.pt"},
-             "+multi": {"multi_task": "seg,depth"}}
+             "+multi": {"multi_task": "seg,depth", "task_weighting": "fixed"}}
     for seed in (0, 1):
         for offset, (suffix, head) in enumerate(heads.items()):
             for task in ("seg", "depth"):

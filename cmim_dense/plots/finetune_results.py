@@ -32,11 +32,12 @@ ANY_SEED = "seed*"
 
 class HeadKind(NamedTuple):
     """What a run's head is: binarized by a method's recipe (None: full precision), one of a multi-task
-    model's heads (its tasks; None: a single-task model), distilled from a teacher head."""
+    model's heads (its tasks and loss weighting; None: a single-task model), distilled from a teacher head."""
 
     binary_head: str | None = None
     multi_task: str | None = None
     distilled: bool = False
+    task_weighting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class MetricsRecord:
     @property
     def head(self) -> HeadKind:
         """The kind of head; each kind's runs of a backbone are a point of their own."""
-        return HeadKind(self.binary_head, self.multi_task, "head_teacher" in self.metrics)
+        return HeadKind(self.binary_head, self.multi_task, "head_teacher" in self.metrics,
+                        self.metrics.get("task_weighting"))
 
 
 @dataclass(frozen=True)
@@ -312,10 +314,11 @@ def _points(groups: dict[tuple[str, str, HeadKind], list[SeedRun]]) -> list[Back
 
 
 def head_suffix(method: str, head: HeadKind) -> str:
-    """What a point's label adds for its head: ``, multi-task`` for a multi-task model's heads, ``, binary
-    head`` (``, METHOD head`` when another method than the backbone's binarized it), ``, distilled``;
+    """What a point's label adds for its head: ``, multi-task`` for a multi-task model's heads (with
+    ``(uncertainty weighting)`` for that weighting), ``, binary head`` (``, METHOD head`` when another method than the backbone's binarized it), ``, distilled``;
     nothing for a full-precision single-task head."""
-    suffix = "" if head.multi_task is None else ", multi-task"
+    suffix = "" if head.multi_task is None else ", multi-task" + (
+        "" if head.task_weighting == "fixed" else f" ({head.task_weighting} weighting)")
     if head.binary_head is not None:
         suffix += ", binary head" if head.binary_head == base_method(method) else f", {head.binary_head} head"
     return suffix + (", distilled" if head.distilled else "")
@@ -363,5 +366,6 @@ def distillation_partners(points: Sequence[BackbonePoint]) -> dict[int, int | st
 def multi_task_partners(points: Sequence[BackbonePoint]) -> dict[int, int | str]:
     """The pairing of the multi-task differences: each multi-task model's heads and the single-task models
     of the same head kind over the same backbone."""
-    return _partners(points, lambda head: head.multi_task is not None, lambda head: head._replace(multi_task=None),
+    return _partners(points, lambda head: head.multi_task is not None,
+                     lambda head: head._replace(multi_task=None, task_weighting=None),
                      "no single-task models of its backbone and head")
