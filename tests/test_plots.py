@@ -250,8 +250,12 @@ def test_binary_distilled_and_multi_task_heads_pair_with_their_own_kind(tmp_path
     FP pair with the single-task FP head, distilled with the binary head trained alone, multi-task with the
     single-task FP head; no top-1 difference (one backbone).  mIoU binary − FP: seed 0 −4 pp, seed 1 −6 pp.
 
+    The chart draws the three single-task points (distilled as a diamond, dashed arrows from the FP head to
+    both binary ones) and leaves the multi-task point to the tables.
+
     Catches: head kinds merged into one point (or skipped as duplicate runs), a distilled head paired with
-    the distilled one's own kind, a top-1 "difference" of a backbone with itself."""
+    the distilled one's own kind, a top-1 "difference" of a backbone with itself, multi-task dots drawn on
+    top of their single-task twins."""
     root = tmp_path / "finetune"
     heads = {"": {}, "-binary_head_irnet": {"binary_head": "irnet"},
              "-binary_head_irnet-distilled": {"binary_head": "irnet", "head_teacher": "t/last.pt"},
@@ -276,6 +280,14 @@ def test_binary_distilled_and_multi_task_heads_pair_with_their_own_kind(tmp_path
     assert distilled.metrics["miou"].differences == pytest.approx([0.03, 0.05])
     assert [path.name for path in result.files if "differences" in path.name] == [
         "chart_binary_head_differences.csv", "chart_distillation_differences.csv", "chart_multi_task_differences.csv"]
+    assert sorted(p.label for p in result.charted) == ["irnet", "irnet, binary head", "irnet, binary head, distilled"]
+    assert result.left_out == ["irnet, multi-task: not in the chart, beside its single-task models in the tables "
+                               "(the paired multi-task differences)"]
+    figure = plot_seg_depth(result.charted)
+    gids = {c.get_gid(): len(c.get_offsets()) for c in figure.axes[0].collections if c.get_gid()}
+    assert (gids["backbones"], gids["backbones-binary-head"], gids["backbones-binary-head-distilled"]) == (1, 1, 1)
+    assert sum(1 for text in figure.axes[0].texts if text.arrow_patch is not None
+               and text.arrow_patch.get_linestyle() == "--") == 2  # FP head -> each binary head
 
 
 def test_a_single_seed_chart_says_it_has_no_error_bars(finetune_runs: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from ..dense import get_task
 from ..methods import base_method, has_cmim
 from ..stats import LEVEL, seed_names
 from .common import FIGURE_FORMATS, Skipped, method_colours, new_figure, save_figure
-from .finetune_results import BackbonePoint, cmim_partners, load_points, shown_tasks
+from .finetune_results import BackbonePoint, cmim_partners, head_partners, load_points, shown_tasks
 from .labels import place_labels
 from .result_tables import PointDifference, paired_differences, write_tables
 
@@ -70,9 +70,18 @@ def position(point: BackbonePoint) -> tuple[float, float]:
 
 def chart_points(points: Sequence[BackbonePoint]) -> tuple[list[BackbonePoint], list[str]]:
     """The points whose every seed has a segmentation and a depth run (the dots), and for each
-    other point a line saying which runs it lacks."""
+    other point a line saying which runs it lacks.  A multi-task model's heads are left to the
+    tables where the single-task models of their backbone and head kind are drawn: over a frozen
+    backbone they train as those do, and their dots would sit on top of them."""
     charted, left_out = [], []
+    single = {(p.method, p.backbone, p.head._replace(multi_task=None, task_weighting=None))
+              for p in points if p.multi_task is None}
     for p in points:
+        if p.multi_task is not None and (p.method, p.backbone,
+                                         p.head._replace(multi_task=None, task_weighting=None)) in single:
+            left_out.append(f"{p.label}: not in the chart, beside its single-task models in the tables "
+                            "(the paired multi-task differences)")
+            continue
         lacking = {name: p.seeds_without(name) for name in CHART_TASKS}
         lacking = {name: seeds for name, seeds in lacking.items() if seeds}
         if not lacking:
@@ -118,10 +127,11 @@ def dot_areas(points: Sequence[BackbonePoint]) -> np.ndarray:
 
 def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) -> Figure:
     """The chart: dots at the means over seeds (collection gid ``backbones``, ``backbones-binary-head`` for
-    points with a binary head, drawn as squares; ``backbones-no-top1`` for dots without a top-1, drawn as
-    fixed-size crosses), their 95 % intervals as error bars
-    (gids ``seed-ci-x``, ``seed-ci-y``), base -> +cmim arrows, labels, a legend, and a title line
-    saying what the error bars are (``1 seed: no error bars``)."""
+    points with a binary head, drawn as squares, ``backbones-binary-head-distilled`` for distilled ones,
+    diamonds; ``backbones-no-top1`` for dots without a top-1, drawn as fixed-size crosses), their 95 %
+    intervals as error bars (gids ``seed-ci-x``, ``seed-ci-y``), base -> +cmim arrows, dashed
+    full-precision head -> binary head arrows, labels, a legend, and a title line saying what the error
+    bars are (``1 seed: no error bars``)."""
     if not points:
         raise ValueError("no backbone has both a segmentation and a depth run")
     left_out = chart_points(points)[1]
@@ -139,8 +149,10 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     face = np.array([to_rgba(colours[base_method(p.method)], 0.6) if has_cmim(p.method) else (1, 1, 1, 0.6)
                      for p in points])
     binary_head = np.array([p.binary_head is not None for p in points])
+    distilled = np.array([p.head.distilled for p in points])
     for chosen, marker, gid in ((sized & ~binary_head, "o", "backbones"),
-                                (sized & binary_head, "s", "backbones-binary-head")):
+                                (sized & binary_head & ~distilled, "s", "backbones-binary-head"),
+                                (sized & binary_head & distilled, "D", "backbones-binary-head-distilled")):
         if chosen.any():
             ax.scatter(x[chosen], y[chosen], s=areas[chosen], marker=marker, facecolors=face[chosen],
                        edgecolors=edge[chosen], linewidths=1.8, zorder=3, gid=gid)
@@ -151,6 +163,7 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     _set_limits(ax, x, y, x_err, y_err)
     radii = np.sqrt(np.where(sized, areas, NO_TOP1_AREA) / math.pi)
     arrows = _cmim_arrows(ax, points, colours, radii)
+    head_arrows = _head_arrows(ax, points, colours, radii)
     ax.set_xlabel("depth: −ln RMSE  (RMSE in metres; higher is better →)")
     ax.set_ylabel("segmentation: mIoU (%)  (higher is better →)")
     top = ax.secondary_xaxis("top", functions=(_rmse_from_neg_log, _neg_log_from_rmse))
@@ -158,7 +171,7 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     ax.grid(True, linestyle=":", linewidth=0.6, alpha=0.7)
     heading = title or f"NYUD-v2, frozen backbones: segmentation vs depth\n{_protocol(points)}"
     ax.set_title(f"{heading}\n{seed_note(points)}", fontsize=11, pad=10)
-    styles, sizes = _legend_handles(points, colours, areas, bool(arrows))
+    styles, sizes = _legend_handles(points, colours, areas, bool(arrows), bool(head_arrows))
     if sizes:
         ax.add_artist(ax.legend(handles=sizes, loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=8,
                                 frameon=False, borderaxespad=0.0, labelspacing=1.6, borderpad=1.0,
@@ -166,7 +179,7 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     ax.legend(handles=styles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
               borderaxespad=0.0)
     figure.canvas.draw()
-    place_labels(ax, np.stack([x, y], axis=1), [p.label for p in points], radii, arrows + bars)
+    place_labels(ax, np.stack([x, y], axis=1), [p.label for p in points], radii, arrows + head_arrows + bars)
     return figure
 
 
@@ -218,6 +231,23 @@ def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, s
     return segments
 
 
+def _head_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, str], radii: np.ndarray
+                 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """A dashed arrow from each full-precision head's dot to the binary heads' dots over its backbones
+    (paired as the binary-head differences are)."""
+    segments = []
+    for twin, base in head_partners(points).items():
+        if isinstance(base, str):
+            continue
+        tail, head = position(points[base]), position(points[twin])
+        ax.annotate("", xy=head, xytext=tail, zorder=2,
+                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(points[twin].method)], "lw": 1.0,
+                                "linestyle": "--", "shrinkA": radii[base] + 1, "shrinkB": radii[twin] + 1,
+                                "mutation_scale": 10})
+        segments.append((tail, head))
+    return segments
+
+
 def _protocol(points: Sequence[BackbonePoint]) -> str:
     """The settings compared runs must share, e.g. '40 classes; depth ground truth: depths' (the
     mix, flagged, when runs differ): each shown task's ``protocol_keys`` in its metrics.json."""
@@ -232,9 +262,10 @@ def _protocol(points: Sequence[BackbonePoint]) -> str:
     return text + " — MIXED PROTOCOLS" if mixed else text
 
 
-def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], areas: np.ndarray, arrows: bool
-                    ) -> tuple[list[Line2D], list[Line2D]]:
-    """Colour = method and hollow/filled/arrow = without/with CMIM (the entries that occur); dot area = top-1."""
+def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], areas: np.ndarray, arrows: bool,
+                    head_arrows: bool = False) -> tuple[list[Line2D], list[Line2D]]:
+    """Colour = method, hollow/filled/arrow = without/with CMIM (when a +cmim run is drawn), shape = head
+    kind and dashed arrow = FP head -> binary head (when binary heads are drawn); dot area = top-1."""
 
     def header(text: str) -> Line2D:
         return Line2D([], [], linestyle="none", label=text)
@@ -243,20 +274,24 @@ def _legend_handles(points: Sequence[BackbonePoint], colours: dict[str, str], ar
     handles += [Line2D([], [], marker="o", linestyle="none", color=c, markersize=9, label=base)
                 for base, c in colours.items()]
     with_cmim = [has_cmim(p.method) for p in points]
-    handles.append(header("marker: CMIM"))
-    if not all(with_cmim):
-        handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="0.3",
-                              markeredgewidth=1.5, markersize=9, label="without CMIM"))
-    if any(with_cmim):
+    if any(with_cmim):  # a chart without +cmim runs has nothing to say about CMIM
+        handles.append(header("marker: CMIM"))
+        if not all(with_cmim):
+            handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white",
+                                  markeredgecolor="0.3", markeredgewidth=1.5, markersize=9, label="without CMIM"))
         handles.append(Line2D([], [], marker="o", linestyle="none", color="0.3", markersize=9, label="+CMIM"))
     if arrows:
         handles.append(Line2D([], [], marker=r"$\rightarrow$", linestyle="none", color="0.3", markersize=14,
                               label="method → method+CMIM"))
     if any(p.binary_head is not None for p in points):
         handles.append(header("shape: head"))
+        shapes = [("o", "full-precision head"), ("s", "binary head (docs/binary_heads.md)")]
+        if any(p.head.distilled for p in points):
+            shapes.append(("D", "binary head, distilled from the FP head"))
         handles += [Line2D([], [], marker=marker, linestyle="none", markerfacecolor="white", markeredgecolor="0.3",
-                           markeredgewidth=1.5, markersize=9, label=label)
-                    for marker, label in (("o", "full-precision head"), ("s", "binary head (docs/binary_heads.md)"))]
+                           markeredgewidth=1.5, markersize=9, label=label) for marker, label in shapes]
+    if head_arrows:
+        handles.append(Line2D([], [], linestyle="--", color="0.3", label="FP head ⇢ binary head"))
     if not np.isfinite(areas).all():
         handles.append(Line2D([], [], marker="X", linestyle="none", color="0.3", markersize=8,
                               label="no top-1 (fixed size)"))
