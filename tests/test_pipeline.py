@@ -236,3 +236,36 @@ def test_worker_stages_wait_for_their_needs_in_any_order_and_a_cycle_fails(tmp_p
               Stage("d", lambda: False, lambda: ran.append("d"), needs=["c"])]
     assert run_stages(stages, tmp_path / "job", jobs=2) == ["c", "d"] and ran == ["a", "b"]
     assert "c: FAILED: its needs form a cycle" in capsys.readouterr().out
+
+
+def test_the_binary_head_study_pairs_every_head_with_its_full_precision_twin(tmp_path) -> None:
+    """Every seed: each backbone's three tasks under the full-precision head and the IR-Net binary head,
+    in TASK and TASK-binary_head_irnet, with the same seed; the first extra seeds also a distilled binary
+    head (its teacher the FP run of the same task and seed, a stage it waits for) and the multi-task models,
+    whose stage is done only when every task's OUT/TASK/metrics.json exists.  Catches a head left out, a
+    teacher of another seed or task, a multi-task stage skipped after one task's file."""
+    from cmim_dense.pipeline import binary_head_study_stages
+
+    stages = {stage.name: stage for stage in binary_head_study_stages(tmp_path, ("fp", "rbnn"), seeds=3,
+                                                                      extra_seeds=1)}
+    tasks = ("seg", "depth", "normals")
+    for method in ("fp", "rbnn"):
+        for seed in range(3):
+            for task in tasks:
+                assert {f"{task} {method} seed{seed}", f"{task} {method} seed{seed} irnet head"} <= set(stages)
+            assert (f"seg {method} seed{seed} irnet head distilled" in stages) == (seed == 0)
+    distilled = stages["depth rbnn seed0 irnet head distilled"]
+    assert distilled.needs == ["pretrain rbnn seed0", "depth rbnn seed0"]
+    settings = distilled.run.args[0]
+    assert (settings["seed"], settings["binary_head"], settings["head_teacher"]) == (
+        0, "irnet", str(tmp_path / "finetune/rbnn/seed0/depth/last.pt"))
+    assert settings["out"] == str(tmp_path / "finetune/rbnn/seed0/depth-binary_head_irnet-distilled")
+    multi = stages["seg,depth,normals fp seed0 irnet head"]
+    assert multi.run.args[0]["out"] == str(tmp_path / "finetune/fp/seed0/seg+depth+normals-binary_head_irnet")
+    out = tmp_path / "finetune/fp/seed0/seg+depth+normals-binary_head_irnet"
+    for task in tasks:
+        assert not multi.done()
+        (out / task).mkdir(parents=True)
+        (out / task / "metrics.json").write_text("{}")
+    assert multi.done()
+    assert len(stages) == 2 * 3 * (1 + 6) + 2 * (3 + 3) + 1 and list(stages)[-1] == "chart"
