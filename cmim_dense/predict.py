@@ -7,7 +7,7 @@ padded at the bottom and right to the output stride, predicted, and cropped back
 ``DIR/NAME.png`` shows the prediction (classes in the NYUD-v2 palette, depth on viridis from the
 image's nearest to its farthest predicted point, normals as RGB = (n + 1) / 2) and
 ``DIR/NAME.npy`` holds it (class ids (H, W) uint8, metres (H, W) float32, or unit normals (H, W, 3)
-float32).
+float32); a multi-task model writes ``DIR/NAME_TASK.png`` and ``.npy`` for each of its tasks.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status, written = report_user_errors(lambda: predict_files(args.model, args.images, args.out))
     if written is not None:
-        print(f"wrote {len(written) // 2} predictions to {args.out}/ (NAME.png, NAME.npy)")
+        print(f"wrote {len(written) // 2} predictions to {args.out}/ (a .png and a .npy each)")
     return status
 
 

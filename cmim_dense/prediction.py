@@ -18,6 +18,7 @@ from torch import nn
 from .checkpoint_io import write_atomic
 from .dense import DenseTask, dense_model_from_checkpoint, get_task
 from .dense.loading import input_normalization
+from .dense.multitask import task_outputs
 from .export import load_exported
 from .plots.palette import colorize
 from .plots.qualitative import normals_rgb
@@ -56,16 +57,21 @@ def input_transform(meta: dict) -> A.Compose:
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, meta: dict, transform: A.Compose, image: np.ndarray) -> np.ndarray:
-    """The model's prediction for one (H, W, 3) uint8 image at its own resolution (``transform``:
-    :func:`input_transform` of ``meta``): class ids, metres, or unit normals channels-last."""
+def predict_image(model: nn.Module, meta: dict, transform: A.Compose, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Task name -> the model's prediction for one (H, W, 3) uint8 image at its own resolution (one
+    task, or each of a multi-task model's; ``transform``: :func:`input_transform` of ``meta``): class
+    ids, metres, or unit normals channels-last."""
     tensor = transform(image=image)["image"]
     height, width = image.shape[:2]
     multiple = meta["output_stride"]
     padded = F.pad(tensor[None], (0, -width % multiple, 0, -height % multiple))
-    output = model(padded)[..., :height, :width].float()
-    prediction = get_task(meta["task"]).prediction(output)[0].numpy()
-    return np.moveaxis(prediction, 0, -1) if prediction.ndim == 3 else prediction
+    tasks = [get_task(name) for name in meta["task"].split(",")]
+    outputs = task_outputs(model(padded), tasks)
+    predictions = {}
+    for task in tasks:
+        prediction = task.prediction(outputs[task.name][..., :height, :width].float())[0].numpy()
+        predictions[task.name] = np.moveaxis(prediction, 0, -1) if prediction.ndim == 3 else prediction
+    return predictions
 
 
 def render(prediction: np.ndarray, task: DenseTask, classes: int) -> np.ndarray:
@@ -85,10 +91,11 @@ def stored(prediction: np.ndarray, task: DenseTask) -> np.ndarray:
 
 
 def predict_files(model_path: str | Path, images: Sequence[str | Path], out: str | Path) -> list[Path]:
-    """Predict every image and write ``out/NAME.png`` and ``out/NAME.npy``; every image is read first,
-    so an unreadable one stops the command before anything is written.  Returns the files written."""
+    """Predict every image and write ``out/NAME.png`` and ``out/NAME.npy`` (a multi-task model:
+    ``out/NAME_TASK.*`` per task); every image is read first, so an unreadable one stops the command
+    before anything is written.  Returns the files written."""
     model, meta = load_dense_model(model_path)
-    task = get_task(meta["task"])
+    multi_task = "," in meta["task"]
     names = [Path(image).stem for image in images]
     if len(set(names)) < len(names):
         raise ValueError("two images share a file name; their predictions would overwrite each other")
@@ -98,9 +105,10 @@ def predict_files(model_path: str | Path, images: Sequence[str | Path], out: str
     transform = input_transform(meta)
     written = []
     for name, array in zip(names, arrays):
-        prediction = predict_image(model, meta, transform, array)
-        picture = Image.fromarray(render(prediction, task, meta["config"]["classes"]))
-        write_atomic(out / f"{name}.png", lambda handle: picture.save(handle, format="PNG"))
-        write_atomic(out / f"{name}.npy", lambda handle: np.save(handle, stored(prediction, task)))
-        written += [out / f"{name}.png", out / f"{name}.npy"]
+        for task_name, prediction in predict_image(model, meta, transform, array).items():
+            task, stem = get_task(task_name), f"{name}_{task_name}" if multi_task else name
+            picture = Image.fromarray(render(prediction, task, meta["config"]["classes"]))
+            write_atomic(out / f"{stem}.png", lambda handle: picture.save(handle, format="PNG"))
+            write_atomic(out / f"{stem}.npy", lambda handle: np.save(handle, stored(prediction, task)))
+            written += [out / f"{stem}.png", out / f"{stem}.npy"]
     return written

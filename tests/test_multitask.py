@@ -6,13 +6,17 @@ task's metrics.json as single-task runs do, and a binary multi-task head distill
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cmim_dense.dense import create_dense_model, get_task
 from cmim_dense.dense.multitask import FixedWeighting, UncertaintyWeighting, multitask_from_models
 from cmim_dense.engine.finetune_config import resolve_finetune_config
+from cmim_dense.export.roundtrip import export_and_verify
+from cmim_dense.prediction import predict_files
 from cmim_dense.plots.seg_depth import seg_depth_chart
 
 from .conftest import load_entry_script
@@ -105,7 +109,8 @@ def multitask_run(backbone, tmp_path_factory):
 def test_a_multitask_run_learns_every_task_and_writes_each_tasks_metrics(multitask_run, tmp_path) -> None:
     """Every head beats its constant predictor; each task's metrics.json sits in OUT/TASK as a single-task run
     writes it (plus the multi-task keys), ``--evaluate`` rebuilds the model from last.pt to the same figures,
-    and the tables take the runs as one point of their own ("fp, multi-task")."""
+    the 1-bit export rebuilds it to identical outputs and predicts every task of an image, and the tables
+    take the runs as one point of their own ("fp, multi-task")."""
     records = {name: json.loads((multitask_run / name / "metrics.json").read_text()) for name in TASKS.split(",")}
     assert records["seg"]["miou"] > 1.5 * records["seg"]["baseline"]["miou"], records["seg"]
     assert records["depth"]["rmse"] < 0.95 * records["depth"]["baseline"]["rmse"], records["depth"]
@@ -118,6 +123,12 @@ def test_a_multitask_run_learns_every_task_and_writes_each_tasks_metrics(multita
         again = json.loads((tmp_path / "again" / name / "metrics.json").read_text())
         key = get_task(name).headline.key
         assert again[key] == record[key]
+    assert export_and_verify(str(multitask_run / "last.pt"), str(tmp_path / "model.safetensors"))
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(tmp_path / "room.png")
+    written = predict_files(tmp_path / "model.safetensors", [tmp_path / "room.png"], tmp_path / "predictions")
+    assert sorted(path.name for path in written) == sorted(f"room_{name}.{suffix}" for name in TASKS.split(",")
+                                                          for suffix in ("png", "npy"))
+    assert np.load(tmp_path / "predictions" / "room_normals.npy").shape == (40, 50, 3)
     result = seg_depth_chart([multitask_run], tmp_path / "chart")
     assert [p.label for p in result.points] == ["fp, multi-task"] and not result.skipped
     assert result.points[0].mean("mean_angle") == records["normals"]["mean_angle"]

@@ -37,10 +37,20 @@ class Agreement:
                 "agreeing_draws": self.agreeing}
 
 
-def agreement(model: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], images: Tensor,
+Output = Tensor | dict[str, Tensor]  # a multi-task model's: task name -> output
+
+
+def per_image_difference(output: Output, reference: Output) -> Tensor:
+    """Each image's max abs difference between two outputs of a batch (over every task's output)."""
+    if isinstance(output, dict):
+        return torch.stack([per_image_difference(output[name], reference[name]) for name in reference]).amax(0)
+    return (output - reference).abs().flatten(1).amax(dim=1)
+
+
+def agreement(model: Callable[[Tensor], Output], reference: Callable[[Tensor], Output], images: Tensor,
               tolerance: float = 1e-4) -> Agreement:
     """Run a batch of ``images`` (N, C, H, W) through both models (eval mode: the images stay
     independent) and compare them image by image."""
     with torch.no_grad():
-        difference = (model(images) - reference(images)).abs().flatten(1).amax(dim=1)
+        difference = per_image_difference(model(images), reference(images))
     return Agreement(tuple(difference.tolist()), tolerance)
