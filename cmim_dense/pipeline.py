@@ -1,4 +1,5 @@
-"""The main job and the paper's sweeps as resumable stages: pretrain -> fine-tune -> chart.
+"""The main job, the paper's sweeps and the two studies (CMIM's evidence, binary heads) as resumable
+stages: pretrain -> fine-tune -> chart.
 
 Every stage writes into its own folder under the root and is skipped when its result already
 exists, so re-running a command continues where it stopped.  A stage that fails is named, the
@@ -8,7 +9,8 @@ Seeds: with ``seeds=N`` every pretraining and fine-tuning runs N times, seed k =
 fine-tunes of seed k on the backbone pretrained with seed k), in ``pretrain/RUN/seed<k>`` and
 ``finetune/RUN/seed<k>/TASK``; one seed keeps ``pretrain/RUN`` and ``finetune/RUN/TASK``.  The
 tables then give each metric's mean over the seeds with its 95 % confidence interval, and the
-paired +cmim differences (:mod:`cmim_dense.plots.result_tables`); the seg-vs-depth chart
+paired differences (+cmim, binary, distilled and multi-task heads against their base,
+:mod:`cmim_dense.plots.result_tables`); the seg-vs-depth chart
 (:mod:`cmim_dense.plots.seg_depth`) draws the backbones with seg and depth runs, and a job of other
 tasks (``--tasks depth``) says why it has none.
 """
