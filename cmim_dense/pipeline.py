@@ -24,7 +24,7 @@ from typing import Any
 from .checkpoint_io import load_checkpoint
 from .dense import TASKS
 from .engine import resolve_config, run_pretraining
-from .engine.finetune import run_finetuning
+from .engine.finetune import metrics_paths, run_finetuning
 from .engine.finetune_config import resolve_finetune_config
 from .methods import CMIM_FLAGS, CMIM_SWEEPS, base_method
 from .plots.analysis import sweep_chart
@@ -87,8 +87,7 @@ def finetune_stage(name: str, task: str, backbone: Path, out: Path, settings: di
     """A fine-tune of ``task`` (several, comma-separated: one multi-task model, its metrics in ``out/TASK``)."""
     settings = {**settings, "task": task, "backbone": str(backbone), "out": str(out), "resume": True,
                 "progress_bar": progress}
-    tasks = task.split(",")
-    metrics = [out / name / "metrics.json" for name in tasks] if len(tasks) > 1 else [out / "metrics.json"]
+    metrics = metrics_paths(out, task).values()
     return Stage(name, lambda: all(path.is_file() for path in metrics), partial(finetune, settings), needs,
                  in_worker=True)
 

@@ -78,9 +78,8 @@ class FinetuneRun:
 
     def meta(self) -> dict[str, Any]:
         """What rebuilds the dense model from the head checkpoint alone."""
-        channels = {task.name: task.out_channels(self.config) for task in self.tasks}
         return {"task": self.config.task, "classes": self.config.classes,
-                "out_channels": channels if self.config.multi_task else channels[self.config.task],
+                "out_channels": head_outputs(self.config, self.tasks),
                 "head": self.config.head, "output_stride": self.config.output_stride,
                 "decoder_channels": self.config.decoder_channels, "binary_head": self.config.binary_head,
                 "backbone": str(Path(self.config.backbone).resolve()),
@@ -102,12 +101,24 @@ class FinetuneRun:
         set_rng_state(state["rng"])
 
 
+def head_outputs(config: FinetuneConfig, tasks: Sequence[DenseTask]) -> int | dict[str, int]:
+    """The output channels of the run's head: one task's count, or task name -> count for a multi-task model."""
+    channels = {task.name: task.out_channels(config) for task in tasks}
+    return channels if config.multi_task else channels[config.task]
+
+
+def metrics_paths(out: str | Path, task: str) -> dict[str, Path]:
+    """Task name -> where a fine-tuning run in ``out`` writes that task's metrics.json: ``out/metrics.json``
+    for one task, ``out/TASK/metrics.json`` for each task of a multi-task run (``task`` comma-separated)."""
+    names = task.split(",")
+    return {name: Path(out) / (name if len(names) > 1 else "") / "metrics.json" for name in names}
+
+
 def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> FinetuneRun:
     seed_everything(config.seed)
     tasks = tuple(get_task(name) for name in config.task_names)
     require_divisible_batch(config.batch_size, context)
-    channels = {task.name: task.out_channels(config) for task in tasks}
-    out_channels = channels if config.multi_task else channels[config.task]
+    out_channels = head_outputs(config, tasks)
     model, backbone = dense_model_from_backbone(config.backbone, out_channels, config.head, config.output_stride,
                                                 config.decoder_channels, freeze=not config.unfreeze,
                                                 binary_head=config.binary_head)
@@ -116,8 +127,9 @@ def build_finetune_run(config: FinetuneConfig, context: DistributedContext) -> F
     # rank 0 renders/prepares the built-in data (with its progress shown) while the others wait
     root = context.main_first(lambda first: nyud_root(config.data, progress=first and config.progress_bar))
     data = open_task_data(root, tasks, config.classes, config.depth_gt, backbone)
-    for name, layer in output_layers(model, tasks).items():
-        get_task(name).initialise_head(layer.bias, data.train)
+    layers = output_layers(model, tasks)
+    for task in tasks:
+        task.initialise_head(layers[task.name].bias, data.train)
     model.encoder.packed_inference = config.packed_backbone
     if teacher is not None:
         teacher.encoder.packed_inference = config.packed_backbone
@@ -296,8 +308,8 @@ def write_metrics(config: FinetuneConfig, tasks: Sequence[DenseTask], meta: dict
     """Each task's metrics.json (``out/metrics.json``; a multi-task run: ``out/TASK/metrics.json``) and
     what :func:`run_finetuning` returns."""
     records = {task.name: metrics_record(config, task, meta, results[task.name], data, seconds) for task in tasks}
-    for name, record in records.items():
-        write_json(Path(config.out) / (name if config.multi_task else "") / "metrics.json", record)  # makes folders
+    for name, path in metrics_paths(config.out, config.task).items():
+        write_json(path, records[name])  # makes the folders
     return {"task": config.task, "records": records} if config.multi_task else records[config.task]
 
 

@@ -164,8 +164,8 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences:
     lines += ["", (f"Mean ± half-width of the {100 * LEVEL:g} % confidence interval of the mean over the seeds "
                    "(Student t, n − 1 degrees of freedom); a backbone with 1 seed has no interval."
                    if seeded else "1 seed per backbone: no confidence intervals (pipeline/run.py --seeds N runs N).")]
-    for pairing in PAIRINGS:
-        paired = [d for d in differences if d.pairing == pairing.name]
+    by_pairing = {pairing: [d for d in differences if d.pairing == pairing.name] for pairing in PAIRINGS}
+    for pairing, paired in by_pairing.items():
         if not paired:
             continue
         lines += ["", f"## {pairing.title}", "",
@@ -182,8 +182,7 @@ def write_tables(points: Sequence[BackbonePoint], stem: str | Path, differences:
         lines += [""] + [f"Note: {note}." for note in notes]
     md_path.write_text("\n".join(lines) + "\n")
     files = [csv_path, md_path]
-    for pairing in PAIRINGS:
-        paired = [d for d in differences if d.pairing == pairing.name]
+    for pairing, paired in by_pairing.items():
         if paired:
             files.append(_write_differences(paired, stem.parent / f"{stem.name}_{pairing.name}_differences.csv"))
     return files

@@ -29,7 +29,8 @@ from ..dense import get_task
 from ..methods import base_method, has_cmim
 from ..stats import LEVEL, seed_names
 from .common import FIGURE_FORMATS, Skipped, method_colours, new_figure, save_figure
-from .finetune_results import BackbonePoint, cmim_partners, head_partners, load_points, shown_tasks
+from .finetune_results import (BackbonePoint, cmim_partners, head_partners, load_points, multi_task_partners,
+                               shown_tasks)
 from .labels import place_labels
 from .result_tables import PointDifference, paired_differences, write_tables
 
@@ -74,11 +75,9 @@ def chart_points(points: Sequence[BackbonePoint]) -> tuple[list[BackbonePoint], 
     tables where the single-task models of their backbone and head kind are drawn: over a frozen
     backbone they train as those do, and their dots would sit on top of them."""
     charted, left_out = [], []
-    single = {(p.method, p.backbone, p.head._replace(multi_task=None, task_weighting=None))
-              for p in points if p.multi_task is None}
-    for p in points:
-        if p.multi_task is not None and (p.method, p.backbone,
-                                         p.head._replace(multi_task=None, task_weighting=None)) in single:
+    with_single_task_twin = {index for index, base in multi_task_partners(points).items() if isinstance(base, int)}
+    for index, p in enumerate(points):
+        if index in with_single_task_twin:
             left_out.append(f"{p.label}: not in the chart, beside its single-task models in the tables "
                             "(the paired multi-task differences)")
             continue
@@ -162,8 +161,10 @@ def plot_seg_depth(points: Sequence[BackbonePoint], title: str | None = None) ->
     bars = _error_bars(ax, points, colours, x, y, x_err, y_err)
     _set_limits(ax, x, y, x_err, y_err)
     radii = np.sqrt(np.where(sized, areas, NO_TOP1_AREA) / math.pi)
-    arrows = _cmim_arrows(ax, points, colours, radii)
-    head_arrows = _head_arrows(ax, points, colours, radii)
+    # base method -> its +cmim dot, as the CMIM differences pair them; full-precision head -> binary heads, dashed
+    arrows = _pair_arrows(ax, points, cmim_partners(points), colours, radii, lw=1.4, mutation_scale=12)
+    head_arrows = _pair_arrows(ax, points, head_partners(points), colours, radii, lw=1.0, linestyle="--",
+                               mutation_scale=10)
     ax.set_xlabel("depth: −ln RMSE  (RMSE in metres; higher is better →)")
     ax.set_ylabel("segmentation: mIoU (%)  (higher is better →)")
     top = ax.secondary_xaxis("top", functions=(_rmse_from_neg_log, _neg_log_from_rmse))
@@ -216,34 +217,18 @@ def _neg_log_from_rmse(value: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(np.asarray(value, dtype=float), 1e-12, None))
 
 
-def _cmim_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, str], radii: np.ndarray
-                 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """An arrow from each base method's dot to its ``+cmim`` dot (paired as the differences are)."""
+def _pair_arrows(ax: Axes, points: Sequence[BackbonePoint], partners: dict[int, int | str], colours: dict[str, str],
+                 radii: np.ndarray, **style: object) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """An arrow from each base point's dot to its twin's (``partners``: twin index -> base index, or why
+    none), drawn with ``style`` (matplotlib arrow properties); the segments drawn."""
     segments = []
-    for twin, base in cmim_partners(points).items():
+    for twin, base in partners.items():
         if isinstance(base, str):
             continue
         tail, head = position(points[base]), position(points[twin])
         ax.annotate("", xy=head, xytext=tail, zorder=2,
-                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(points[twin].method)], "lw": 1.4,
-                                "shrinkA": radii[base] + 1, "shrinkB": radii[twin] + 1, "mutation_scale": 12})
-        segments.append((tail, head))
-    return segments
-
-
-def _head_arrows(ax: Axes, points: Sequence[BackbonePoint], colours: dict[str, str], radii: np.ndarray
-                 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """A dashed arrow from each full-precision head's dot to the binary heads' dots over its backbones
-    (paired as the binary-head differences are)."""
-    segments = []
-    for twin, base in head_partners(points).items():
-        if isinstance(base, str):
-            continue
-        tail, head = position(points[base]), position(points[twin])
-        ax.annotate("", xy=head, xytext=tail, zorder=2,
-                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(points[twin].method)], "lw": 1.0,
-                                "linestyle": "--", "shrinkA": radii[base] + 1, "shrinkB": radii[twin] + 1,
-                                "mutation_scale": 10})
+                    arrowprops={"arrowstyle": "-|>", "color": colours[base_method(points[twin].method)],
+                                "shrinkA": radii[base] + 1, "shrinkB": radii[twin] + 1, **style})
         segments.append((tail, head))
     return segments
 
